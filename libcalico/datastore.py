@@ -1,0 +1,573 @@
+"""The datastore client: the only module that talks to etcd.
+
+Owns: connection settings (`EtcdSettings`, from `ETCD_ENDPOINTS`, `ETCD_AUTHORITY` and the
+TLS variables), fail-over between endpoints, a timeout on every unary call, and the
+primitive operations everything else is built from: get, paged list by prefix at one
+revision, create-only put, compare-and-swap put and delete on mod_revision (they return
+whether they won; losing a race is normal, not an error), multi-key transactions, leases
+and raw watch streams. Every etcd3/grpc exception is mapped onto `libcalico.errors`.
+
+Leaves to others: key names (`libcalico.keyspace`), value shapes (`libcalico.model`),
+snapshot-and-follow semantics (`libcalico.syncer`) and retry policy above one call
+(IPAM and the CLI loop a bounded number of times and re-read).
+
+The client uses the etcd3 package's gRPC channel and generated stubs directly for
+ranges and watches, because the package's high-level calls ignore `revision`/`limit`
+and its watch thread re-connects in a tight loop while etcd is down.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from libcalico.errors import (
+    AlreadyExists,
+    DatastoreError,
+    DatastoreUnavailable,
+    ValidationError,
+)
+
+_log = logging.getLogger(__name__)
+
+DEFAULT_AUTHORITY = "127.0.0.1:2379"
+DEFAULT_TIMEOUT = 5.0
+PAGE_SIZE = 2000
+# Keepalive pings let a watch notice a dead peer (etcd killed, host gone) quickly.
+_GRPC_OPTIONS = [
+    ("grpc.keepalive_time_ms", 5000),
+    ("grpc.keepalive_timeout_ms", 3000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    scheme: str  # "http" or "https"
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class EtcdSettings:
+    """Where etcd is and how to reach it. Pure: parsing only, no connection."""
+
+    endpoints: tuple[Endpoint, ...]
+    ca_cert: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    timeout: float = DEFAULT_TIMEOUT
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, *,
+                 endpoints: str | None = None, authority: str | None = None,
+                 ca_cert: str | None = None, cert_file: str | None = None,
+                 key_file: str | None = None, timeout: float | None = None) -> EtcdSettings:
+        """Settings from explicit values, falling back to the ETCD_* variables.
+
+        `ETCD_ENDPOINTS` (comma-separated URLs) wins over `ETCD_AUTHORITY` (host:port,
+        with `ETCD_SCHEME`); the default is http://127.0.0.1:2379.
+        """
+        env = os.environ if env is None else env
+        endpoints = endpoints or env.get("ETCD_ENDPOINTS") or None
+        ca_cert = ca_cert or env.get("ETCD_CA_CERT_FILE") or None
+        cert_file = cert_file or env.get("ETCD_CERT_FILE") or None
+        key_file = key_file or env.get("ETCD_KEY_FILE") or None
+        if endpoints:
+            eps = tuple(parse_endpoint_url(u) for u in endpoints.split(",") if u.strip())
+            if not eps:
+                raise ValidationError("ETCD_ENDPOINTS", endpoints, "no endpoint given")
+        else:
+            authority = authority or env.get("ETCD_AUTHORITY") or DEFAULT_AUTHORITY
+            scheme = env.get("ETCD_SCHEME") or ("https" if ca_cert else "http")
+            eps = (parse_endpoint_url(f"{scheme}://{authority}", field="ETCD_AUTHORITY"),)
+        if bool(cert_file) != bool(key_file):
+            raise ValidationError("ETCD_CERT_FILE/ETCD_KEY_FILE", cert_file or key_file,
+                                  "a client certificate needs both the cert and the key")
+        if any(e.scheme == "https" for e in eps) and not ca_cert:
+            raise ValidationError("ETCD_CA_CERT_FILE", ca_cert,
+                                  "https endpoints need a CA certificate")
+        return cls(eps, ca_cert, cert_file, key_file,
+                   DEFAULT_TIMEOUT if timeout is None else timeout)
+
+
+def parse_endpoint_url(url: str, field: str = "ETCD_ENDPOINTS") -> Endpoint:
+    url = url.strip()
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValidationError(field, url, "expected http(s)://host:port")
+    try:
+        port = parts.port or 2379
+    except ValueError as exc:
+        raise ValidationError(field, url, "bad port") from exc
+    return Endpoint(parts.scheme, parts.hostname, port)
+
+
+@dataclass(frozen=True)
+class KV:
+    key: str
+    value: str
+    mod_revision: int
+    create_revision: int
+    lease: int = 0
+
+
+# --- transaction vocabulary (our own, so callers never import etcd3) ---------------------
+
+@dataclass(frozen=True)
+class ModRevisionIs:
+    """Compare: the key's mod_revision equals `revision` (0: the key is absent)."""
+    key: str
+    revision: int
+
+
+@dataclass(frozen=True)
+class ValueIs:
+    key: str
+    value: str
+
+
+@dataclass(frozen=True)
+class Put:
+    key: str
+    value: str
+    lease: int = 0
+
+
+@dataclass(frozen=True)
+class Delete:
+    key: str
+    prefix: bool = False
+
+
+Compare = ModRevisionIs | ValueIs
+Op = Put | Delete
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    key: str
+    value: str | None  # None: the key was deleted
+    mod_revision: int
+
+
+@dataclass(frozen=True)
+class WatchBatch:
+    revision: int  # the header revision of the response
+    events: tuple[WatchEvent, ...]
+
+
+class Compacted(DatastoreError):
+    """A watch asked for history that etcd has compacted away."""
+
+    def __init__(self, compact_revision: int) -> None:
+        self.compact_revision = compact_revision
+        super().__init__(f"revision compacted (oldest available {compact_revision})")
+
+
+T = TypeVar("T")
+
+
+def _map_errors(fn: Callable[..., T]) -> Callable[..., T]:
+    """Translate grpc/etcd3 exceptions into the project's hierarchy."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except DatastoreError:
+            raise
+        except Exception as exc:  # grpc.RpcError, etcd3 exceptions
+            raise translate_error(exc) from exc
+
+    return wrapper
+
+
+def translate_error(exc: BaseException) -> DatastoreError:
+    import grpc
+
+    if isinstance(exc, grpc.RpcError):
+        code = exc.code() if hasattr(exc, "code") else None
+        details = exc.details() if hasattr(exc, "details") else str(exc)
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                    grpc.StatusCode.CANCELLED):
+            return DatastoreUnavailable(f"etcd unavailable: {details}")
+        if code == grpc.StatusCode.OUT_OF_RANGE and "compacted" in str(details):
+            return Compacted(0)
+        return DatastoreError(f"etcd error {code}: {details}")
+    name = type(exc).__name__
+    if name in ("ConnectionFailedError", "ConnectionTimeoutError", "WatchTimedOut"):
+        return DatastoreUnavailable(f"etcd unavailable: {name}")
+    return DatastoreError(f"etcd error: {name}: {exc}")
+
+
+def _prefix_end(prefix: bytes) -> bytes:
+    buf = bytearray(prefix)
+    for i in range(len(buf) - 1, -1, -1):
+        if buf[i] < 0xFF:
+            buf[i] += 1
+            return bytes(buf[: i + 1])
+    return b"\0"
+
+
+class Lease:
+    """A granted lease; keys put with `lease=lease.id` vanish when it expires."""
+
+    def __init__(self, store: Datastore, lease_id: int, ttl: int) -> None:
+        self._store = store
+        self.id = lease_id
+        self.ttl = ttl
+
+    def refresh(self) -> None:
+        self._store.refresh_lease(self.id)
+
+    def revoke(self) -> None:
+        self._store.revoke_lease(self.id)
+
+
+@dataclass
+class _Conn:
+    endpoint: Endpoint
+    client: Any  # etcd3.Etcd3Client
+    rpc: Any  # etcd3.etcdrpc module
+    watchstub: Any = None
+
+
+class Datastore:
+    """Thread-safe etcd client with fail-over across the configured endpoints.
+
+    State: one lazily opened connection to the current endpoint; on an
+    unavailable error the next endpoint is tried, each at most once per call.
+    """
+
+    def __init__(self, settings: EtcdSettings | None = None) -> None:
+        self.settings = settings or EtcdSettings.from_env()
+        self._lock = threading.Lock()
+        self._conn: _Conn | None = None
+        self._index = 0
+
+    # --- connection ------------------------------------------------------------------------
+
+    def _connect(self, endpoint: Endpoint) -> _Conn:
+        import etcd3
+        from etcd3 import etcdrpc
+
+        s = self.settings
+        tls = endpoint.scheme == "https"
+        client = etcd3.client(
+            host=endpoint.host, port=endpoint.port,
+            ca_cert=s.ca_cert if tls else None,
+            cert_key=s.key_file if tls else None,
+            cert_cert=s.cert_file if tls else None,
+            timeout=s.timeout, grpc_options=_GRPC_OPTIONS)
+        return _Conn(endpoint, client, etcdrpc, etcdrpc.WatchStub(client.channel))
+
+    def _current(self) -> _Conn:
+        with self._lock:
+            if self._conn is None:
+                self._conn = self._connect(self.settings.endpoints[self._index])
+            return self._conn
+
+    def _fail_over(self, failed: _Conn) -> None:
+        with self._lock:
+            if self._conn is failed:
+                _log.warning("etcd endpoint %s unavailable; failing over", failed.endpoint.url)
+                failed.client.close()
+                self._conn = None
+                self._index = (self._index + 1) % len(self.settings.endpoints)
+
+    def _call(self, fn: Callable[[_Conn], T]) -> T:
+        last: DatastoreError | None = None
+        for _ in range(len(self.settings.endpoints)):
+            conn = self._current()
+            try:
+                return fn(conn)
+            except DatastoreError:
+                raise
+            except Exception as exc:
+                err = translate_error(exc)
+                if not isinstance(err, DatastoreUnavailable):
+                    raise err from exc
+                last = err
+                self._fail_over(conn)
+        assert last is not None
+        raise last
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.client.close()
+                self._conn = None
+
+    def __enter__(self) -> Datastore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- reads ---------------------------------------------------------------------------------
+
+    def _range(self, conn: _Conn, key: bytes, range_end: bytes | None, revision: int = 0,
+               limit: int = 0) -> Any:
+        rq = conn.rpc.RangeRequest(key=key, revision=revision, limit=limit)
+        if range_end is not None:
+            rq.range_end = range_end
+        return conn.client.kvstub.Range(rq, self.settings.timeout)
+
+    @staticmethod
+    def _kv(kv: Any) -> KV:
+        return KV(kv.key.decode(), kv.value.decode("utf-8", "replace"), kv.mod_revision,
+                  kv.create_revision, kv.lease)
+
+    def get(self, key: str) -> KV | None:
+        resp = self._call(lambda c: self._range(c, key.encode(), None))
+        return self._kv(resp.kvs[0]) if resp.kvs else None
+
+    def get_value(self, key: str) -> str | None:
+        kv = self.get(key)
+        return None if kv is None else kv.value
+
+    def list(self, prefix: str, revision: int = 0) -> tuple[list[KV], int]:
+        """All keys below `prefix` as one consistent read; returns (kvs, revision).
+
+        Reads in pages of PAGE_SIZE, all at the revision of the first page, so a large
+        prefix is still a snapshot.
+        """
+        return self.list_many([prefix], revision)
+
+    def list_many(self, prefixes: Sequence[str], revision: int = 0) -> tuple[list[KV], int]:
+        """Several prefixes read at one revision (the first read's, unless given)."""
+        out: list[KV] = []
+        for prefix in prefixes:
+            start = prefix.encode()
+            end = _prefix_end(start)
+            while True:
+                resp = self._call(
+                    lambda c, s=start, r=revision: self._range(c, s, end, r, PAGE_SIZE))
+                if revision == 0:
+                    revision = resp.header.revision
+                out.extend(self._kv(kv) for kv in resp.kvs)
+                if not resp.more or not resp.kvs:
+                    break
+                start = resp.kvs[-1].key + b"\0"
+        return out, revision
+
+    def revision(self) -> int:
+        resp = self._call(lambda c: self._range(c, b"\0", None))
+        return int(resp.header.revision)
+
+    def version(self) -> str:
+        def status(c: _Conn) -> str:
+            return str(c.client.status().version)
+
+        return self._call(status)
+
+    # --- writes --------------------------------------------------------------------------------
+
+    def put(self, key: str, value: str, lease: int = 0) -> int:
+        """Unconditional write; returns the new revision."""
+        def op(c: _Conn) -> int:
+            rq = c.rpc.PutRequest(key=key.encode(), value=value.encode(), lease=lease)
+            return int(c.client.kvstub.Put(rq, self.settings.timeout).header.revision)
+
+        return self._call(op)
+
+    def create(self, key: str, value: str, lease: int = 0) -> bool:
+        """Create-only write: True if the key did not exist and now holds `value`."""
+        return self.txn([ModRevisionIs(key, 0)], [Put(key, value, lease)])
+
+    def create_or_raise(self, key: str, value: str, lease: int = 0) -> None:
+        if not self.create(key, value, lease):
+            raise AlreadyExists(f"{key} already exists")
+
+    def cas(self, key: str, value: str, mod_revision: int, lease: int = 0) -> bool:
+        """Write only if the key's mod_revision is still `mod_revision` (0: absent)."""
+        return self.txn([ModRevisionIs(key, mod_revision)], [Put(key, value, lease)])
+
+    def delete(self, key: str) -> bool:
+        """Delete one key; True if it existed."""
+        def op(c: _Conn) -> bool:
+            rq = c.rpc.DeleteRangeRequest(key=key.encode())
+            return bool(c.client.kvstub.DeleteRange(rq, self.settings.timeout).deleted)
+
+        return self._call(op)
+
+    def cas_delete(self, key: str, mod_revision: int) -> bool:
+        """Delete only if the key's mod_revision is still `mod_revision`."""
+        return self.txn([ModRevisionIs(key, mod_revision)], [Delete(key)])
+
+    def delete_prefix(self, prefix: str) -> int:
+        def op(c: _Conn) -> int:
+            start = prefix.encode()
+            rq = c.rpc.DeleteRangeRequest(key=start, range_end=_prefix_end(start))
+            return int(c.client.kvstub.DeleteRange(rq, self.settings.timeout).deleted)
+
+        return self._call(op)
+
+    def txn(self, compares: Sequence[Compare], success: Sequence[Op],
+            failure: Sequence[Op] = ()) -> bool:
+        """An atomic multi-key transaction; True if every compare held."""
+
+        def op(c: _Conn) -> bool:
+            rpc = c.rpc
+            cmp = []
+            for cp in compares:
+                if isinstance(cp, ModRevisionIs):
+                    cmp.append(rpc.Compare(key=cp.key.encode(), result=rpc.Compare.EQUAL,
+                                           target=rpc.Compare.MOD,
+                                           mod_revision=cp.revision))
+                else:
+                    cmp.append(rpc.Compare(key=cp.key.encode(), result=rpc.Compare.EQUAL,
+                                           target=rpc.Compare.VALUE,
+                                           value=cp.value.encode()))
+            rq = rpc.TxnRequest(compare=cmp, success=self._ops(rpc, success),
+                                failure=self._ops(rpc, failure))
+            return bool(c.client.kvstub.Txn(rq, self.settings.timeout).succeeded)
+
+        return self._call(op)
+
+    @staticmethod
+    def _ops(rpc: Any, ops: Sequence[Op]) -> list[Any]:
+        out = []
+        for o in ops:
+            if isinstance(o, Put):
+                out.append(rpc.RequestOp(request_put=rpc.PutRequest(
+                    key=o.key.encode(), value=o.value.encode(), lease=o.lease)))
+            else:
+                start = o.key.encode()
+                rq = rpc.DeleteRangeRequest(key=start)
+                if o.prefix:
+                    rq.range_end = _prefix_end(start)
+                out.append(rpc.RequestOp(request_delete_range=rq))
+        return out
+
+    # --- leases ------------------------------------------------------------------------------
+
+    def grant_lease(self, ttl: int) -> Lease:
+        def op(c: _Conn) -> int:
+            rq = c.rpc.LeaseGrantRequest(TTL=ttl)
+            return int(c.client.leasestub.LeaseGrant(rq, self.settings.timeout).ID)
+
+        return Lease(self, self._call(op), ttl)
+
+    def refresh_lease(self, lease_id: int) -> int:
+        """Keep a lease alive once; returns the remaining TTL (0: it had expired)."""
+        def op(c: _Conn) -> int:
+            rq = c.rpc.LeaseKeepAliveRequest(ID=lease_id)
+            for resp in c.client.leasestub.LeaseKeepAlive(iter([rq]), self.settings.timeout):
+                return int(resp.TTL)
+            return 0
+
+        return self._call(op)
+
+    def revoke_lease(self, lease_id: int) -> None:
+        def op(c: _Conn) -> None:
+            c.client.leasestub.LeaseRevoke(c.rpc.LeaseRevokeRequest(ID=lease_id),
+                                           self.settings.timeout)
+
+        self._call(op)
+
+    # --- maintenance -------------------------------------------------------------------------
+
+    def compact(self, revision: int) -> None:
+        def op(c: _Conn) -> None:
+            c.client.kvstub.Compact(c.rpc.CompactionRequest(revision=revision, physical=True),
+                                    self.settings.timeout)
+
+        self._call(op)
+
+    # --- watches -------------------------------------------------------------------------------
+
+    def watch(self, prefixes: Sequence[str], start_revision: int) -> WatchStream:
+        """Open a watch on each prefix from `start_revision`; see `WatchStream`."""
+        conn = self._current()
+        try:
+            return WatchStream(conn, prefixes, start_revision)
+        except DatastoreError:
+            raise
+        except Exception as exc:
+            err = translate_error(exc)
+            if isinstance(err, DatastoreUnavailable):
+                self._fail_over(conn)
+            raise err from exc
+
+    def fail_over_watch(self, stream: WatchStream) -> None:
+        """A watch stream broke: move to the next endpoint for the next attempt."""
+        self._fail_over(stream.conn)
+
+
+@dataclass
+class WatchStream:
+    """One gRPC watch stream covering several prefixes, read by one consumer thread.
+
+    Iterating yields `WatchBatch`es in revision order; it raises `Compacted` if the
+    start revision is gone and `DatastoreUnavailable` when the stream breaks. `cancel()`
+    may be called from any thread and ends the iteration.
+    """
+
+    conn: _Conn
+    prefixes: Sequence[str]
+    start_revision: int
+    _requests: queue.Queue[Any] = field(default_factory=queue.Queue)
+    _call: Any = None
+    _cancelled: bool = False
+
+    def __post_init__(self) -> None:
+        rpc = self.conn.rpc
+        for prefix in self.prefixes:
+            start = prefix.encode()
+            create = rpc.WatchCreateRequest(key=start, range_end=_prefix_end(start),
+                                            start_revision=self.start_revision,
+                                            progress_notify=True)
+            self._requests.put(rpc.WatchRequest(create_request=create))
+
+        def requests() -> Iterator[Any]:
+            while True:
+                item = self._requests.get()
+                if item is None:
+                    return
+                yield item
+
+        self._call = self.conn.watchstub.Watch(requests())
+
+    def __iter__(self) -> Iterator[WatchBatch]:
+        import grpc
+
+        try:
+            for rs in self._call:
+                if rs.compact_revision:
+                    raise Compacted(int(rs.compact_revision))
+                if rs.canceled:
+                    raise DatastoreUnavailable(f"watch cancelled by etcd: {rs.cancel_reason}")
+                events = tuple(
+                    WatchEvent(ev.kv.key.decode(),
+                               None if ev.type == 1 else ev.kv.value.decode("utf-8", "replace"),
+                               ev.kv.mod_revision)
+                    for ev in rs.events)
+                yield WatchBatch(int(rs.header.revision), events)
+        except grpc.RpcError as exc:
+            if self._cancelled:
+                return
+            raise translate_error(exc) from exc
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        self._requests.put(None)
+        if self._call is not None:
+            self._call.cancel()

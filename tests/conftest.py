@@ -1,0 +1,44 @@
+"""Shared pytest fixtures: a real etcd for the session, a clean datastore per test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from libcalico import keyspace
+from libcalico.datastore import Datastore
+from tests.support.etcd import EtcdServer
+
+
+@pytest.fixture(scope="session")
+def etcd_server() -> Iterator[EtcdServer]:
+    """One etcd for the whole session; tests that stop etcd make their own."""
+    server = EtcdServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def datastore(etcd_server: EtcdServer) -> Iterator[Datastore]:
+    """A client on the session etcd, with the project's keys wiped before the test."""
+    store = etcd_server.client()
+    store.delete_prefix(keyspace.ROOT + "/")
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def own_etcd() -> Iterator[EtcdServer]:
+    """A private etcd that the test may stop, kill, restart and compact."""
+    server = EtcdServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()

@@ -1,0 +1,178 @@
+"""A real etcd server for tests, benchmarks and the demo.
+
+Owns: starting the Debian `etcd` binary on 127.0.0.1 (or a given address) with a free
+port and a temporary data directory, waiting until it answers, stopping, killing and
+restarting it, and removing its data directory. Optionally with TLS client certificates
+made by `make_tls_material` (openssl).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from libcalico.datastore import Datastore, EtcdSettings
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(condition, timeout: float, interval: float = 0.05, message: str = "condition"):
+    """Poll `condition` until it returns a truthy value or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while True:
+        try:
+            result = condition()
+            if result:
+                return result
+        except Exception as exc:  # noqa: BLE001 - polling tolerates transient errors
+            last_exc = exc
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {message}"
+                               + (f" (last error: {last_exc})" if last_exc else ""))
+        time.sleep(interval)
+
+
+@dataclass
+class TLSMaterial:
+    ca: str
+    server_cert: str
+    server_key: str
+    client_cert: str
+    client_key: str
+
+
+def make_tls_material(directory: str, host: str = "127.0.0.1") -> TLSMaterial:
+    """A throw-away CA plus server and client certificates, made with openssl."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
+        "-keyout", "ca.key", "-out", "ca.pem")
+    (d / "san.cnf").write_text(
+        f"subjectAltName=IP:{host},DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n")
+    for name in ("server", "client"):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+            "-keyout", f"{name}.key", "-out", f"{name}.csr")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "2", "-extfile", "san.cnf", "-out", f"{name}.pem")
+    return TLSMaterial(str(d / "ca.pem"), str(d / "server.pem"), str(d / "server.key"),
+                       str(d / "client.pem"), str(d / "client.key"))
+
+
+class EtcdServer:
+    """One etcd member. `start()` returns once it serves requests."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None,
+                 tls: TLSMaterial | None = None, netns: str | None = None,
+                 data_dir: str | None = None) -> None:
+        self.host = host
+        self.port = port or free_port()
+        self.peer_port = free_port()
+        self.tls = tls
+        self.netns = netns
+        self._own_dir = data_dir is None
+        self.data_dir = data_dir or tempfile.mkdtemp(prefix="calico-test-etcd-")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = os.path.join(self.data_dir, "etcd.log")
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.host}:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        env = {"ETCD_ENDPOINTS": self.url}
+        if self.tls:
+            env.update(ETCD_CA_CERT_FILE=self.tls.ca, ETCD_CERT_FILE=self.tls.client_cert,
+                       ETCD_KEY_FILE=self.tls.client_key)
+        return env
+
+    def settings(self, timeout: float = 5.0) -> EtcdSettings:
+        return EtcdSettings.from_env(self.env(), timeout=timeout)
+
+    def client(self, timeout: float = 5.0) -> Datastore:
+        return Datastore(self.settings(timeout))
+
+    def start(self, timeout: float = 30.0) -> EtcdServer:
+        cmd = ["etcd", "--name", "test", "--data-dir", os.path.join(self.data_dir, "data"),
+               "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
+               "--listen-peer-urls", f"http://{self.host}:{self.peer_port}",
+               "--initial-advertise-peer-urls", f"http://{self.host}:{self.peer_port}",
+               "--initial-cluster", f"test=http://{self.host}:{self.peer_port}",
+               "--log-level", "error", "--logger", "zap"]
+        if self.tls:
+            cmd += ["--cert-file", self.tls.server_cert, "--key-file", self.tls.server_key,
+                    "--trusted-ca-file", self.tls.ca, "--client-cert-auth"]
+        if self.netns:
+            cmd = ["ip", "netns", "exec", self.netns, *cmd]
+        env = dict(os.environ, ETCD_UNSUPPORTED_ARCH="")
+        for k in list(env):
+            if k.startswith("ETCD_"):
+                del env[k]
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True)
+        log.close()
+        client = self.client(timeout=1.0)
+        try:
+            wait_for(lambda: self._alive() and client.revision() > 0, timeout,
+                     message=f"etcd at {self.url}")
+        finally:
+            client.close()
+        return self
+
+    def _alive(self) -> bool:
+        if self.proc is None or self.proc.poll() is not None:
+            raise RuntimeError(f"etcd exited; log:\n{Path(self.log_path).read_text()[-2000:]}")
+        return True
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self.proc = None
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def cleanup(self) -> None:
+        self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> EtcdServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
