@@ -54,14 +54,25 @@ _GRPC_OPTIONS = [
 
 @dataclass(frozen=True)
 class Endpoint:
-    scheme: str  # "http" or "https"
+    scheme: str  # "http", "https" or "unix" (host is then the socket's path)
     host: str
     port: int
 
     @property
     def url(self) -> str:
+        if self.scheme == "unix":
+            return f"unix://{self.host}"
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.scheme}://{host}:{self.port}"
+
+    @property
+    def grpc_target(self) -> tuple[str, int | str]:
+        """(host, port) as etcd3.client joins them into a gRPC target."""
+        if self.scheme == "unix":
+            # etcd names its socket "<name>:<port>"; gRPC wants "unix:<path>".
+            path, _, port = self.host.rpartition(":")
+            return f"unix:{path}", port
+        return self.host, self.port
 
 
 @dataclass(frozen=True)
@@ -109,6 +120,12 @@ class EtcdSettings:
 
 def parse_endpoint_url(url: str, field: str = "ETCD_ENDPOINTS") -> Endpoint:
     url = url.strip()
+    if url.startswith("unix://"):
+        path = url[len("unix://"):]
+        if not path.startswith("/") or ":" not in path.rsplit("/", 1)[-1]:
+            raise ValidationError(field, url, "expected unix:///<path>/<name>:<port>, "
+                                  "the socket etcd makes for unix://<name>:<port>")
+        return Endpoint("unix", path, 0)
     parts = urlsplit(url if "://" in url else f"http://{url}")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValidationError(field, url, "expected http(s)://host:port")
@@ -156,8 +173,24 @@ class Delete:
     prefix: bool = False
 
 
+@dataclass(frozen=True)
+class Get:
+    """Read one key inside a transaction (only with `Datastore.txn_result`)."""
+    key: str
+
+
 Compare = ModRevisionIs | ValueIs
 Op = Put | Delete
+
+
+@dataclass(frozen=True)
+class TxnResult:
+    """Outcome of `Datastore.txn_result`: whether the compares held, the revision the
+    transaction ran at (the new revision when it wrote), and the value of each `Get` of
+    the branch that ran, by key (None: absent)."""
+    succeeded: bool
+    revision: int
+    gets: dict[str, KV | None]
 
 
 @dataclass(frozen=True)
@@ -270,8 +303,9 @@ class Datastore:
 
         s = self.settings
         tls = endpoint.scheme == "https"
+        host, port = endpoint.grpc_target
         client = etcd3.client(
-            host=endpoint.host, port=endpoint.port,
+            host=host, port=port,
             ca_cert=s.ca_cert if tls else None,
             cert_key=s.key_file if tls else None,
             cert_cert=s.cert_file if tls else None,
@@ -423,8 +457,15 @@ class Datastore:
     def txn(self, compares: Sequence[Compare], success: Sequence[Op],
             failure: Sequence[Op] = ()) -> bool:
         """An atomic multi-key transaction; True if every compare held."""
+        return self.txn_result(compares, success, failure).succeeded
 
-        def op(c: _Conn) -> bool:
+    def txn_result(self, compares: Sequence[Compare], success: Sequence[Op | Get],
+                   failure: Sequence[Op | Get] = ()) -> TxnResult:
+        """`txn` that also returns the revision and the values read by `Get` ops, so a
+        caller can follow its own writes and learn why a compare-and-swap lost without
+        another round trip."""
+
+        def op(c: _Conn) -> TxnResult:
             rpc = c.rpc
             cmp = []
             for cp in compares:
@@ -438,15 +479,24 @@ class Datastore:
                                            value=cp.value.encode()))
             rq = rpc.TxnRequest(compare=cmp, success=self._ops(rpc, success),
                                 failure=self._ops(rpc, failure))
-            return bool(c.client.kvstub.Txn(rq, self.settings.timeout).succeeded)
+            resp = c.client.kvstub.Txn(rq, self.settings.timeout)
+            branch = success if resp.succeeded else failure
+            gets: dict[str, KV | None] = {}
+            for o, r in zip(branch, resp.responses, strict=True):
+                if isinstance(o, Get):
+                    kvs = r.response_range.kvs
+                    gets[o.key] = self._kv(kvs[0]) if kvs else None
+            return TxnResult(bool(resp.succeeded), int(resp.header.revision), gets)
 
         return self._call(op)
 
     @staticmethod
-    def _ops(rpc: Any, ops: Sequence[Op]) -> list[Any]:
+    def _ops(rpc: Any, ops: Sequence[Op | Get]) -> list[Any]:
         out = []
         for o in ops:
-            if isinstance(o, Put):
+            if isinstance(o, Get):
+                out.append(rpc.RequestOp(request_range=rpc.RangeRequest(key=o.key.encode())))
+            elif isinstance(o, Put):
                 out.append(rpc.RequestOp(request_put=rpc.PutRequest(
                     key=o.key.encode(), value=o.value.encode(), lease=o.lease)))
             else:

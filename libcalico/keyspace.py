@@ -62,9 +62,16 @@ def _ipv(version: int) -> str:
     return f"ipv{version}"
 
 
+def _network(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(cidr, strict=False)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError("cidr", cidr, "must be an IPv4 or IPv6 CIDR") from exc
+
+
 def cidr_to_segment(cidr: str) -> str:
     """`198.18.0.0/26` -> `198.18.0.0-26`, as Calico v1 stores CIDRs in keys."""
-    net = ipaddress.ip_network(cidr, strict=False)
+    net = _network(cidr)
     return f"{net.network_address}-{net.prefixlen}"
 
 
@@ -75,7 +82,7 @@ def segment_to_cidr(segment: str) -> str:
 
 
 def _version_of(cidr: str) -> int:
-    return ipaddress.ip_network(cidr, strict=False).version
+    return _network(cidr).version
 
 
 # --- felix configuration -------------------------------------------------------------
@@ -184,7 +191,10 @@ def bgp_peer_dir(version: int, hostname: str | None = None) -> str:
 
 
 def bgp_peer_key(ip: str, hostname: str | None = None) -> str:
-    addr = ipaddress.ip_address(ip)
+    try:
+        addr = ipaddress.ip_address(ip)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError("ip", ip, "must be an IPv4 or IPv6 address") from exc
     return f"{bgp_peer_dir(addr.version, hostname)}{addr}"
 
 

@@ -112,6 +112,9 @@ class InterfaceState:
     ipv4: bool = True
     ipv6: bool = False
     mac: str | None = None  # the workload's MAC, for static neighbour entries
+    # IPv6 addresses the host answers for by proxy NDP on this interface (e.g. the
+    # workloads' gateway address); empty when none is needed.
+    proxy_ndp: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

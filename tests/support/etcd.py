@@ -79,7 +79,7 @@ class EtcdServer:
 
     def __init__(self, host: str = "127.0.0.1", port: int | None = None,
                  tls: TLSMaterial | None = None, netns: str | None = None,
-                 data_dir: str | None = None) -> None:
+                 data_dir: str | None = None, unix_socket: bool = False) -> None:
         self.host = host
         self.port = port or free_port()
         self.peer_port = free_port()
@@ -89,6 +89,10 @@ class EtcdServer:
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="calico-test-etcd-")
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = os.path.join(self.data_dir, "etcd.log")
+        # A unix socket reaches etcd from any network namespace: a test in the root
+        # namespace talks to an etcd that listens on a fabric address inside a netns.
+        self.unix_socket = unix_socket
+        self.socket_path = os.path.join(self.data_dir, "etcd.sock:0")
 
     @property
     def scheme(self) -> str:
@@ -98,8 +102,15 @@ class EtcdServer:
     def url(self) -> str:
         return f"{self.scheme}://{self.host}:{self.port}"
 
-    def env(self) -> dict[str, str]:
-        env = {"ETCD_ENDPOINTS": self.url}
+    @property
+    def client_url(self) -> str:
+        """The URL this process uses: the unix socket when there is one."""
+        return f"unix://{self.socket_path}" if self.unix_socket else self.url
+
+    def env(self, for_test_process: bool = True) -> dict[str, str]:
+        """ETCD_* variables for a client: the test process (unix socket if any) or a
+        daemon inside the namespaces (the TCP URL)."""
+        env = {"ETCD_ENDPOINTS": self.client_url if for_test_process else self.url}
         if self.tls:
             env.update(ETCD_CA_CERT_FILE=self.tls.ca, ETCD_CERT_FILE=self.tls.client_cert,
                        ETCD_KEY_FILE=self.tls.client_key)
@@ -112,8 +123,9 @@ class EtcdServer:
         return Datastore(self.settings(timeout))
 
     def start(self, timeout: float = 30.0) -> EtcdServer:
+        listen = self.url + (",unix://etcd.sock:0" if self.unix_socket else "")
         cmd = ["etcd", "--name", "test", "--data-dir", os.path.join(self.data_dir, "data"),
-               "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
+               "--listen-client-urls", listen, "--advertise-client-urls", self.url,
                "--listen-peer-urls", f"http://{self.host}:{self.peer_port}",
                "--initial-advertise-peer-urls", f"http://{self.host}:{self.peer_port}",
                "--initial-cluster", f"test=http://{self.host}:{self.peer_port}",
@@ -129,7 +141,7 @@ class EtcdServer:
                 del env[k]
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True)
+                                     start_new_session=True, cwd=self.data_dir)
         log.close()
         client = self.client(timeout=1.0)
         try:

@@ -1,0 +1,3 @@
+"""`calicoctl checksystem` (placeholder, filled in below)."""
+
+COMMANDS: list = []

@@ -1,0 +1,3 @@
+"""`calicoctl container` (placeholder, filled in below)."""
+
+COMMANDS: list = []

@@ -1,0 +1,78 @@
+"""Per-invocation state shared by every calicoctl command.
+
+Owns: `CtlContext` (the etcd options given on the command line, --debug, --hostname)
+and lazy creation of the datastore and typed client, so commands that never touch
+etcd (version, --help, completion) never import etcd3/grpc.
+
+Leaves to others: the connection itself (`libcalico.datastore`), the operations
+(`libcalico.client`).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import click
+
+if TYPE_CHECKING:
+    from libcalico.client import CalicoClient
+    from libcalico.datastore import Datastore
+
+
+@dataclass
+class CtlContext:
+    endpoints: str | None = None
+    authority: str | None = None
+    ca_cert: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    debug: bool = False
+    _store: Any = field(default=None, repr=False)
+    _client: Any = field(default=None, repr=False)
+
+    @property
+    def store(self) -> Datastore:
+        if self._store is None:
+            from libcalico.datastore import Datastore, EtcdSettings
+
+            settings = EtcdSettings.from_env(
+                endpoints=self.endpoints, authority=self.authority, ca_cert=self.ca_cert,
+                cert_file=self.cert_file, key_file=self.key_file)
+            self._store = Datastore(settings)
+        return self._store  # type: ignore[no-any-return]
+
+    @property
+    def client(self) -> CalicoClient:
+        if self._client is None:
+            from libcalico.client import CalicoClient
+
+            self._client = CalicoClient(self.store)
+        return self._client  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+            self._client = None
+
+
+def ctl() -> CtlContext:
+    """The current invocation's context."""
+    obj = click.get_current_context().find_object(CtlContext)
+    if obj is None:  # a subcommand invoked on its own (tests)
+        obj = CtlContext()
+        click.get_current_context().obj = obj
+    return obj
+
+
+def this_hostname(explicit: str | None = None) -> str:
+    """This node's name: --hostname, else $HOSTNAME, else the kernel's hostname."""
+    return explicit or os.environ.get("HOSTNAME") or socket.gethostname()
+
+
+hostname_option = click.option(
+    "--hostname", default=None, metavar="HOSTNAME",
+    help="The node's name (default: $HOSTNAME, else the system hostname).")

@@ -1,0 +1,3 @@
+"""`calicoctl diags` (placeholder, filled in below)."""
+
+COMMANDS: list = []

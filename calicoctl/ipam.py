@@ -1,0 +1,3 @@
+"""`calicoctl ipam` (placeholder, filled in below)."""
+
+COMMANDS: list = []

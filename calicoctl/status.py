@@ -1,0 +1,3 @@
+"""`calicoctl status` (placeholder, filled in below)."""
+
+COMMANDS: list = []

@@ -1,0 +1,1 @@
+"""Felix: the per-host dataplane agent (calc, rules, dataplane, driver)."""

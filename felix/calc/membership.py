@@ -1,0 +1,191 @@
+"""Which addresses belong in each tag and selector ipset: incremental indexes.
+
+Owns: for every endpoint in the cluster (workload endpoints of every host, and host
+endpoints' expected addresses), the addresses it contributes, its effective labels and
+its tags (through its profiles); for every *active* ipset (a tag or selector that some
+rendered profile or policy uses), a member -> count map (two endpoints may share an
+address); a dirty set of ipsets whose members changed.
+
+Work is proportional to what changed: an endpoint update re-evaluates the active
+selectors for that one endpoint; a profile's tags or labels changing re-evaluates the
+endpoints that use the profile; a set becoming active scans the endpoints once.
+
+Leaves to others: which sets are active (`felix.calc.graph` counts references from
+rendered rule sources), set names and the kernel (`felix.rules.names`, the dataplane).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from libcalico.model.selector import Selector, parse_selector
+
+EndpointRef = object  # a parsed key (WorkloadEndpointKey / HostEndpointKey), hashable
+
+
+@dataclass(frozen=True)
+class SetId:
+    """A tag set (`kind` "tag", `value` the tag) or a selector set ("sel", canonical)."""
+
+    kind: str
+    value: str
+
+
+@dataclass(frozen=True)
+class EndpointData:
+    addrs_v4: tuple[str, ...]  # plain addresses
+    addrs_v6: tuple[str, ...]
+    labels: Mapping[str, str]  # the endpoint's own labels
+    profile_ids: tuple[str, ...]
+
+
+class MembershipIndex:
+    """Incremental tag/selector -> member addresses index (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._endpoints: dict[EndpointRef, EndpointData] = {}
+        self._by_profile: dict[str, set[EndpointRef]] = {}
+        self._profile_tags: dict[str, tuple[str, ...]] = {}
+        self._profile_labels: dict[str, Mapping[str, str]] = {}
+        self._active: dict[SetId, Selector | None] = {}
+        self._members: dict[SetId, tuple[Counter[str], Counter[str]]] = {}
+        self._contrib: dict[EndpointRef, frozenset[SetId]] = {}
+        self.dirty: set[SetId] = set()
+
+    # --- inputs ----------------------------------------------------------------------
+
+    def on_endpoint(self, ref: EndpointRef, data: EndpointData | None) -> None:
+        old = self._endpoints.get(ref)
+        if old == data:
+            return
+        if old is not None:
+            for pid in old.profile_ids:
+                users = self._by_profile.get(pid)
+                if users is not None:
+                    users.discard(ref)
+                    if not users:
+                        del self._by_profile[pid]
+            self._remove_contrib(ref, old)
+        if data is None:
+            self._endpoints.pop(ref, None)
+            return
+        self._endpoints[ref] = data
+        for pid in data.profile_ids:
+            self._by_profile.setdefault(pid, set()).add(ref)
+        self._add_contrib(ref, data)
+
+    def on_profile(self, profile_id: str, tags: tuple[str, ...],
+                   labels: Mapping[str, str]) -> None:
+        if (self._profile_tags.get(profile_id, ()) == tags
+                and self._profile_labels.get(profile_id, {}) == labels):
+            return
+        if tags:
+            self._profile_tags[profile_id] = tags
+        else:
+            self._profile_tags.pop(profile_id, None)
+        if labels:
+            self._profile_labels[profile_id] = labels
+        else:
+            self._profile_labels.pop(profile_id, None)
+        for ref in list(self._by_profile.get(profile_id, ())):
+            self._refresh(ref)
+
+    def set_active(self, set_id: SetId, active: bool) -> None:
+        if active == (set_id in self._active):
+            return
+        if not active:
+            del self._active[set_id]
+            del self._members[set_id]
+            for ref, ids in self._contrib.items():
+                if set_id in ids:
+                    self._contrib[ref] = ids - {set_id}
+            self.dirty.add(set_id)
+            return
+        sel = parse_selector(set_id.value) if set_id.kind == "sel" else None
+        self._active[set_id] = sel
+        v4: Counter[str] = Counter()
+        v6: Counter[str] = Counter()
+        self._members[set_id] = (v4, v6)
+        if set_id.kind == "tag":
+            refs: set[EndpointRef] = set()
+            for pid, tags in self._profile_tags.items():
+                if set_id.value in tags:
+                    refs |= self._by_profile.get(pid, set())
+        else:
+            refs = set(self._endpoints)
+        for ref in refs:
+            data = self._endpoints[ref]
+            if self._matches(set_id, sel, data):
+                v4.update(data.addrs_v4)
+                v6.update(data.addrs_v6)
+                self._contrib[ref] = self._contrib.get(ref, frozenset()) | {set_id}
+        self.dirty.add(set_id)
+
+    # --- outputs ---------------------------------------------------------------------
+
+    def members(self, set_id: SetId, version: int) -> frozenset[str]:
+        counts = self._members[set_id][0 if version == 4 else 1]
+        return frozenset(counts)
+
+    def is_active(self, set_id: SetId) -> bool:
+        return set_id in self._active
+
+    def effective_labels(self, data: EndpointData) -> dict[str, str]:
+        """Profile labels (in profile order) overridden by the endpoint's own labels."""
+        if not self._profile_labels:
+            return dict(data.labels)
+        labels: dict[str, str] = {}
+        for pid in data.profile_ids:
+            labels.update(self._profile_labels.get(pid, {}))
+        labels.update(data.labels)
+        return labels
+
+    # --- internals -------------------------------------------------------------------
+
+    def _matches(self, set_id: SetId, sel: Selector | None, data: EndpointData) -> bool:
+        if sel is None:
+            return any(set_id.value in self._profile_tags.get(p, ()) for p in data.profile_ids)
+        return sel.evaluate(self.effective_labels(data))
+
+    def _wanted(self, data: EndpointData) -> frozenset[SetId]:
+        out = set()
+        tags = {t for p in data.profile_ids for t in self._profile_tags.get(p, ())}
+        labels = self.effective_labels(data)
+        for set_id, sel in self._active.items():
+            if sel is None:
+                if set_id.value in tags:
+                    out.add(set_id)
+            elif sel.evaluate(labels):
+                out.add(set_id)
+        return frozenset(out)
+
+    def _add_contrib(self, ref: EndpointRef, data: EndpointData) -> None:
+        wanted = self._wanted(data)
+        for set_id in wanted:
+            v4, v6 = self._members[set_id]
+            v4.update(data.addrs_v4)
+            v6.update(data.addrs_v6)
+            if data.addrs_v4 or data.addrs_v6:
+                self.dirty.add(set_id)
+        if wanted:
+            self._contrib[ref] = wanted
+
+    def _remove_contrib(self, ref: EndpointRef, data: EndpointData) -> None:
+        for set_id in self._contrib.pop(ref, frozenset()):
+            v4, v6 = self._members[set_id]
+            for counts, addrs in ((v4, data.addrs_v4), (v6, data.addrs_v6)):
+                for a in addrs:
+                    counts[a] -= 1
+                    if counts[a] <= 0:
+                        del counts[a]
+            if data.addrs_v4 or data.addrs_v6:
+                self.dirty.add(set_id)
+
+    def _refresh(self, ref: EndpointRef) -> None:
+        data = self._endpoints[ref]
+        if self._contrib.get(ref, frozenset()) == self._wanted(data):
+            return
+        self._remove_contrib(ref, data)
+        self._add_contrib(ref, data)

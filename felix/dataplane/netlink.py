@@ -1,0 +1,366 @@
+"""A small rtnetlink client for bulk route/neighbour writes and fast dumps.
+
+Owns: one NETLINK_ROUTE socket (opened inside a network namespace if asked, with a
+large receive buffer), encoding of the few messages felix writes (routes, neighbour
+entries), and decoding of link, route and neighbour dumps and link events, reading only
+the fields felix needs. Writes are pipelined: a whole batch of requests goes out in a
+few `send` calls and the per-request acks come back as errno values, so 10,000 routes
+cost one round of syscalls rather than 10,000 round trips.
+
+Why not pyroute2's IPRoute for this path: measured here (pyroute2 0.9.7), one
+`route('replace')` costs ~0.7 ms and a link dump ~0.45 ms per interface, i.e. ~7 s and
+~4.5 s at 10,000 endpoints. pyroute2 stays the tool for anything else; this module is
+only the hot path.
+
+Leaves to others: what to write (routes.py, interfaces.py), which entries are felix's,
+and resync policy. Errors: `NetlinkError` (timeouts, lost messages; ENOBUFS means the
+caller must resync).
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import socket
+import struct
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+from felix.dataplane.cmd import DataplaneError
+from felix.dataplane.netns import run_in_netns
+
+# netlink / rtnetlink constants (linux/netlink.h, linux/rtnetlink.h, linux/neighbour.h)
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
+NLM_F_REQUEST = 0x1
+NLM_F_MULTI = 0x2
+NLM_F_ACK = 0x4
+NLM_F_DUMP_INTR = 0x10
+NLM_F_DUMP = 0x300
+NLM_F_REPLACE = 0x100
+NLM_F_CREATE = 0x400
+RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
+RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
+RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
+RTMGRP_LINK = 0x1
+IFLA_IFNAME = 3
+RTA_DST, RTA_OIF, RTA_TABLE = 1, 4, 15
+NDA_DST, NDA_LLADDR = 1, 2
+IFF_UP, IFF_RUNNING, IFF_LOWER_UP = 0x1, 0x40, 0x10000
+NUD_PERMANENT = 0x80
+NTF_PROXY = 0x08
+RT_TABLE_MAIN = 254
+RT_SCOPE_LINK = 253
+RT_SCOPE_NOWHERE = 255
+RTN_UNICAST = 1
+SO_RCVBUFFORCE = 33
+SO_SNDBUFFORCE = 32
+
+_HDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
+_IFINFO = struct.Struct("=BxHiII")  # family, type, index, flags, change
+_RTMSG = struct.Struct("=BBBBBBBBI")  # family dst_len src_len tos table proto scope type flags
+_NDMSG = struct.Struct("=BxxxiHBB")  # family, ifindex, state, flags, type
+_RTA = struct.Struct("=HH")
+_ERR = struct.Struct("=i")
+_U32 = struct.Struct("=I")
+_FAMILY_BYTES = {socket.AF_INET: 4, socket.AF_INET6: 16}
+
+# Requests per send; their acks (one small skb each) must fit the receive buffer.
+_WINDOW = 512
+
+
+class NetlinkError(DataplaneError):
+    """The netlink conversation failed (timeout, lost acks, ENOBUFS): resync."""
+
+
+@dataclass(frozen=True)
+class Link:
+    index: int
+    name: str
+    flags: int
+
+    @property
+    def up(self) -> bool:
+        """Administratively up and with carrier (what routes through it need)."""
+        return bool(self.flags & IFF_UP) and bool(self.flags & (IFF_LOWER_UP | IFF_RUNNING))
+
+
+@dataclass(frozen=True)
+class KernelRoute:
+    dst: str  # "198.18.0.1/32", "fd00::1/128"
+    oif: int
+    proto: int
+    table: int
+    scope: int
+
+
+@dataclass(frozen=True)
+class KernelNeighbour:
+    family: int
+    dst: str
+    lladdr: str | None
+    ifindex: int
+    state: int
+    flags: int
+
+
+@dataclass(frozen=True)
+class Request:
+    """One netlink request: message type, extra flags and encoded body (after nlmsghdr)."""
+
+    msg_type: int
+    flags: int
+    body: bytes
+
+
+def _attr(attr_type: int, payload: bytes) -> bytes:
+    length = 4 + len(payload)
+    return _RTA.pack(length, attr_type) + payload + b"\0" * ((4 - length % 4) % 4)
+
+
+def _attrs(data: bytes, offset: int, end: int) -> Iterator[tuple[int, bytes]]:
+    while offset + 4 <= end:
+        length, attr_type = _RTA.unpack_from(data, offset)
+        if length < 4:
+            break
+        yield attr_type & 0x3FFF, data[offset + 4:offset + length]
+        offset += (length + 3) & ~3
+
+
+def _family_of(address: str) -> int:
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
+
+
+def route_request(dst: str, prefixlen: int, oif: int, proto: int, delete: bool = False) -> Request:
+    """RTM_NEWROUTE (create or replace) or RTM_DELROUTE for a link-scope host route."""
+    family = _family_of(dst)
+    body = _RTMSG.pack(family, prefixlen, 0, 0, RT_TABLE_MAIN, proto,
+                       RT_SCOPE_NOWHERE if delete else RT_SCOPE_LINK, RTN_UNICAST, 0)
+    body += _attr(RTA_DST, socket.inet_pton(family, dst))
+    if oif:
+        body += _attr(RTA_OIF, _U32.pack(oif))
+    if delete:
+        return Request(RTM_DELROUTE, 0, body)
+    return Request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, body)
+
+
+def neighbour_request(ip: str, mac: str | None, ifindex: int, delete: bool = False,
+                      proxy: bool = False) -> Request:
+    """RTM_NEWNEIGH (permanent, or a proxy entry) or RTM_DELNEIGH."""
+    family = _family_of(ip)
+    body = _NDMSG.pack(family, ifindex, NUD_PERMANENT, NTF_PROXY if proxy else 0, 0)
+    body += _attr(NDA_DST, socket.inet_pton(family, ip))
+    if mac and not delete:
+        body += _attr(NDA_LLADDR, bytes.fromhex(mac.replace(":", "")))
+    if delete:
+        return Request(RTM_DELNEIGH, 0, body)
+    return Request(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, body)
+
+
+def _parse_link(data: bytes, offset: int, end: int) -> Link | None:
+    _family, _type, index, flags, _change = _IFINFO.unpack_from(data, offset)
+    for attr_type, payload in _attrs(data, offset + _IFINFO.size, end):
+        if attr_type == IFLA_IFNAME:
+            return Link(index, payload.rstrip(b"\0").decode(), flags)
+    return None
+
+
+def _parse_route(data: bytes, offset: int, end: int) -> KernelRoute | None:
+    family, dst_len, _s, _t, table, proto, scope, _rtype, _f = _RTMSG.unpack_from(data, offset)
+    if family not in _FAMILY_BYTES:
+        return None
+    dst = oif = None
+    for attr_type, payload in _attrs(data, offset + _RTMSG.size, end):
+        if attr_type == RTA_DST:
+            dst = socket.inet_ntop(family, payload)
+        elif attr_type == RTA_OIF:
+            oif = _U32.unpack(payload)[0]
+        elif attr_type == RTA_TABLE:
+            table = _U32.unpack(payload)[0]
+    if dst is None:
+        dst = "0.0.0.0" if family == socket.AF_INET else "::"
+    return KernelRoute(f"{dst}/{dst_len}", oif or 0, proto, table, scope)
+
+
+def _parse_neighbour(data: bytes, offset: int, end: int) -> KernelNeighbour | None:
+    family, ifindex, state, flags, _type = _NDMSG.unpack_from(data, offset)
+    if family not in _FAMILY_BYTES:
+        return None
+    dst = mac = None
+    for attr_type, payload in _attrs(data, offset + _NDMSG.size, end):
+        if attr_type == NDA_DST:
+            dst = socket.inet_ntop(family, payload)
+        elif attr_type == NDA_LLADDR:
+            mac = ":".join(f"{b:02x}" for b in payload)
+    if dst is None:
+        return None
+    return KernelNeighbour(family, dst, mac, ifindex, state, flags)
+
+
+class NetlinkSocket:
+    """A NETLINK_ROUTE socket in `netns` (None: this process's namespace).
+
+    `groups` subscribes to multicast groups (RTMGRP_LINK for the interface watcher).
+    Not thread-safe: one owner per socket.
+    """
+
+    def __init__(self, netns: str | None = None, groups: int = 0,
+                 rcvbuf: int = 8 * 1024 * 1024, timeout: float = 10.0) -> None:
+        def make() -> socket.socket:
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+            for opt, fallback, size in ((SO_RCVBUFFORCE, socket.SO_RCVBUF, rcvbuf),
+                                        (SO_SNDBUFFORCE, socket.SO_SNDBUF, 1024 * 1024)):
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, opt, size)
+                except OSError:
+                    sock.setsockopt(socket.SOL_SOCKET, fallback, size)
+            sock.bind((0, groups))
+            return sock
+
+        self.netns = netns
+        self._sock = run_in_netns(netns, make)
+        self._sock.settimeout(timeout)
+        self._seq = itertools.count(1)
+        self._buf = bytearray(1 << 20)
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def _recv(self) -> bytes:
+        try:
+            n = self._sock.recv_into(self._buf)
+        except TimeoutError as exc:
+            raise NetlinkError("netlink: timed out waiting for the kernel") from exc
+        except OSError as exc:
+            if exc.errno == errno.ENOBUFS:
+                raise NetlinkError("netlink: receive buffer overrun (ENOBUFS)") from exc
+            raise
+        return bytes(self._buf[:n])
+
+    @staticmethod
+    def _messages(data: bytes) -> Iterator[tuple[int, int, int, int, int]]:
+        """(type, flags, seq, body offset, end offset) for each message in one datagram."""
+        offset = 0
+        while offset + _HDR.size <= len(data):
+            length, msg_type, flags, seq, _pid = _HDR.unpack_from(data, offset)
+            if length < _HDR.size:
+                break
+            yield msg_type, flags, seq, offset + _HDR.size, offset + length
+            offset += (length + 3) & ~3
+
+    def _dump(self, msg_type: int, body: bytes) -> Iterator[tuple[bytes, int, int, int]]:
+        """Run one dump; yield (datagram, type, body offset, end offset); retry if interrupted."""
+        for _attempt in range(5):
+            seq = next(self._seq)
+            self._sock.send(_HDR.pack(_HDR.size + len(body), msg_type,
+                                      NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body)
+            out: list[tuple[bytes, int, int, int]] = []
+            interrupted = False
+            done = False
+            while not done:
+                data = self._recv()
+                for mtype, flags, mseq, off, end in self._messages(data):
+                    if mseq != seq:
+                        continue
+                    if flags & NLM_F_DUMP_INTR:
+                        interrupted = True
+                    if mtype == NLMSG_DONE:
+                        done = True
+                        break
+                    if mtype == NLMSG_ERROR:
+                        code = -_ERR.unpack_from(data, off)[0]
+                        raise NetlinkError(f"netlink dump failed: {os.strerror(code)}")
+                    out.append((data, mtype, off, end))
+            if not interrupted:
+                yield from out
+                return
+        raise NetlinkError("netlink dump kept being interrupted")
+
+    def dump_links(self) -> list[Link]:
+        links = []
+        for data, mtype, off, end in self._dump(RTM_GETLINK, _IFINFO.pack(0, 0, 0, 0, 0)):
+            if mtype == RTM_NEWLINK and (link := _parse_link(data, off, end)) is not None:
+                links.append(link)
+        return links
+
+    def get_links(self, names: Iterable[str]) -> dict[str, Link]:
+        """Look up interfaces by name in one pipelined batch; missing names are absent."""
+        names = list(names)
+        requests = [Request(RTM_GETLINK, 0, _IFINFO.pack(0, 0, 0, 0, 0)
+                            + _attr(IFLA_IFNAME, n.encode() + b"\0")) for n in names]
+        found: dict[str, Link] = {}
+        for (code, replies), _name in zip(self.request_batch(requests), names, strict=True):
+            if code == 0:
+                for data, mtype, off, end in replies:
+                    if mtype == RTM_NEWLINK and (link := _parse_link(data, off, end)) is not None:
+                        found[link.name] = link
+        return found
+
+    def dump_routes(self) -> list[KernelRoute]:
+        routes = []
+        body = _RTMSG.pack(0, 0, 0, 0, 0, 0, 0, 0, 0)
+        for data, mtype, off, end in self._dump(RTM_GETROUTE, body):
+            if mtype == RTM_NEWROUTE and (route := _parse_route(data, off, end)) is not None:
+                routes.append(route)
+        return routes
+
+    def dump_neighbours(self, proxy: bool = False) -> list[KernelNeighbour]:
+        """Neighbour entries (`proxy=True`: the proxy ARP/NDP entries instead)."""
+        body = _NDMSG.pack(0, 0, 0, NTF_PROXY if proxy else 0, 0)
+        out = []
+        for data, mtype, off, end in self._dump(RTM_GETNEIGH, body):
+            n = _parse_neighbour(data, off, end) if mtype == RTM_NEWNEIGH else None
+            if n is not None and bool(n.flags & NTF_PROXY) == proxy:
+                out.append(n)
+        return out
+
+    def request_batch(self, requests: Sequence[Request]
+                      ) -> list[tuple[int, list[tuple[bytes, int, int, int]]]]:
+        """Send every request with NLM_F_ACK, pipelined; return (errno, replies) per request."""
+        results: list[tuple[int, list[tuple[bytes, int, int, int]]]] = []
+        for start in range(0, len(requests), _WINDOW):
+            window = requests[start:start + _WINDOW]
+            seqs = {}
+            parts = []
+            for i, req in enumerate(window):
+                seq = next(self._seq)
+                seqs[seq] = i
+                parts.append(_HDR.pack(_HDR.size + len(req.body), req.msg_type,
+                                       NLM_F_REQUEST | NLM_F_ACK | req.flags, seq, 0))
+                parts.append(req.body)
+            payload = b"".join(parts)
+            view = memoryview(payload)
+            while view:
+                sent = self._sock.send(view)
+                view = view[sent:]
+            codes: list[int | None] = [None] * len(window)
+            replies: list[list[tuple[bytes, int, int, int]]] = [[] for _ in window]
+            pending = len(window)
+            while pending:
+                data = self._recv()
+                for mtype, _flags, seq, off, end in self._messages(data):
+                    idx = seqs.get(seq)
+                    if idx is None:
+                        continue
+                    if mtype == NLMSG_ERROR:
+                        if codes[idx] is None:
+                            codes[idx] = -_ERR.unpack_from(data, off)[0]
+                            pending -= 1
+                    else:
+                        replies[idx].append((data, mtype, off, end))
+            results.extend((c or 0, r) for c, r in zip(codes, replies, strict=True))
+        return results
+
+    def recv_link_events(self) -> list[tuple[int, Link]]:
+        """Block for the next datagram of link events: [(RTM_NEWLINK|RTM_DELLINK, Link)]."""
+        data = self._recv()
+        events = []
+        for mtype, _flags, _seq, off, end in self._messages(data):
+            if mtype in (RTM_NEWLINK, RTM_DELLINK) and (link := _parse_link(data, off, end)):
+                events.append((mtype, link))
+        return events
+

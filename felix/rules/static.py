@@ -1,0 +1,120 @@
+"""Felix's fixed chains: the entry chains, failsafe ports and nat-outgoing.
+
+Owns, per IP version, the filter table's `felix-INPUT`, `felix-FORWARD`, `felix-OUTPUT`
+(each reached by one jump from the kernel chain of the same name: `render_base_jumps`),
+`felix-FAILSAFE-IN`/`-OUT`, and the nat table's `felix-POSTROUTING` with its
+MASQUERADE rule for pools with nat-outgoing (ipsets `felix-masq-ipam-pools` and
+`felix-all-ipam-pools`, hash:net).
+
+Chain layout (filter):
+  felix-FORWARD: drop ctstate INVALID, accept RELATED,ESTABLISHED; from a workload
+    interface -> felix-FROM-ENDPOINT (outbound policy of the sender), to a workload
+    interface -> felix-TO-ENDPOINT (inbound policy of the receiver); accept what returns.
+  felix-INPUT: clear marks, conntrack as above; from workloads: IPv6 neighbour
+    discovery, DHCP and DNS to the host are accepted, then DefaultEndpointToHostAction
+    (DROP; RETURN or ACCEPT after the workload's outbound policy); other interfaces go
+    through felix-FROM-HOST-IF (host endpoints, failsafe ports first); accept on mark.
+  felix-OUTPUT: clear marks, conntrack; to workloads RETURN (the host may always reach
+    its workloads); else felix-TO-HOST-IF; accept on mark.
+
+Leaves to others: endpoint, policy and dispatch chains (the sibling modules), the
+configuration values (`felix.config`), applying (`felix.dataplane`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from felix.dataplane.types import Chain, Rule
+from felix.rules.match import MAX_MULTIPORT_ENTRIES
+from felix.rules.names import (
+    CHAIN_FAILSAFE_IN,
+    CHAIN_FAILSAFE_OUT,
+    CHAIN_FORWARD,
+    CHAIN_FROM_ENDPOINT,
+    CHAIN_FROM_HOST_IF,
+    CHAIN_INPUT,
+    CHAIN_NAT_POSTROUTING,
+    CHAIN_OUTPUT,
+    CHAIN_TO_ENDPOINT,
+    CHAIN_TO_HOST_IF,
+    IPSET_ALL_POOLS,
+    IPSET_MASQ_POOLS,
+    Marks,
+    mark_match,
+    set_mark,
+)
+
+INVALID_DROP = Rule("-m conntrack --ctstate INVALID", "-j DROP")
+ESTABLISHED_ACCEPT = Rule("-m conntrack --ctstate RELATED,ESTABLISHED", "-j ACCEPT")
+# Neighbour discovery and MLD a workload needs to talk to its host.
+ICMPV6_HOST_TYPES = (130, 131, 132, 133, 135, 136)
+
+
+def _wildcards(prefixes: Sequence[str]) -> list[str]:
+    return [f"{p}+" for p in prefixes]
+
+
+def render_failsafe_chains(in_ports: Sequence[int], out_ports: Sequence[int]) -> list[Chain]:
+    def chain(name: str, ports: Sequence[int]) -> Chain:
+        rules = []
+        ports = list(ports)
+        for i in range(0, len(ports), MAX_MULTIPORT_ENTRIES):
+            chunk = ",".join(str(p) for p in ports[i:i + MAX_MULTIPORT_ENTRIES])
+            rules.append(Rule(f"-p tcp -m multiport --dports {chunk}", "-j ACCEPT", "failsafe"))
+        return Chain(name, tuple(rules))
+    return [chain(CHAIN_FAILSAFE_IN, in_ports), chain(CHAIN_FAILSAFE_OUT, out_ports)]
+
+
+def render_filter_chains(version: int, prefixes: Sequence[str], endpoint_to_host: str,
+                         marks: Marks, in_ports: Sequence[int],
+                         out_ports: Sequence[int]) -> list[Chain]:
+    """felix-INPUT, felix-FORWARD, felix-OUTPUT and the failsafe chains."""
+    wild = _wildcards(prefixes)
+    clear = Rule("", set_mark(marks.all, 0))
+    forward = [INVALID_DROP, ESTABLISHED_ACCEPT]
+    forward += [Rule(f"-i {w}", f"-j {CHAIN_FROM_ENDPOINT}") for w in wild]
+    forward += [Rule(f"-o {w}", f"-j {CHAIN_TO_ENDPOINT}") for w in wild]
+    forward += [Rule(f"-i {w}", "-j ACCEPT") for w in wild]
+    forward += [Rule(f"-o {w}", "-j ACCEPT") for w in wild]
+
+    inp = [clear, INVALID_DROP, ESTABLISHED_ACCEPT]
+    for w in wild:
+        if version == 6:
+            inp += [Rule(f"-i {w} -p icmpv6 -m icmp6 --icmpv6-type {t}", "-j ACCEPT")
+                    for t in ICMPV6_HOST_TYPES]
+            inp.append(Rule(f"-i {w} -p udp -m udp --sport 546 --dport 547", "-j ACCEPT",
+                            "DHCPv6"))
+        else:
+            inp.append(Rule(f"-i {w} -p udp -m udp --sport 68 --dport 67", "-j ACCEPT", "DHCP"))
+        inp.append(Rule(f"-i {w} -p udp -m udp --dport 53", "-j ACCEPT", "DNS"))
+        if endpoint_to_host == "DROP":
+            inp.append(Rule(f"-i {w}", "-j DROP", "DefaultEndpointToHostAction"))
+        else:
+            inp.append(Rule(f"-i {w}", f"-j {CHAIN_FROM_ENDPOINT}", "workload outbound policy"))
+            inp.append(Rule(f"-i {w}", f"-j {endpoint_to_host}", "DefaultEndpointToHostAction"))
+    inp += [Rule("", f"-j {CHAIN_FROM_HOST_IF}"), Rule(mark_match(marks.accept), "-j ACCEPT")]
+
+    out = [clear, INVALID_DROP, ESTABLISHED_ACCEPT]
+    out += [Rule(f"-o {w}", "-j RETURN", "host to local workload") for w in wild]
+    out += [Rule("", f"-j {CHAIN_TO_HOST_IF}"), Rule(mark_match(marks.accept), "-j ACCEPT")]
+    return [Chain(CHAIN_FORWARD, tuple(forward)), Chain(CHAIN_INPUT, tuple(inp)),
+            Chain(CHAIN_OUTPUT, tuple(out)), *render_failsafe_chains(in_ports, out_ports)]
+
+
+def render_nat_chains() -> list[Chain]:
+    """nat-outgoing (IPv4): masquerade from nat-outgoing pools to outside all pools."""
+    rule = Rule(f"-m set --match-set {IPSET_MASQ_POOLS} src "
+                f"-m set ! --match-set {IPSET_ALL_POOLS} dst", "-j MASQUERADE", "nat-outgoing")
+    return [Chain(CHAIN_NAT_POSTROUTING, (rule,))]
+
+
+def render_base_jumps(table: str) -> dict[str, tuple[Rule, ...]]:
+    """The one jump felix puts at the top of each kernel chain it hooks."""
+    if table == "filter":
+        return {"INPUT": (Rule("", f"-j {CHAIN_INPUT}"),),
+                "FORWARD": (Rule("", f"-j {CHAIN_FORWARD}"),),
+                "OUTPUT": (Rule("", f"-j {CHAIN_OUTPUT}"),)}
+    if table == "nat":
+        return {"POSTROUTING": (Rule("", f"-j {CHAIN_NAT_POSTROUTING}"),)}
+    return {}

@@ -1,0 +1,146 @@
+"""Felix's status in etcd: a liveness key per host and the status of each endpoint.
+
+Owns, on a thread of its own (so a slow or absent etcd never stalls the dataplane):
+  - the liveness key `keyspace.felix_status_key(host)`, written every
+    ReportingIntervalSecs with a lease of ReportingTTLSecs, and the same JSON without a
+    lease at `felix_last_status_key(host)`: `{"time", "uptime", "first_update"}`;
+  - per-endpoint status at `keyspace.endpoint_status_key(...)`: `{"status": "up" |
+    "down" | "error", "reason": ...}`, written only when it changed and at most once
+    per EndpointReportingDelaySecs (changes in between are batched; the latest wins);
+    statuses of endpoints that went away are deleted.
+Failures are logged and retried at the next tick; nothing here raises into the driver.
+
+Leaves to others: deciding each endpoint's status (`felix.driver`), key layout
+(`libcalico.keyspace`), etcd access (`libcalico.datastore`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import threading
+import time
+from collections.abc import Mapping
+
+from libcalico import keyspace
+from libcalico.datastore import Datastore, Lease
+from libcalico.errors import DatastoreError
+
+_log = logging.getLogger(__name__)
+
+EndpointStatus = Mapping[str, str]  # {"status": ..., "reason": ...}
+
+
+class StatusReporter:
+    """See the module docstring. `set_endpoints()` may be called from any thread."""
+
+    def __init__(self, store: Datastore, hostname: str, interval: float, ttl: float,
+                 endpoints_enabled: bool = True, endpoint_delay: float = 1.0) -> None:
+        self.store = store
+        self.hostname = hostname
+        self.interval = interval
+        self.ttl = max(int(ttl), 1)
+        self.endpoints_enabled = endpoints_enabled
+        self.endpoint_delay = endpoint_delay
+        self._started = time.monotonic()
+        self._lease: Lease | None = None
+        self._first = True
+        self._wanted: dict[str, dict[str, str]] = {}  # key -> status
+        self._written: dict[str, dict[str, str]] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._next_status = 0.0
+        self._next_endpoints = 0.0
+        self._cleaned = False
+
+    def set_endpoints(self, statuses: Mapping[keyspace.WorkloadEndpointKey,
+                                              EndpointStatus | None]) -> None:
+        """Record the latest status of some endpoints (None: the endpoint is gone)."""
+        if not self.endpoints_enabled:
+            return
+        with self._lock:
+            for key, status in statuses.items():
+                skey = keyspace.endpoint_status_key(key.hostname, key.orchestrator,
+                                                    key.workload, key.endpoint_id)
+                if status is None:
+                    self._wanted.pop(skey, None)
+                else:
+                    self._wanted[skey] = dict(status)
+        self._wake.set()
+
+    def start(self) -> StatusReporter:
+        if self.interval <= 0 and not self.endpoints_enabled:
+            return self
+        self._thread = threading.Thread(target=self._run, name="status", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, revoke: bool = True) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        if revoke and self._lease is not None:
+            try:
+                self._lease.revoke()
+            except DatastoreError as exc:
+                _log.info("could not revoke the status lease: %s", exc)
+
+    # --- the thread -------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if self.interval > 0 and now >= self._next_status:
+                self._next_status = now + (self.interval if self._report() else 1.0)
+            if self.endpoints_enabled and now >= self._next_endpoints:
+                self._next_endpoints = now + (self.endpoint_delay if self._write_endpoints()
+                                              else 1.0)
+            deadline = min(t for t in (self._next_status if self.interval > 0 else None,
+                                       self._next_endpoints if self.endpoints_enabled
+                                       else None) if t is not None)
+            self._wake.wait(max(deadline - time.monotonic(), 0.05))
+            self._wake.clear()
+
+    def _report(self) -> bool:
+        value = json.dumps({
+            "time": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "uptime": round(time.monotonic() - self._started, 1),
+            "first_update": self._first})
+        try:
+            if self._lease is None or self.store.refresh_lease(self._lease.id) <= 0:
+                self._lease = self.store.grant_lease(self.ttl)
+            self.store.put(keyspace.felix_status_key(self.hostname), value,
+                           lease=self._lease.id)
+            self.store.put(keyspace.felix_last_status_key(self.hostname), value)
+        except DatastoreError as exc:
+            _log.warning("could not write felix status: %s", exc)
+            self._lease = None  # it may have expired; grant a new one next time
+            return False
+        self._first = False
+        return True
+
+    def _write_endpoints(self) -> bool:
+        with self._lock:
+            wanted = dict(self._wanted)
+        try:
+            if not self._cleaned:
+                # Statuses left by an earlier run for endpoints that are gone.
+                prefix = keyspace.felix_status_dir(self.hostname) + "workload/"
+                kvs, _ = self.store.list(prefix)
+                self._written = {kv.key: json.loads(kv.value) for kv in kvs}
+                self._cleaned = True
+            for key in [k for k in self._written if k not in wanted]:
+                self.store.delete(key)
+                del self._written[key]
+            for key, status in wanted.items():
+                if self._written.get(key) != status:
+                    self.store.put(key, json.dumps(status, sort_keys=True))
+                    self._written[key] = status
+        except (DatastoreError, ValueError) as exc:
+            _log.warning("could not write endpoint status: %s", exc)
+            return False
+        return True

@@ -1,0 +1,59 @@
+"""The typed resource model: pure, validated, immutable values with canonical JSON.
+
+Owns: selectors (`selector`), the rule grammar (`rules`), policy resources
+(`policy`), endpoints (`endpoints`), network and configuration resources
+(`network`) and the resource-kind registry (`resources`). This package does no
+I/O: the keys values are stored under belong to `libcalico.keyspace`, reading and
+writing to `libcalico.datastore`. Invalid input raises
+`libcalico.errors.ValidationError` naming the field and the value.
+"""
+
+from libcalico.model._common import Resource
+from libcalico.model.endpoints import (
+    HostEndpoint,
+    HostEndpointId,
+    WorkloadEndpoint,
+    WorkloadEndpointId,
+)
+from libcalico.model.network import (
+    BGPGlobalConfig,
+    BGPPeer,
+    FelixConfig,
+    IPAMConfig,
+    IPPool,
+    Node,
+    parse_as_num,
+)
+from libcalico.model.policy import Policy, Profile, Tier, policy_sort_key
+from libcalico.model.resources import RESOURCE_KINDS, parse_resource, resource_class
+from libcalico.model.rules import PortRange, Rule, Rules, parse_ports
+from libcalico.model.selector import Selector, SelectorSyntaxError, parse_selector
+
+__all__ = [
+    "RESOURCE_KINDS",
+    "BGPGlobalConfig",
+    "BGPPeer",
+    "FelixConfig",
+    "HostEndpoint",
+    "HostEndpointId",
+    "IPAMConfig",
+    "IPPool",
+    "Node",
+    "Policy",
+    "PortRange",
+    "Profile",
+    "Resource",
+    "Rule",
+    "Rules",
+    "Selector",
+    "SelectorSyntaxError",
+    "Tier",
+    "WorkloadEndpoint",
+    "WorkloadEndpointId",
+    "parse_as_num",
+    "parse_ports",
+    "parse_resource",
+    "parse_selector",
+    "policy_sort_key",
+    "resource_class",
+]

@@ -1,0 +1,215 @@
+"""Validation helpers and the resource base class shared by the model modules.
+
+Owns: checks and canonical forms that several resources share (names, ids that
+become key segments, CIDRs, addresses, MACs, labels, booleans, policy order), the
+strict "no unknown keys" check, and `Resource`, the base class that gives every
+resource its `apiVersion`/`kind`/`metadata`/`spec` document shape.
+
+Leaves to others: each resource's own fields (`rules`, `policy`, `endpoints`,
+`network`), and the kind registry (`resources`). Every check raises
+`ValidationError(field, value, reason)`; nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar, Self
+
+from libcalico.errors import ValidationError
+from libcalico.model.selector import LABEL_NAME_RE
+
+API_VERSION = "v1"
+
+NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+NAME_MAX = 128
+_SEGMENT_RE = re.compile(r"^[^/\s]+$")
+_MAC_RE = re.compile(
+    r"^(?:[0-9a-f]{2}([:-])[0-9a-f]{2}(?:\1[0-9a-f]{2}){4}"  # aa:bb:.. or aa-bb-..
+    r"|[0-9a-f]{4}\.[0-9a-f]{4}\.[0-9a-f]{4}"  # aabb.ccdd.eeff
+    r"|[0-9a-f]{12})$"  # aabbccddeeff
+)
+
+JSONDict = dict[str, Any]
+
+
+def validate_name(field: str, value: Any, max_len: int = NAME_MAX) -> str:
+    """A profile, tier, policy or tag name: `[A-Za-z0-9_.-]+`, at most `max_len` long."""
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        raise ValidationError(field, value, "must be letters, digits, '_', '.' or '-'")
+    if len(value) > max_len:
+        raise ValidationError(field, value, f"must be at most {max_len} characters")
+    return value
+
+
+def validate_id(field: str, value: Any) -> str:
+    """A hostname, orchestrator, workload or endpoint id: one etcd key segment."""
+    if (not isinstance(value, str) or not _SEGMENT_RE.match(value)
+            or value in (".", "..") or len(value) > 253):
+        raise ValidationError(field, value, "must be a non-empty name without '/' or spaces")
+    return value
+
+
+def validate_interface(field: str, value: Any) -> str:
+    """A Linux interface name: 1 to 15 characters, no '/', ':' or whitespace."""
+    if (not isinstance(value, str) or not 0 < len(value) <= 15 or value in (".", "..")
+            or any(c in "/:" or c.isspace() for c in value)):
+        raise ValidationError(field, value, "must be a Linux interface name (1-15 characters, "
+                                            "no '/', ':' or whitespace)")
+    return value
+
+
+def canonical_net(field: str, value: Any, version: int | None = None,
+                  strict: bool = False) -> str:
+    """A CIDR in canonical form; a bare address becomes a /32 or /128.
+
+    With `strict`, host bits set is an error; otherwise they are masked off.
+    """
+    if not isinstance(value, str):
+        raise ValidationError(field, value, "must be a CIDR string")
+    try:
+        net = ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValidationError(field, value, "not a valid CIDR") from None
+    if strict and net.network_address != ipaddress.ip_interface(value).ip:
+        raise ValidationError(field, value, f"has host bits set (the network is {net})")
+    if version is not None and net.version != version:
+        raise ValidationError(field, value, f"must be an IPv{version} CIDR")
+    return str(net)
+
+
+def canonical_address(field: str, value: Any, version: int | None = None) -> str:
+    """An IP address in canonical (compressed, lowercase) form."""
+    if not isinstance(value, str):
+        raise ValidationError(field, value, "must be an IP address string")
+    try:
+        addr = ipaddress.ip_address(value)
+    except ValueError:
+        raise ValidationError(field, value, "not a valid IP address") from None
+    if version is not None and addr.version != version:
+        raise ValidationError(field, value, f"must be an IPv{version} address")
+    return str(addr)
+
+
+def canonical_mac(field: str, value: Any) -> str:
+    """A MAC address as lowercase colon-separated octets (`aa:bb:cc:dd:ee:ff`)."""
+    if not isinstance(value, str) or not _MAC_RE.match(value.lower()):
+        raise ValidationError(field, value, "not a valid MAC address")
+    digits = re.sub(r"[^0-9a-f]", "", value.lower())
+    return ":".join(digits[i:i + 2] for i in range(0, 12, 2))
+
+
+def validate_labels(field: str, value: Any) -> dict[str, str]:
+    """A label dict: keys as selectors name them, string values; returned key-sorted."""
+    if not isinstance(value, Mapping):
+        raise ValidationError(field, value, "must be a mapping of label names to strings")
+    out: dict[str, str] = {}
+    for key in sorted(value, key=str):
+        if not isinstance(key, str) or not LABEL_NAME_RE.match(key) or len(key) > 253:
+            raise ValidationError(f"{field} key", key,
+                                  "must be letters, digits, '_', '.', '-' or '/'")
+        val = value[key]
+        if not isinstance(val, str):
+            raise ValidationError(f"{field}[{key}]", val, "must be a string")
+        out[key] = val
+    return out
+
+
+def validate_bool(field: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValidationError(field, value, "must be true or false")
+    return value
+
+
+def validate_int(field: str, value: Any, lo: int, hi: int) -> int:
+    """An int in lo..hi; a string of digits is accepted, a bool is not."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(field, value, "must be an integer")
+    if not lo <= value <= hi:
+        raise ValidationError(field, value, f"must be between {lo} and {hi}")
+    return value
+
+
+def validate_str_list(field: str, value: Any) -> list[Any]:
+    if not isinstance(value, list | tuple):
+        raise ValidationError(field, value, "must be a list")
+    return list(value)
+
+
+def validate_mapping(field: str, value: Any) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ValidationError(field, value, "must be a mapping")
+    return value
+
+
+def check_keys(where: str, data: Mapping[str, Any], allowed: Iterable[str]) -> None:
+    """Reject any key of `data` not in `allowed`, naming the key."""
+    allowed = set(allowed)
+    for key in data:
+        if key not in allowed:
+            raise ValidationError(str(key), data[key], f"unknown field in {where}")
+
+
+def parse_order(field: str, value: Any) -> float | None:
+    """A policy or tier order: a finite number, or None/"default" (meaning last)."""
+    if value is None or value == "default":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValidationError(field, value, "must be a number or \"default\"")
+    if not math.isfinite(value):
+        raise ValidationError(field, value, "must be finite")
+    return float(value)
+
+
+def render_order(order: float | None) -> int | float | str:
+    """The JSON form of an order: "default" for None, integral values as ints."""
+    if order is None:
+        return "default"
+    return int(order) if order.is_integer() else order
+
+
+class Resource:
+    """Base of every resource class: the `calicoctl apply -f` document shape.
+
+    A document is `{"apiVersion": "v1", "kind": KIND, "metadata": {identity},
+    "spec": {the rest}}`. Subclasses set `KIND` and implement `to_resource` and
+    `from_resource`; `_envelope` and `_unwrap` do the shared part.
+    """
+
+    KIND: ClassVar[str] = ""
+
+    def to_resource(self) -> JSONDict:
+        raise NotImplementedError
+
+    @classmethod
+    def from_resource(cls, doc: Mapping[str, Any]) -> Self:
+        raise NotImplementedError
+
+    @classmethod
+    def _envelope(cls, metadata: JSONDict, spec: JSONDict) -> JSONDict:
+        return {"apiVersion": API_VERSION, "kind": cls.KIND, "metadata": metadata,
+                "spec": spec}
+
+    @classmethod
+    def _unwrap(cls, doc: Any, metadata_keys: Iterable[str],
+                spec_keys: Iterable[str] | None) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+        """Check the envelope and return (metadata, spec); `spec_keys` None skips the check."""
+        doc = validate_mapping("resource", doc)
+        check_keys("resource", doc, ("apiVersion", "kind", "metadata", "spec"))
+        if doc.get("apiVersion") != API_VERSION:
+            raise ValidationError("apiVersion", doc.get("apiVersion"), f"must be {API_VERSION!r}")
+        kind = doc.get("kind")
+        if not isinstance(kind, str) or kind.lower() != cls.KIND.lower():
+            raise ValidationError("kind", kind, f"must be {cls.KIND!r}")
+        # An empty YAML section loads as None.
+        metadata = validate_mapping("metadata", {} if doc.get("metadata") is None
+                                    else doc["metadata"])
+        spec = validate_mapping("spec", {} if doc.get("spec") is None else doc["spec"])
+        check_keys(f"{cls.KIND} metadata", metadata, metadata_keys)
+        if spec_keys is not None:
+            check_keys(f"{cls.KIND} spec", spec, spec_keys)
+        return metadata, spec

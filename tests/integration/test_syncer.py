@@ -1,0 +1,369 @@
+"""Integration tests for libcalico.syncer against a real etcd: a consumer that keeps a dict
+must end with exactly the datastore's content after the snapshot, live changes, etcd being
+killed and restarted mid-watch, a compacted resume revision, a large burst and over TLS;
+a resync delivers only the difference."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from libcalico.datastore import Datastore, Delete, EtcdSettings, Put, WatchStream
+from libcalico.errors import DatastoreError
+from libcalico.syncer import Syncer, SyncStatus, Update
+from tests.support.etcd import EtcdServer, make_tls_material, wait_for
+
+pytestmark = pytest.mark.etcd
+
+P = "/calico/test-sync/"
+TXN_BATCH = 100  # etcd's default --max-txn-ops is 128
+
+
+class DictConsumer:
+    """Keeps what the syncer says in a dict; records statuses and update counts in order."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.data: dict[str, str] = {}
+        self.log: list[tuple[str, object]] = []  # ("status", SyncStatus) | ("updates", n)
+        self.delivered = 0
+
+    def on_status(self, status: SyncStatus) -> None:
+        with self.lock:
+            self.log.append(("status", status))
+
+    def on_updates(self, updates: Sequence[Update]) -> None:
+        with self.lock:
+            for u in updates:
+                if u.value is None:
+                    assert u.key in self.data, f"delete of unknown key {u.key}"
+                    del self.data[u.key]
+                else:
+                    self.data[u.key] = u.value
+            self.delivered += len(updates)
+            self.log.append(("updates", len(updates)))
+
+    def snapshot(self) -> dict[str, str]:
+        with self.lock:
+            return dict(self.data)
+
+    def statuses(self) -> list[SyncStatus]:
+        with self.lock:
+            return [s for kind, s in self.log if kind == "status"]  # type: ignore[misc]
+
+
+def content(store: Datastore, prefix: str = P) -> dict[str, str]:
+    return {kv.key: kv.value for kv in store.list(prefix)[0]}
+
+
+def put_many(store: Datastore, items: dict[str, str]) -> None:
+    pairs = list(items.items())
+    for i in range(0, len(pairs), TXN_BATCH):
+        assert store.txn([], [Put(k, v) for k, v in pairs[i:i + TXN_BATCH]])
+
+
+def delete_many(store: Datastore, keys: list[str]) -> None:
+    for i in range(0, len(keys), TXN_BATCH):
+        assert store.txn([], [Delete(k) for k in keys[i:i + TXN_BATCH]])
+
+
+def wait_converged(consumer: DictConsumer, store: Datastore, prefix: str = P,
+                   timeout: float = 15) -> dict[str, str]:
+    """Poll until the consumer's dict equals etcd's content, which is returned."""
+    expected: dict[str, str] = {}
+
+    def same() -> bool:
+        nonlocal expected
+        expected = content(store, prefix)
+        return consumer.snapshot() == expected
+
+    wait_for(same, timeout, message="the consumer to hold the datastore's content")
+    return expected
+
+
+@pytest.fixture
+def syncers() -> Iterator[Callable[..., Syncer]]:
+    """Makes and starts syncers; stops every one of them at the end, even on failure."""
+    made: list[Syncer] = []
+
+    def make(store: Datastore, consumer: DictConsumer, prefixes: Sequence[str] = (P,),
+             **kwargs: float) -> Syncer:
+        kwargs.setdefault("min_backoff", 0.05)
+        kwargs.setdefault("max_backoff", 0.5)
+        syncer = Syncer(store, prefixes, consumer, name=f"test-syncer-{len(made)}", **kwargs)
+        made.append(syncer)
+        return syncer.start()
+
+    try:
+        yield make
+    finally:
+        for s in made:
+            s.stop()
+
+
+# --- snapshot and live updates --------------------------------------------------------------
+
+def test_initial_snapshot_then_live_updates(datastore: Datastore, etcd_server: EtcdServer,
+                                            syncers: Callable[..., Syncer]) -> None:
+    put_many(datastore, {f"{P}k{i:03d}": f"v{i}" for i in range(150)})
+    datastore.put("/calico/test-sync-outside", "not followed")
+    consumer = DictConsumer()
+    syncer = syncers(datastore, consumer)
+    assert syncer.wait_in_sync(10)
+    assert consumer.snapshot() == content(datastore)
+    assert consumer.delivered == 150
+    assert syncer.resyncs == 1
+
+    writer = etcd_server.client()
+    try:
+        writer.put(P + "k000", "changed")
+        writer.put(P + "new", "added")
+        writer.delete(P + "k001")
+        writer.txn([], [Delete(P + "k01", prefix=True), Put(P + "k149", "in txn")])
+        writer.put("/calico/test-sync-outside", "still not followed")
+        expected = wait_converged(consumer, datastore)
+    finally:
+        writer.close()
+    assert expected[P + "k000"] == "changed" and P + "k001" not in expected
+    assert "/calico/test-sync-outside" not in consumer.snapshot()
+
+    # RESYNC, the snapshot, IN_SYNC exactly once, and only then the live updates.
+    log = consumer.log
+    statuses = consumer.statuses()
+    assert statuses == [SyncStatus.RESYNC, SyncStatus.IN_SYNC]
+    in_sync_at = log.index(("status", SyncStatus.IN_SYNC))
+    assert sum(n for kind, n in log[:in_sync_at] if kind == "updates") == 150  # type: ignore[misc]
+    live = [n for kind, n in log[in_sync_at + 1:] if kind == "updates"]
+    assert sum(live) == 1 + 1 + 1 + 10 + 1  # type: ignore[arg-type]
+    assert syncer.status is SyncStatus.IN_SYNC
+    assert syncer.revision == datastore.revision() or syncer.revision > 0
+
+
+def test_several_prefixes(datastore: Datastore, syncers: Callable[..., Syncer]) -> None:
+    put_many(datastore, {P + "a/1": "1", P + "b/1": "2", P + "c/1": "not followed"})
+    consumer = DictConsumer()
+    syncer = syncers(datastore, consumer, prefixes=[P + "a/", P + "b/"])
+    assert syncer.wait_in_sync(10)
+    assert consumer.snapshot() == {P + "a/1": "1", P + "b/1": "2"}
+    datastore.txn([], [Put(P + "a/2", "3"), Delete(P + "b/1"), Put(P + "c/2", "no")])
+    wait_for(lambda: consumer.snapshot() == {P + "a/1": "1", P + "a/2": "3"}, 10,
+             message="both prefixes followed")
+
+
+def test_empty_prefix_reports_in_sync(datastore: Datastore,
+                                      syncers: Callable[..., Syncer]) -> None:
+    consumer = DictConsumer()
+    syncer = syncers(datastore, consumer)
+    assert syncer.wait_in_sync(10)
+    assert consumer.statuses() == [SyncStatus.RESYNC, SyncStatus.IN_SYNC]
+    assert consumer.delivered == 0
+    datastore.put(P + "first", "1")
+    wait_converged(consumer, datastore)
+
+
+def test_stop_ends_deliveries(datastore: Datastore, syncers: Callable[..., Syncer]) -> None:
+    consumer = DictConsumer()
+    syncer = syncers(datastore, consumer)
+    assert syncer.wait_in_sync(10)
+    syncer.stop()
+    assert syncer._thread is not None and not syncer._thread.is_alive()
+    datastore.put(P + "after-stop", "x")
+    # A marker written afterwards proves etcd moved on; the stopped syncer saw neither.
+    datastore.put(P + "marker", "y")
+    assert consumer.delivered == 0 and consumer.snapshot() == {}
+
+
+def test_burst_arrives_in_full(datastore: Datastore, etcd_server: EtcdServer,
+                               syncers: Callable[..., Syncer]) -> None:
+    put_many(datastore, {f"{P}burst/{i:05d}": "old" for i in range(0, 3000, 2)})
+    consumer = DictConsumer()
+    syncer = syncers(datastore, consumer)
+    assert syncer.wait_in_sync(10)
+    before = consumer.delivered
+    writer = etcd_server.client()
+    try:
+        put_many(writer, {f"{P}burst/{i:05d}": f"new{i}" for i in range(3000)})
+        delete_many(writer, [f"{P}burst/{i:05d}" for i in range(0, 3000, 3)])
+    finally:
+        writer.close()
+    expected = wait_converged(consumer, datastore, timeout=30)
+    assert len(expected) == 2000
+    assert consumer.delivered - before == 3000 + 1000
+    assert syncer.resyncs == 1  # followed by the watch, no resync needed
+
+
+# --- recovery ---------------------------------------------------------------------------------
+
+def test_waits_for_datastore_then_syncs(own_etcd: EtcdServer,
+                                        syncers: Callable[..., Syncer]) -> None:
+    own_etcd.client().put(P + "k", "v")
+    own_etcd.stop()
+    store = own_etcd.client(timeout=0.5)
+    consumer = DictConsumer()
+    syncer = syncers(store, consumer, min_backoff=0.05, max_backoff=0.2)
+    assert not syncer.wait_in_sync(0.5)
+    assert syncer.status is SyncStatus.WAIT_FOR_DATASTORE
+    assert consumer.log == []
+    own_etcd.start()
+    assert syncer.wait_in_sync(15)
+    assert consumer.snapshot() == {P + "k": "v"}
+    assert consumer.statuses() == [SyncStatus.RESYNC, SyncStatus.IN_SYNC]
+    store.close()
+
+
+@pytest.mark.parametrize("how", ["kill", "stop"])
+def test_etcd_restarted_mid_watch_with_changes(own_etcd: EtcdServer, how: str,
+                                               syncers: Callable[..., Syncer]) -> None:
+    """etcd goes away under the watch; changes (deletes included) are made after it comes
+    back, while the syncer is still backing off; the syncer resyncs and delivers exactly
+    the difference."""
+    setup = own_etcd.client()
+    put_many(setup, {f"{P}k{i:03d}": f"v{i}" for i in range(200)})
+    setup.close()
+    store = own_etcd.client(timeout=1.0)
+    consumer = DictConsumer()
+    # A long first backoff: the changes below land while the syncer is disconnected.
+    syncer = syncers(store, consumer, min_backoff=1.0, max_backoff=1.0)
+    assert syncer.wait_in_sync(10)
+    assert consumer.delivered == 200
+
+    own_etcd.kill() if how == "kill" else own_etcd.stop()
+    wait_for(lambda: syncer.status is SyncStatus.RESYNC, 15,
+             message="the syncer to notice etcd went away")
+    assert not syncer.wait_in_sync(0)
+    own_etcd.start()
+    writer = own_etcd.client()
+    try:
+        delete_many(writer, [f"{P}k{i:03d}" for i in range(0, 50)])  # 50 deletes
+        put_many(writer, {f"{P}k{i:03d}": "changed" for i in range(50, 70)})  # 20 changes
+        put_many(writer, {f"{P}n{i:03d}": "new" for i in range(10)})  # 10 creates
+        resyncs_at_change = syncer.resyncs
+        expected = wait_converged(consumer, writer)
+    finally:
+        writer.close()
+    assert len(expected) == 200 - 50 + 10
+    assert consumer.delivered == 200 + 50 + 20 + 10  # only the difference, once each
+    assert syncer.wait_in_sync(0)
+    assert syncer.resyncs >= 2
+    # The changes were made while the syncer was disconnected (no resync since etcd left).
+    assert resyncs_at_change == 1
+    assert consumer.statuses() == [SyncStatus.RESYNC, SyncStatus.IN_SYNC,
+                                   SyncStatus.RESYNC, SyncStatus.IN_SYNC]
+    store.close()
+
+
+def test_resync_without_changes_delivers_nothing(own_etcd: EtcdServer,
+                                                 syncers: Callable[..., Syncer]) -> None:
+    setup = own_etcd.client()
+    put_many(setup, {f"{P}k{i:03d}": f"v{i}" for i in range(100)})
+    setup.close()
+    store = own_etcd.client(timeout=1.0)
+    consumer = DictConsumer()
+    syncer = syncers(store, consumer)
+    assert syncer.wait_in_sync(10)
+    own_etcd.kill()
+    wait_for(lambda: syncer.status is SyncStatus.RESYNC, 15, message="the break noticed")
+    own_etcd.start()
+    wait_for(lambda: syncer.resyncs >= 2 and syncer.wait_in_sync(0), 15,
+             message="the syncer to resync")
+    assert consumer.delivered == 100
+    assert [kind for kind, _ in consumer.log].count("updates") == 1  # only the first snapshot
+    assert consumer.snapshot() == content(store)
+    store.close()
+
+
+class CompactBeforeWatch(Datastore):
+    """A Datastore whose first watch is preceded by changes (from another client) and a
+    compaction of the revision the syncer asks to resume from: the watch is refused as
+    compacted, exercising the syncer's resync path."""
+
+    def __init__(self, settings: EtcdSettings, change: Callable[[], int]) -> None:
+        super().__init__(settings)
+        self._change = change
+        self.compacted_at = 0
+
+    def watch(self, prefixes: Sequence[str], start_revision: int) -> WatchStream:
+        if not self.compacted_at:
+            self.compacted_at = self._change()
+            assert self.compacted_at > start_revision
+        return super().watch(prefixes, start_revision)
+
+
+def test_compacted_resume_revision_resyncs_with_only_the_difference(
+        own_etcd: EtcdServer, syncers: Callable[..., Syncer]) -> None:
+    setup = own_etcd.client()
+    put_many(setup, {f"{P}k{i:03d}": f"v{i}" for i in range(100)})
+
+    def change_and_compact() -> int:
+        delete_many(setup, [f"{P}k{i:03d}" for i in range(10)])
+        put_many(setup, {f"{P}k{i:03d}": "changed" for i in range(10, 15)})
+        setup.put(P + "added", "x")
+        setup.put(P + "added", "y")  # two revisions, one delivered update
+        rev = setup.revision()
+        setup.compact(rev)
+        return rev
+
+    store = CompactBeforeWatch(own_etcd.settings(), change_and_compact)
+    consumer = DictConsumer()
+    syncer = syncers(store, consumer)
+    try:
+        wait_for(lambda: syncer.resyncs >= 2 and syncer.wait_in_sync(0), 15,
+                 message="the resync after compaction")
+        expected = wait_converged(consumer, setup)
+    finally:
+        setup.close()
+    assert store.compacted_at > 0
+    assert len(expected) == 100 - 10 + 1 and expected[P + "added"] == "y"
+    assert consumer.delivered == 100 + 10 + 5 + 1
+    assert consumer.statuses() == [SyncStatus.RESYNC, SyncStatus.IN_SYNC,
+                                   SyncStatus.RESYNC, SyncStatus.IN_SYNC]
+    store.close()
+
+
+# --- TLS --------------------------------------------------------------------------------------
+
+@pytest.fixture
+def tls_etcd(tmp_path: Path) -> Iterator[EtcdServer]:
+    material = make_tls_material(str(tmp_path / "tls"))
+    server = EtcdServer(tls=material)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
+
+
+def test_tls_with_client_certificates(tls_etcd: EtcdServer,
+                                      syncers: Callable[..., Syncer]) -> None:
+    assert tls_etcd.url.startswith("https://")
+    store = tls_etcd.client()
+    assert store.settings.cert_file and store.settings.key_file and store.settings.ca_cert
+    try:
+        store.put(P + "secure", "1")
+        consumer = DictConsumer()
+        syncer = syncers(store, consumer)
+        assert syncer.wait_in_sync(10)
+        assert consumer.snapshot() == {P + "secure": "1"}
+        store.put(P + "secure2", "2")
+        wait_converged(consumer, store)
+    finally:
+        store.close()
+
+
+def test_tls_client_without_certificate_is_refused(tls_etcd: EtcdServer) -> None:
+    assert tls_etcd.tls is not None
+    settings = EtcdSettings.from_env({"ETCD_ENDPOINTS": tls_etcd.url,
+                                      "ETCD_CA_CERT_FILE": tls_etcd.tls.ca}, timeout=2)
+    with Datastore(settings) as store:
+        with pytest.raises(DatastoreError) as info:
+            store.get(P + "secure")
+        assert type(info.value).__module__ == "libcalico.errors"
+    plain = EtcdSettings.from_env({"ETCD_ENDPOINTS": f"http://{tls_etcd.host}:{tls_etcd.port}"},
+                                  timeout=2)
+    with Datastore(plain) as store:
+        with pytest.raises(DatastoreError) as info:
+            store.put(P + "plain", "x")
+        assert type(info.value).__module__ == "libcalico.errors"

@@ -1,0 +1,182 @@
+"""A simulated network of hosts: a fabric, N hosts on it, and an etcd they all reach.
+
+Owns: the fabric namespace with a bridge, host namespaces joined to it by veths
+(`eth0`, 198.18.0.<i>/24 by default), an etcd running inside the fabric namespace on
+198.18.0.254 (daemons in the hosts use its TCP URL; the test process reaches it through
+its unix socket, so the root namespace is never touched), background processes started
+inside the hosts, and removing all of it, in reverse order, even when a test fails.
+
+Use it as a context manager or through `topology()`:
+
+    with Topology("cfd", hosts=3) as topo:
+        a = topo.hosts[0]              # Host(name="host1", ns=Namespace, ip="198.18.0.1")
+        a.ns.exec("ip", "route")
+        topo.spawn(a, ["bird", "-f", ...], name="bird")
+        store = topo.datastore()       # a Datastore client for the test process
+
+Leaves to others: what runs in the hosts and what the tests check. Namespaces are
+created through `tests.support.netns`, so names carry the prefix and a random suffix.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from libcalico.datastore import Datastore
+from tests.support.etcd import EtcdServer
+from tests.support.netns import Namespace
+
+FABRIC_NET = "198.18.0"
+FABRIC_PLEN = 24
+ETCD_IP = f"{FABRIC_NET}.254"
+
+
+@dataclass
+class Host:
+    """One simulated host: its namespace, its fabric address and a scratch directory."""
+
+    name: str
+    ns: Namespace
+    ip: str
+    dir: Path
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+
+class Topology:
+    """A fabric bridge in its own namespace, hosts attached to it, etcd inside it."""
+
+    def __init__(self, prefix: str, hosts: int = 3, etcd: bool = True,
+                 first_host_octet: int = 1) -> None:
+        self.prefix = prefix
+        self.hosts: list[Host] = []
+        self.etcd: EtcdServer | None = None
+        self.fabric: Namespace | None = None
+        self._procs: list[subprocess.Popen[bytes]] = []
+        self.dir = Path(tempfile.mkdtemp(prefix=f"{prefix}-topo-"))
+        try:
+            self.fabric = Namespace(f"{prefix}-fab")
+            self.fabric.ip("link", "add", "br0", "type", "bridge")
+            self.fabric.ip("link", "set", "br0", "up")
+            if etcd:
+                self.fabric.ip("addr", "add", f"{ETCD_IP}/{FABRIC_PLEN}", "dev", "br0")
+                self.etcd = EtcdServer(host=ETCD_IP, netns=self.fabric.name,
+                                       unix_socket=True)
+                self.etcd.start()
+            for i in range(hosts):
+                self.add_host(f"host{i + 1}", f"{FABRIC_NET}.{first_host_octet + i}")
+        except BaseException:
+            self.close()
+            raise
+
+    # --- building -----------------------------------------------------------------------------
+
+    def add_host(self, name: str, ip: str) -> Host:
+        """A host namespace with `eth0` on the fabric at `ip`/24."""
+        assert self.fabric is not None
+        ns = Namespace(f"{self.prefix}-{name}")
+        port = f"p{len(self.hosts) + 1}-{ns.name[-4:]}"
+        host = Host(name, ns, ip, self.dir / name)
+        self.hosts.append(host)
+        host.dir.mkdir()
+        ns.ip("link", "add", "eth0", "type", "veth", "peer", "name", port,
+              "netns", self.fabric.name)
+        self.fabric.ip("link", "set", port, "master", "br0")
+        self.fabric.ip("link", "set", port, "up")
+        ns.ip("addr", "add", f"{ip}/{FABRIC_PLEN}", "dev", "eth0")
+        ns.ip("link", "set", "eth0", "up")
+        return host
+
+    def remove_host(self, host: Host) -> None:
+        """Stop the host's processes and delete its namespace (and its veth)."""
+        for proc in host.procs:
+            self.stop_process(proc)
+            self._procs.remove(proc)
+        host.procs.clear()
+        host.ns.delete()
+        self.hosts.remove(host)
+
+    def host(self, name: str) -> Host:
+        return next(h for h in self.hosts if h.name == name)
+
+    # --- processes ----------------------------------------------------------------------------
+
+    def daemon_env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The environment for a daemon inside a host: etcd's TCP URL, no stray ETCD_*."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD_")}
+        if self.etcd is not None:
+            env.update(self.etcd.env(for_test_process=False))
+        env.update(extra or {})
+        return env
+
+    def spawn(self, host: Host, cmd: Sequence[str], name: str,
+              env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start `cmd` inside `host` in the background; output goes to `<dir>/<name>.log`."""
+        log = open(host.dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the process
+        proc = subprocess.Popen(["ip", "netns", "exec", host.ns.name, *cmd], stdout=log,
+                                stderr=subprocess.STDOUT, env=dict(env or self.daemon_env()),
+                                start_new_session=True)
+        log.close()
+        host.procs.append(proc)
+        self._procs.append(proc)
+        return proc
+
+    @staticmethod
+    def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM,
+                     timeout: float = 10.0) -> int | None:
+        """Signal the process group, wait, then kill it if it did not exit."""
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, sig)
+                proc.wait(timeout)
+            except ProcessLookupError:
+                pass
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout)
+        return proc.returncode
+
+    def datastore(self) -> Datastore:
+        """A client for the test process (through etcd's unix socket)."""
+        assert self.etcd is not None
+        return self.etcd.client()
+
+    def log_tail(self, host: Host, name: str, chars: int = 3000) -> str:
+        path = host.dir / f"{name}.log"
+        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+    # --- cleanup ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        for proc in reversed(self._procs):
+            self.stop_process(proc)
+        self._procs.clear()
+        if self.etcd is not None:
+            self.etcd.cleanup()
+        for host in reversed(self.hosts):
+            host.ns.delete()
+        if self.fabric is not None:
+            self.fabric.delete()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> Topology:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@contextmanager
+def topology(prefix: str, hosts: int = 3, etcd: bool = True) -> Iterator[Topology]:
+    topo = Topology(prefix, hosts, etcd)
+    try:
+        yield topo
+    finally:
+        topo.close()
