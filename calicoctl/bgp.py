@@ -31,9 +31,9 @@ def add_peer_commands(group: click.Group, hostname: Callable[[], str | None]) ->
     @click.argument("as_num", metavar="AS_NUM")
     def peer_add(peer_ip: str, as_word: str, as_num: str) -> None:
         """Add a BGP peer: PEER_IP as AS_NUM."""
-        from libcalico.model import BGPPeer
+        from libcalico.model import BGPPeer, parse_as_num
 
-        ctl().client.add_bgp_peer(BGPPeer(peer_ip, as_num, hostname()))
+        ctl().client.add_bgp_peer(BGPPeer(peer_ip, parse_as_num("as_num", as_num), hostname()))
 
     @peer.command("remove")
     @click.argument("peer_ip")

@@ -1,3 +1,226 @@
-"""`calicoctl container` (placeholder, filled in below)."""
+"""`calicoctl container`: give a container (network namespace or Docker container) an
+interface and addresses, change them, and take them away.
 
-COMMANDS: list = []
+Owns: resolving CONTAINER (a namespace name under /run/netns, an absolute namespace
+path, or, when a Docker engine runs, a container id or name via `docker inspect`) into
+an orchestrator ("netns" or "docker"), a workload id and a namespace path; and the
+command words:
+  container add CONTAINER (IP|ipv4|ipv6|POOL_CIDR) [--interface=eth1]
+  container remove CONTAINER
+  container CONTAINER ip (add|remove) IP [--interface=eth1]
+  container CONTAINER endpoint show
+  container CONTAINER profile (append|remove|set) [PROFILES...]
+
+Leaves to others: the all-or-nothing work itself (`libcalico.provision`), netlink
+(`libcalico.workload`), IPAM and storage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from typing import Any
+
+import click
+
+from calicoctl.context import ctl, this_hostname
+from calicoctl.groups import NamedGroup, named_subgroup
+from calicoctl.output import emit, output_option
+
+_interface = click.option("--interface", default="eth1", show_default=True,
+                          help="Interface name inside the container.")
+
+
+def resolve_container(container: str) -> tuple[str, str, str]:
+    """(orchestrator, workload id, namespace path) for CONTAINER."""
+    from libcalico.errors import NotFound
+
+    if container.startswith("/"):
+        if not os.path.exists(container):
+            raise NotFound(f"network namespace {container} does not exist")
+        if os.path.dirname(container) == "/run/netns":
+            return "netns", os.path.basename(container), container
+        return "netns", container.strip("/").replace("/", "_"), container
+    path = f"/run/netns/{container}"
+    if "/" not in container and os.path.exists(path):
+        return "netns", container, path
+    docker = _docker_inspect(container)
+    if docker is not None:
+        return docker
+    raise NotFound(f"no network namespace or Docker container named {container}")
+
+
+def _docker_inspect(container: str) -> tuple[str, str, str] | None:
+    """Docker's view of the container, or None when Docker is absent or does not know it."""
+    if shutil.which("docker") is None or not os.path.exists("/var/run/docker.sock"):
+        return None
+    try:
+        proc = subprocess.run(["docker", "inspect", "--type", "container", "--format",
+                               "{{json .}}", container], capture_output=True, text=True,
+                              timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if proc.returncode != 0:
+        return None
+    info = json.loads(proc.stdout)
+    pid = (info.get("State") or {}).get("Pid") or 0
+    if not pid:
+        from calicoctl.errors import CommandFailed
+
+        raise CommandFailed(f"Docker container {container} is not running")
+    return "docker", info["Id"], f"/proc/{pid}/ns/net"
+
+
+def _clients() -> tuple[Any, Any]:
+    from libcalico.ipam import IPAMClient
+
+    return ctl().client, IPAMClient(ctl().store)
+
+
+@click.group(cls=NamedGroup)
+@click.option("--hostname", default=None,
+              help="This node's name (default: $HOSTNAME, else the system hostname).")
+@click.pass_context
+def container(ctx: click.Context, hostname: str | None) -> None:
+    """Add containers (network namespaces or Docker containers) to the network.
+
+    \b
+    Per-container commands:
+      calicoctl container CONTAINER ip (add|remove) IP [--interface=NAME]
+      calicoctl container CONTAINER endpoint show
+      calicoctl container CONTAINER profile (append|remove|set) [PROFILES...]
+    """
+    ctx.meta["calicoctl.hostname"] = this_hostname(hostname)
+
+
+def _host() -> str:
+    return str(click.get_current_context().meta["calicoctl.hostname"])
+
+
+@container.command("add")
+@click.argument("name", metavar="CONTAINER")
+@click.argument("ip", metavar="IP|ipv4|ipv6|CIDR")
+@_interface
+def container_add(name: str, ip: str, interface: str) -> None:
+    """Add CONTAINER with an address (literal, auto IPv4/IPv6, or from a pool CIDR)."""
+    from libcalico.provision import Workload, add_workload
+
+    orch, workload, path = resolve_container(name)
+    client, ipam = _clients()
+    ep = add_workload(client, ipam, Workload(_host(), orch, workload, path), [ip], interface)
+    addrs = ", ".join((*ep.ipv4_nets, *ep.ipv6_nets))
+    click.echo(f"IP {addrs} added to {name} (endpoint {ep.endpoint_id}, interface "
+               f"{ep.name})")
+
+
+@container.command("remove")
+@click.argument("name", metavar="CONTAINER")
+def container_remove(name: str) -> None:
+    """Remove CONTAINER's interfaces, endpoints and addresses."""
+    from libcalico.provision import remove_workload
+
+    orch, workload, _ = _identity(name)
+    client, ipam = _clients()
+    remove_workload(client, ipam, _host(), orch, workload)
+    click.echo(f"Removed networking from {name}")
+
+
+def _identity(name: str) -> tuple[str, str, str]:
+    """Like resolve_container, but a vanished netns can still be cleaned up by name."""
+    from libcalico.errors import NotFound
+
+    try:
+        return resolve_container(name)
+    except NotFound:
+        if "/" in name and not name.startswith("/run/netns/"):
+            raise
+        return "netns", os.path.basename(name), f"/run/netns/{os.path.basename(name)}"
+
+
+@named_subgroup(container, "CONTAINER", "Commands on one container.")
+def container_named(ctx: click.Context, name: str) -> None:
+    ctx.meta["calicoctl.container"] = name
+
+
+def _endpoint() -> tuple[Any, str]:
+    name = click.get_current_context().meta["calicoctl.container"]
+    orch, workload, path = resolve_container(name)
+    from libcalico.errors import NotFound
+
+    eps = ctl().client.list_workload_endpoints(_host(), orch, workload)
+    if not eps:
+        raise NotFound(f"container {name} has no endpoint on {_host()}")
+    return eps[0], path
+
+
+@container_named.group("ip")
+def container_ip() -> None:
+    """Add or remove a container's addresses."""
+
+
+@container_ip.command("add")
+@click.argument("ip", metavar="IP|ipv4|ipv6|CIDR")
+@_interface
+def container_ip_add(ip: str, interface: str) -> None:
+    """Add an address to the container's interface."""
+    from libcalico.provision import add_address
+
+    ep, path = _endpoint()
+    client, ipam = _clients()
+    got = add_address(client, ipam, ep, path, interface, ip)
+    click.echo(f"IP {got} added to {click.get_current_context().meta['calicoctl.container']}")
+
+
+@container_ip.command("remove")
+@click.argument("ip", metavar="IP")
+@_interface
+def container_ip_remove(ip: str, interface: str) -> None:
+    """Remove an address from the container's interface."""
+    from libcalico.model._common import canonical_address
+    from libcalico.provision import remove_address
+
+    addr = canonical_address("IP", ip)
+    ep, path = _endpoint()
+    client, ipam = _clients()
+    remove_address(client, ipam, ep, path, interface, addr)
+    click.echo(f"IP {addr} removed from "
+               f"{click.get_current_context().meta['calicoctl.container']}")
+
+
+@container_named.group("endpoint")
+def container_endpoint() -> None:
+    """The container's endpoint."""
+
+
+@container_endpoint.command("show")
+@output_option
+def container_endpoint_show(output: str) -> None:
+    """Show the container's endpoint."""
+    from calicoctl.endpoint import DETAILED_HEADERS, endpoint_rows
+
+    ep, _ = _endpoint()
+    emit(output, [ep.to_resource()], DETAILED_HEADERS, endpoint_rows([ep]))
+
+
+@container_named.group("profile")
+def container_profile() -> None:
+    """Manage the profiles of the container's endpoint."""
+
+
+def _make_profile_command(op: str) -> None:
+    @container_profile.command(op, help=f"{op.capitalize()} profiles of the container.")
+    @click.argument("profiles", nargs=-1)
+    def command(profiles: tuple[str, ...]) -> None:
+        from calicoctl.endpoint import change_profiles
+
+        ep, _ = _endpoint()
+        change_profiles(ep.ident, op, profiles)
+
+
+for _op in ("append", "remove", "set"):
+    _make_profile_command(_op)
+
+
+COMMANDS = [container]

@@ -42,7 +42,7 @@ class CtlContext:
                 endpoints=self.endpoints, authority=self.authority, ca_cert=self.ca_cert,
                 cert_file=self.cert_file, key_file=self.key_file)
             self._store = Datastore(settings)
-        return self._store  # type: ignore[no-any-return]
+        return self._store
 
     @property
     def client(self) -> CalicoClient:
@@ -50,7 +50,7 @@ class CtlContext:
             from libcalico.client import CalicoClient
 
             self._client = CalicoClient(self.store)
-        return self._client  # type: ignore[no-any-return]
+        return self._client
 
     def close(self) -> None:
         if self._store is not None:

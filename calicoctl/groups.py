@@ -28,7 +28,7 @@ class NamedGroup(click.Group):
 
     def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         named = self.commands.get(NAMED)
-        extra = f" | {named.help_name_form}" if named is not None and hasattr(  # type: ignore[attr-defined]
+        extra = f" | {named.help_name_form}" if named is not None and hasattr(
             named, "help_name_form") else ""
         formatter.write_usage(ctx.command_path, f"COMMAND [ARGS]...{extra}")
 

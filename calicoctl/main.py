@@ -94,6 +94,9 @@ def cli(ctx: click.Context, etcd_endpoints: str | None, etcd_authority: str | No
     """
     logging.basicConfig(level=getattr(logging, log_level.upper()), stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
+    if log_level == "warning":
+        # Fail-over chatter would precede the one-line error; --log-level info shows it.
+        logging.getLogger("libcalico.datastore").setLevel(logging.ERROR)
     ctx.obj = CtlContext(endpoints=etcd_endpoints, authority=etcd_authority,
                          ca_cert=etcd_ca_cert_file, cert_file=etcd_cert_file,
                          key_file=etcd_key_file, debug=debug)

@@ -4,7 +4,8 @@ Owns: `node show`, `node remove [--hostname] [--remove-endpoints]` and
 `node bgp peer add|remove|show`. Starting and stopping a node belongs to the node
 issue, which adds its commands to this group (`node`).
 
-Leaves to others: storage (`libcalico.client`).
+`node remove` also gives the node's endpoint addresses and block affinities back to
+IPAM. Leaves to others: storage (`libcalico.client`), IPAM (`libcalico.ipam`).
 """
 
 from __future__ import annotations
@@ -44,8 +45,27 @@ def node_show(output: str) -> None:
               help="Also remove the node's endpoints (otherwise refused while it has any).")
 def node_remove(hostname: str | None, remove_endpoints: bool) -> None:
     """Remove a node's data from the datastore (default: this node)."""
+    import ipaddress
+
+    from libcalico.errors import Conflict, NotFound
+    from libcalico.ipam import IPAMClient
+
     host = this_hostname(hostname)
-    ctl().client.remove_node(host, remove_endpoints)
+    client = ctl().client
+    if host not in client.list_node_names():
+        raise NotFound(f"node {host} does not exist")
+    eps = client.list_workload_endpoints(host)
+    if eps and not remove_endpoints:
+        raise Conflict(f"node {host} still has {len(eps)} workload endpoint(s); "
+                       "use --remove-endpoints")
+    # Give the node's addresses and blocks back to IPAM before its keys go.
+    ipam = IPAMClient(ctl().store)
+    ips = [str(ipaddress.ip_interface(n).ip) for e in eps for n in (*e.ipv4_nets, *e.ipv6_nets)]
+    if ips:
+        ipam.release_ips(ips)
+    for block in ipam.host_blocks(host):
+        ipam.release_affinity(host, block)
+    client.remove_node(host, remove_endpoints)
     click.echo(f"Removed node {host}")
 
 

@@ -67,9 +67,9 @@ def pool_range_add(start_ip: str, end_ip: str, ipip: bool, nat_outgoing: bool) -
         raise ValidationError("END_IP", end_ip, "not a valid IP address") from None
     if start.version != end.version:
         raise ValidationError("END_IP", end_ip, "must be the same IP version as START_IP")
-    if end < start:
+    if int(end) < int(start):
         raise ValidationError("END_IP", end_ip, "must not be below START_IP")
-    nets = [str(n) for n in ipaddress.summarize_address_range(start, end)]  # type: ignore[type-var]
+    nets = [str(n) for n in ipaddress.summarize_address_range(start, end)]
     ctl().client.apply_resources(_pools(tuple(nets), ipip, nat_outgoing, None), "apply")
     for net in nets:
         click.echo(f"Added pool {net}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import replace
+from typing import Any
 
 import click
 
@@ -58,7 +59,8 @@ def profile_remove(name: str, no_check: bool) -> None:
     client = ctl().client
     client.get_profile(name)
     if not no_check:
-        users = [e for e in client.list_workload_endpoints() if name in e.profile_ids]
+        users: list[Any] = [e for e in client.list_workload_endpoints()
+                            if name in e.profile_ids]
         users += [e for e in client.list_host_endpoints() if name in e.profile_ids]
         if users:
             raise Conflict(f"profile {name} is used by {len(users)} endpoint(s), e.g. "
@@ -97,7 +99,7 @@ def _name() -> str:
     ctx = click.get_current_context()
     while ctx is not None and not hasattr(ctx, "obj_profile"):
         ctx = ctx.parent  # type: ignore[assignment]
-    return ctx.obj_profile  # type: ignore[union-attr,no-any-return]
+    return ctx.obj_profile
 
 
 # --- tags --------------------------------------------------------------------------------

@@ -99,29 +99,6 @@ replace = _make("replace", "Replace the resources in the file (error if any is m
 delete = _make("delete", "Delete the resources named in the file.")
 
 
-def _summary(r: Any) -> tuple[str, str]:
-    """(NAME, a short description) for table output."""
-    from libcalico.client import resource_name
-
-    skip = {"apiVersion", "kind"}
-    doc = r.to_resource()
-    spec = doc.get("spec") or {}
-    meta = {k: v for k, v in (doc.get("metadata") or {}).items()}
-    meta.pop("name", None)
-    meta.pop("cidr", None)
-    parts = [f"{k}={v}" for k, v in meta.items() if k not in skip]
-    parts += [f"{k}={_short(v)}" for k, v in spec.items()]
-    return resource_name(r) or "-", " ".join(parts)
-
-
-def _short(v: Any) -> str:
-    if isinstance(v, list):
-        return f"[{len(v)}]" if v and isinstance(v[0], dict) else ",".join(map(str, v))
-    if isinstance(v, dict):
-        return ",".join(f"{k}:{x}" for k, x in v.items())
-    return str(v)
-
-
 @click.command("get")
 @click.argument("kind")
 @click.argument("name", required=False)
@@ -140,9 +117,11 @@ def get(kind: str, name: str | None, hostname: str | None, tier: str | None,
     if output == "json":
         emit(output, docs[0] if name is not None and len(docs) == 1 else docs, [], [])
         return
-    rows = [_summary(r) for r in found]
-    emit(output, docs, ["KIND", "NAME"], [(cls.KIND, n) for n, _ in rows],
-         ["KIND", "NAME", "DETAILS"], [(cls.KIND, n, d) for n, d in rows])
+    from calicoctl.tables import table_for
+
+    headers, rows = table_for(cls.KIND, found, wide=False)
+    wide_headers, wide_rows = table_for(cls.KIND, found, wide=True)
+    emit(output, docs, headers, rows, wide_headers, wide_rows)
 
 
 COMMANDS = [apply, create, replace, delete, get]

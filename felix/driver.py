@@ -175,6 +175,9 @@ class Driver:
         self._ifaces: dict[str, bool] = {}
         self._ep_info: dict[Any, EndpointInfo] = {}
         self._reported: dict[Any, dict[str, str]] = {}
+        self._ifname_keys: dict[str, set[Any]] = {}
+        self._status_dirty: set[Any] = set()
+        self._pending: frozenset[str] = frozenset()
         self._retry_at: float | None = None
         self._retry_delay = MIN_RETRY
         self._next_refresh = 0.0
@@ -244,7 +247,7 @@ class Driver:
                 self._check_config()
         elif kind == "status":
             self.in_sync = payload is SyncStatus.IN_SYNC
-            self.metrics.datastore_resyncs.set(1 if self.in_sync else 0)
+            self.metrics.datastore_in_sync.set(1 if self.in_sync else 0)
             if self.in_sync:
                 if not self.ever_in_sync:
                     _log.info("datastore in sync: programming the dataplane")
@@ -252,7 +255,7 @@ class Driver:
                 self.ever_in_sync = True
                 self._check_config()
                 self._needs_apply = True
-            else:
+            elif self.ever_in_sync:
                 _log.info("datastore %s: keeping the dataplane as it is", payload.value)
         elif kind == "iface":
             event: InterfaceEvent = payload
@@ -263,6 +266,7 @@ class Driver:
                 self._ifaces[event.ifname] = up
             self.owners.routes.on_interface_update(event.ifname)
             self.owners.interfaces.on_interface_update(event.ifname)
+            self._status_dirty.update(self._ifname_keys.get(event.ifname, ()))
             self._needs_apply = True
 
     # --- config ------------------------------------------------------------------------------
@@ -307,9 +311,8 @@ class Driver:
         if self.in_sync:
             changes = self.calc.flush()
             self.owners.take(changes)
-            self._ep_info.update({k: v for k, v in changes.endpoints.items() if v is not None})
-            for k in [k for k, v in changes.endpoints.items() if v is None]:
-                self._ep_info.pop(k, None)
+            for key, info in changes.endpoints.items():
+                self._set_ep_info(key, info)
         start = time.monotonic()
         failed = self.owners.apply(self.metrics)
         self.metrics.apply_seconds.observe(time.monotonic() - start)
@@ -325,34 +328,59 @@ class Driver:
             self.health.set_ready(self.in_sync, "" if self.in_sync else "datastore not in sync")
         self._report_endpoints()
 
+    def _set_ep_info(self, key: Any, info: EndpointInfo | None) -> None:
+        old = self._ep_info.pop(key, None)
+        if old is not None and old.ifname is not None:
+            keys = self._ifname_keys.get(old.ifname, set())
+            keys.discard(key)
+            if not keys:
+                self._ifname_keys.pop(old.ifname, None)
+        if info is not None:
+            self._ep_info[key] = info
+            if info.ifname is not None:
+                self._ifname_keys.setdefault(info.ifname, set()).add(key)
+        self._status_dirty.add(key)
+
+    def _endpoint_status(self, key: Any, pending: frozenset[str]) -> dict[str, str] | None:
+        info = self._ep_info.get(key)
+        if info is None or not isinstance(key, keyspace.WorkloadEndpointKey):
+            return None
+        if info.error is not None:
+            return ({"status": "down", "reason": "inactive"} if info.error == "inactive"
+                    else {"status": "error", "reason": info.error})
+        if info.ifname is None or not self._ifaces.get(info.ifname):
+            return {"status": "down", "reason": "interface missing or down"}
+        if info.ifname in pending:
+            return {"status": "down", "reason": "routes not programmed"}
+        return {"status": "up"}
+
     def endpoint_statuses(self) -> dict[Any, dict[str, str]]:
+        """The status of every local workload endpoint (for tests and diagnostics)."""
         pending = self.owners.routes.pending_interfaces
-        out: dict[Any, dict[str, str]] = {}
-        for key, info in self._ep_info.items():
-            if not isinstance(key, keyspace.WorkloadEndpointKey):
-                continue
-            if info.error is not None:
-                status = ({"status": "down", "reason": "inactive"} if info.error == "inactive"
-                          else {"status": "error", "reason": info.error})
-            elif info.ifname is None or not self._ifaces.get(info.ifname):
-                status = {"status": "down", "reason": "interface missing or down"}
-            elif info.ifname in pending:
-                status = {"status": "down", "reason": "routes not programmed"}
-            else:
-                status = {"status": "up"}
-            out[key] = status
-        return out
+        out = {k: self._endpoint_status(k, pending) for k in self._ep_info}
+        return {k: v for k, v in out.items() if v is not None}
 
     def _report_endpoints(self) -> None:
-        if self.status is None:
+        """Recompute only the statuses that may have changed and hand those over."""
+        pending = self.owners.routes.pending_interfaces
+        for ifname in pending ^ self._pending:
+            self._status_dirty.update(self._ifname_keys.get(ifname, ()))
+        self._pending = pending
+        if self.status is None or not self._status_dirty:
+            self._status_dirty.clear()
             return
-        statuses = self.endpoint_statuses()
-        changed: dict[Any, Any] = {k: v for k, v in statuses.items()
-                                   if self._reported.get(k) != v}
-        changed.update({k: None for k in self._reported if k not in statuses})
+        changed: dict[Any, Any] = {}
+        for key in self._status_dirty:
+            status = self._endpoint_status(key, pending)
+            if self._reported.get(key) != status:
+                changed[key] = status
+                if status is None:
+                    self._reported.pop(key, None)
+                else:
+                    self._reported[key] = status
+        self._status_dirty.clear()
         if changed:
             self.status.set_endpoints(changed)
-            self._reported = statuses
 
 
 def start_watcher(driver: Driver, config: Config, netns: str | None = None) -> InterfaceWatcher:

@@ -39,7 +39,7 @@ class Metrics:
                                registry=self.registry)
         self.errors = Counter("felix_errors", "Dataplane apply errors", ["owner"],
                               registry=self.registry)
-        self.datastore_resyncs = Gauge("felix_datastore_in_sync",
+        self.datastore_in_sync = Gauge("felix_datastore_in_sync",
                                        "1 when felix follows the datastore in sync",
                                        registry=self.registry)
 

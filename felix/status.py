@@ -6,7 +6,8 @@ Owns, on a thread of its own (so a slow or absent etcd never stalls the dataplan
     lease at `felix_last_status_key(host)`: `{"time", "uptime", "first_update"}`;
   - per-endpoint status at `keyspace.endpoint_status_key(...)`: `{"status": "up" |
     "down" | "error", "reason": ...}`, written only when it changed and at most once
-    per EndpointReportingDelaySecs (changes in between are batched; the latest wins);
+    per EndpointReportingDelaySecs (changes in between are batched, up to 100 keys
+    per transaction; the latest wins);
     statuses of endpoints that went away are deleted.
 Failures are logged and retried at the next tick; nothing here raises into the driver.
 
@@ -24,12 +25,13 @@ import time
 from collections.abc import Mapping
 
 from libcalico import keyspace
-from libcalico.datastore import Datastore, Lease
+from libcalico.datastore import Datastore, Delete, Lease, Put
 from libcalico.errors import DatastoreError
 
 _log = logging.getLogger(__name__)
 
 EndpointStatus = Mapping[str, str]  # {"status": ..., "reason": ...}
+TXN_OPS = 100  # status writes per etcd transaction (etcd's default limit is 128)
 
 
 class StatusReporter:
@@ -48,6 +50,7 @@ class StatusReporter:
         self._first = True
         self._wanted: dict[str, dict[str, str]] = {}  # key -> status
         self._written: dict[str, dict[str, str]] = {}
+        self._dirty: set[str] = set()  # keys whose wanted status may differ from _written
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -69,6 +72,7 @@ class StatusReporter:
                     self._wanted.pop(skey, None)
                 else:
                     self._wanted[skey] = dict(status)
+                self._dirty.add(skey)
         self._wake.set()
 
     def start(self) -> StatusReporter:
@@ -96,13 +100,16 @@ class StatusReporter:
             now = time.monotonic()
             if self.interval > 0 and now >= self._next_status:
                 self._next_status = now + (self.interval if self._report() else 1.0)
-            if self.endpoints_enabled and now >= self._next_endpoints:
-                self._next_endpoints = now + (self.endpoint_delay if self._write_endpoints()
-                                              else 1.0)
-            deadline = min(t for t in (self._next_status if self.interval > 0 else None,
-                                       self._next_endpoints if self.endpoints_enabled
-                                       else None) if t is not None)
-            self._wake.wait(max(deadline - time.monotonic(), 0.05))
+            dirty = self.endpoints_enabled and (bool(self._dirty) or not self._cleaned)
+            if dirty and now >= self._next_endpoints:
+                ok = self._write_endpoints()
+                self._next_endpoints = now + (self.endpoint_delay if ok else 1.0)
+                dirty = bool(self._dirty) or not ok
+            deadlines = [self._next_status] if self.interval > 0 else []
+            if dirty:
+                deadlines.append(self._next_endpoints)
+            timeout = max(min(deadlines) - time.monotonic(), 0.0) if deadlines else None
+            self._wake.wait(timeout)
             self._wake.clear()
 
     def _report(self) -> bool:
@@ -124,23 +131,36 @@ class StatusReporter:
         return True
 
     def _write_endpoints(self) -> bool:
+        """Write the statuses that changed since the last write (all of them, compared
+        with what etcd holds, the first time)."""
         with self._lock:
-            wanted = dict(self._wanted)
+            dirty, self._dirty = self._dirty, set()
+            changed = {k: self._wanted.get(k) for k in dirty}
         try:
             if not self._cleaned:
                 # Statuses left by an earlier run for endpoints that are gone.
                 prefix = keyspace.felix_status_dir(self.hostname) + "workload/"
                 kvs, _ = self.store.list(prefix)
                 self._written = {kv.key: json.loads(kv.value) for kv in kvs}
+                with self._lock:
+                    changed = {k: self._wanted.get(k)
+                               for k in set(self._written) | set(self._wanted)}
                 self._cleaned = True
-            for key in [k for k in self._written if k not in wanted]:
-                self.store.delete(key)
-                del self._written[key]
-            for key, status in wanted.items():
-                if self._written.get(key) != status:
-                    self.store.put(key, json.dumps(status, sort_keys=True))
-                    self._written[key] = status
+            ops = [(k, v) for k, v in changed.items() if self._written.get(k) != v]
+            for i in range(0, len(ops), TXN_OPS):
+                chunk = ops[i:i + TXN_OPS]
+                self.store.txn([], [Delete(k) if v is None
+                                    else Put(k, json.dumps(v, sort_keys=True))
+                                    for k, v in chunk])
+                for k, v in chunk:
+                    if v is None:
+                        self._written.pop(k, None)
+                    else:
+                        self._written[k] = v
+                    changed.pop(k)
         except (DatastoreError, ValueError) as exc:
             _log.warning("could not write endpoint status: %s", exc)
+            with self._lock:
+                self._dirty.update(changed)
             return False
         return True

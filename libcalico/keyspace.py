@@ -421,7 +421,7 @@ def parse_key(key: str) -> ParsedKey | None:
         m = pattern.match(key)
         if m:
             try:
-                return build(m)  # type: ignore[operator,no-any-return]
+                return build(m)  # type: ignore[operator]
             except ValueError:
                 return None
     return None

@@ -7,8 +7,10 @@ it backs off, takes a new snapshot and delivers only the difference from what th
 consumer was last told, deletes included. The consumer therefore never misses a delete
 and ends with exactly etcd's content.
 
-State: `_known` maps every key the consumer holds to the mod_revision it was told; it is
-what a resnapshot is diffed against.
+State: `_known` maps every key the consumer holds to the (mod_revision, value) it was told;
+it is what a resnapshot is diffed against. The value is part of the comparison because an
+etcd that was wiped or restored from a backup reuses revisions for different content (the
+value strings are the ones handed to the consumer, so this costs a reference, not a copy).
 
 Leaves to others: what the keys mean (consumers parse them with `libcalico.keyspace`) and
 what to do with them. Callbacks run on the syncer's own thread, in order; a consumer that
@@ -22,10 +24,9 @@ import logging
 import random
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
-from libcalico.datastore import Datastore, WatchStream
+from libcalico.datastore import Datastore, WatchEvent, WatchStream
 from libcalico.errors import DatastoreError, DatastoreUnavailable
 
 _log = logging.getLogger(__name__)
@@ -39,11 +40,9 @@ class SyncStatus(enum.Enum):
     IN_SYNC = "in-sync"  # consumer holds a consistent view and follows changes
 
 
-@dataclass(frozen=True)
-class Update:
-    key: str
-    value: str | None  # None: deleted
-    mod_revision: int
+# One change as the consumer sees it: key, value (None: deleted) and mod_revision. It is
+# the datastore's watch event type itself, so following a watch copies nothing.
+Update = WatchEvent
 
 
 class SyncerCallbacks(Protocol):
@@ -64,7 +63,7 @@ class Syncer:
         self._min_backoff = min_backoff
         self._max_backoff = max_backoff
         self._name = name
-        self._known: dict[str, int] = {}
+        self._known: dict[str, tuple[int, str]] = {}
         self._stop = threading.Event()
         self._in_sync = threading.Event()
         self._stream: WatchStream | None = None
@@ -121,13 +120,12 @@ class Syncer:
         kvs, revision = self._store.list_many(self._prefixes)
         if self.status is not SyncStatus.RESYNC:
             self._set_status(SyncStatus.RESYNC)
-        seen: set[str] = set()
-        updates: list[Update] = []
-        for kv in kvs:
-            seen.add(kv.key)
-            if self._known.get(kv.key) != kv.mod_revision:
-                updates.append(Update(kv.key, kv.value, kv.mod_revision))
-        updates.extend(Update(k, None, revision) for k in self._known.keys() - seen)
+        known = self._known
+        updates = [Update(kv.key, kv.value, kv.mod_revision) for kv in kvs
+                   if known.get(kv.key) != (kv.mod_revision, kv.value)]
+        if known:  # keys the consumer holds that the snapshot no longer has
+            gone = known.keys() - {kv.key for kv in kvs}
+            updates.extend(Update(k, None, revision) for k in sorted(gone))
         for i in range(0, len(updates), SNAPSHOT_CHUNK):
             self._deliver(updates[i:i + SNAPSHOT_CHUNK])
         self.revision = revision
@@ -148,8 +146,7 @@ class Syncer:
         try:
             for batch in stream:
                 if batch.events:
-                    self._deliver([Update(e.key, e.value, e.mod_revision)
-                                   for e in batch.events])
+                    self._deliver(list(batch.events))
                 self.revision = max(self.revision, batch.revision)
             if not self._stop.is_set():
                 raise DatastoreError("watch stream ended")
@@ -164,9 +161,10 @@ class Syncer:
     def _deliver(self, updates: list[Update]) -> None:
         if not updates:
             return
+        known = self._known
         for u in updates:
             if u.value is None:
-                self._known.pop(u.key, None)
+                known.pop(u.key, None)
             else:
-                self._known[u.key] = u.mod_revision
+                known[u.key] = (u.mod_revision, u.value)
         self._callbacks.on_updates(updates)

@@ -160,6 +160,9 @@ class CalcGraph:
         self.membership = MembershipIndex()
         self._dispatch = DispatchRenderer()
         self._dispatch_names: set[str] = set()
+        self._dispatch_map: dict[str, tuple[str, str]] = {}  # ifname -> (from, to) chain
+        self._dispatch_owner: dict[str, EpKey] = {}  # ifname -> endpoint rendered for it
+        self._ep_dispatch: dict[EpKey, str] = {}  # endpoint -> ifname it is dispatched on
         self._ep_policies: dict[EpKey, frozenset[PolicyId]] = {}
         self._policy_eps: dict[PolicyId, set[EpKey]] = {}
         self._profile_users: dict[str, set[EpKey]] = {}
@@ -607,8 +610,18 @@ class CalcGraph:
                 for chain in render_endpoint_chains(spec, version, self.marks):
                     self._set_chain((version, "filter"), chain)
             self._ep_chains[key] = new_names
-        if old_names != new_names:
+        old_if = self._ep_dispatch.pop(key, None)
+        if old_if is not None and self._dispatch_owner.get(old_if) == key:
+            del self._dispatch_owner[old_if]
+            del self._dispatch_map[old_if]
             self._dispatch_dirty = True
+        if ep is not None and new_names is not None:
+            self._dispatch_owner[ep.name] = key
+            self._dispatch_map[ep.name] = new_names
+            self._ep_dispatch[key] = ep.name
+            if old_if != ep.name or old_names != new_names:
+                self._dispatch_dirty = True
+        if old_names != new_names:
             for name in old_names or ():
                 if name not in (new_names or ()):
                     for version in self.versions:
@@ -698,11 +711,7 @@ class CalcGraph:
 
     def _render_dispatch(self) -> None:
         self._dispatch_dirty = False
-        workloads: dict[str, tuple[str, str]] = {}
-        for ifname in self._ifname_eps:
-            owner = self._ifname_owner(ifname)
-            if owner in self._ep_chains:
-                workloads[ifname] = self._ep_chains[owner]
+        workloads = self._dispatch_map
         hosts: dict[str, tuple[str, str]] = {}
         for key in sorted(self._heps, key=_key_order, reverse=True):
             ep = self._heps[key]

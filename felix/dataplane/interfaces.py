@@ -216,6 +216,8 @@ class InterfaceWatcher:
         self.callback = callback
         self.rcvbuf = rcvbuf
         self.netns = netns
+        if isinstance(prefixes, str):
+            prefixes = (prefixes,)
         self.prefixes = tuple(prefixes) if prefixes else None
         self._links: dict[int, Link] = {}
         self._events: NetlinkSocket | None = None

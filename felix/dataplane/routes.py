@@ -69,7 +69,8 @@ class Routes:
                  nl: NetlinkSocket | None = None) -> None:
         self.netns = netns
         self.proto = proto
-        self.iface_prefixes = tuple(iface_prefixes)
+        self.iface_prefixes = ((iface_prefixes,) if isinstance(iface_prefixes, str)
+                               else tuple(iface_prefixes))
         self._nl = nl or NetlinkSocket(netns)
         self._routes: dict[str, RouteState] = {}
         self._neighs: dict[NeighKey, str] = {}

@@ -17,7 +17,7 @@ interfaces have endpoints (`felix.calc`).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 from felix.dataplane.types import Chain, Rule
 from felix.rules.names import (
@@ -33,68 +33,70 @@ DROP_UNKNOWN = Rule("", "-j DROP", "unknown interface")
 
 
 class DispatchRenderer:
-    """Renders the workload dispatch trees, reusing unchanged leaf chains.
+    """Renders both workload dispatch trees in one pass, reusing unchanged leaf chains.
 
-    `_leaves` caches leaf chains by (chain name, members and targets), so re-rendering
-    after one endpoint changed builds new `Rule` values only for the leaf that holds it;
-    unchanged chains come back as the same objects and compare equal at once.
+    The FROM and TO trees have the same shape, so names are partitioned once. `_leaves`
+    caches leaf chains by (chain name, member names): an endpoint's chain names depend
+    only on its interface name, so after one endpoint changed only the leaf that holds it
+    gets new `Rule` values; unchanged chains come back as the same objects and compare
+    equal at once.
     """
 
     def __init__(self) -> None:
-        self._leaves: dict[tuple[str, tuple[tuple[str, str], ...]], Chain] = {}
-        self._used: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
+        self._leaves: dict[tuple[str, tuple[str, ...]], Chain] = {}
+        self._used: set[tuple[str, tuple[str, ...]]] = set()
 
     def render(self, chain_for_ifname: Mapping[str, tuple[str, str]]) -> list[Chain]:
         """All workload dispatch chains; `chain_for_ifname`: ifname -> (from, to) chain."""
-        names = sorted(chain_for_ifname)
         self._used = set()
-        out = (self._tree(CHAIN_FROM_ENDPOINT, names, "-i",
-                          lambda n: chain_for_ifname[n][0])
-               + self._tree(CHAIN_TO_ENDPOINT, names, "-o", lambda n: chain_for_ifname[n][1]))
-        if len(self._leaves) > 2 * len(self._used) + 64:
-            self._leaves = {k: v for k, v in self._leaves.items() if k in self._used}
-        return out
+        from_chains: list[Chain] = []
+        to_chains: list[Chain] = []
+        targets = chain_for_ifname
 
-    def _leaf(self, chain_name: str, group: list[str], flag: str,
-              target: Callable[[str], str]) -> Chain:
-        key = (chain_name, tuple((n, target(n)) for n in group))
-        self._used.add(key)
-        chain = self._leaves.get(key)
-        if chain is None:
-            rules = [Rule(f"{flag} {n}", f"-g {t}") for n, t in key[1]]
-            chain = Chain(chain_name, (*rules, DROP_UNKNOWN))
-            self._leaves[key] = chain
-        return chain
+        def leaf(name: str, group: tuple[str, ...], flag: str, side: int) -> Chain:
+            key = (name, group)
+            self._used.add(key)
+            chain = self._leaves.get(key)
+            if chain is None:
+                rules = [Rule(f"{flag} {n}", f"-g {targets[n][side]}") for n in group]
+                chain = Chain(name, (*rules, DROP_UNKNOWN))
+                self._leaves[key] = chain
+            return chain
 
-    def _tree(self, root: str, names: list[str], flag: str,
-              target: Callable[[str], str]) -> list[Chain]:
-        chains: list[Chain] = []
-
-        def build(chain_name: str, group: list[str]) -> None:
+        def build(names: tuple[str, str], group: list[str]) -> None:
             if len(group) <= LEAF_MAX:
-                chains.append(self._leaf(chain_name, group, flag, target))
+                leaf_names = tuple(group)
+                from_chains.append(leaf(names[0], leaf_names, "-i", 0))
+                to_chains.append(leaf(names[1], leaf_names, "-o", 1))
                 return
-            rules: list[Rule] = []
+            from_rules: list[Rule] = []
+            to_rules: list[Rule] = []
             depth = len(os.path.commonprefix([group[0], group[-1]]))  # group is sorted
             buckets: dict[str, list[str]] = {}
             for n in group:
                 if len(n) == depth:  # the common prefix is itself an interface name
-                    rules.append(Rule(f"{flag} {n}", f"-g {target(n)}"))
+                    from_rules.append(Rule(f"-i {n}", f"-g {targets[n][0]}"))
+                    to_rules.append(Rule(f"-o {n}", f"-g {targets[n][1]}"))
                 else:
                     buckets.setdefault(n[:depth + 1], []).append(n)
             for prefix, members in sorted(buckets.items()):
                 if len(members) == 1:
                     n = members[0]
-                    rules.append(Rule(f"{flag} {n}", f"-g {target(n)}"))
+                    from_rules.append(Rule(f"-i {n}", f"-g {targets[n][0]}"))
+                    to_rules.append(Rule(f"-o {n}", f"-g {targets[n][1]}"))
                 else:
-                    sub = dispatch_chain(root, prefix)
-                    rules.append(Rule(f"{flag} {prefix}+", f"-g {sub}"))
-                    build(sub, members)
-            rules.append(DROP_UNKNOWN)
-            chains.append(Chain(chain_name, tuple(rules)))
+                    subs = (dispatch_chain(CHAIN_FROM_ENDPOINT, prefix),
+                            dispatch_chain(CHAIN_TO_ENDPOINT, prefix))
+                    from_rules.append(Rule(f"-i {prefix}+", f"-g {subs[0]}"))
+                    to_rules.append(Rule(f"-o {prefix}+", f"-g {subs[1]}"))
+                    build(subs, members)
+            from_chains.append(Chain(names[0], (*from_rules, DROP_UNKNOWN)))
+            to_chains.append(Chain(names[1], (*to_rules, DROP_UNKNOWN)))
 
-        build(root, names)
-        return chains
+        build((CHAIN_FROM_ENDPOINT, CHAIN_TO_ENDPOINT), sorted(chain_for_ifname))
+        if len(self._leaves) > 2 * len(self._used) + 64:
+            self._leaves = {k: v for k, v in self._leaves.items() if k in self._used}
+        return from_chains + to_chains
 
 
 def render_workload_dispatch(chain_for_ifname: Mapping[str, tuple[str, str]]) -> list[Chain]:

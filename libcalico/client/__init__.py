@@ -17,9 +17,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from libcalico.client.endpoints import EndpointClient
-from libcalico.client.network import NetworkClient
-from libcalico.client.policy import PolicyClient
 from libcalico.client.resources import PartialApply, ResourceClient, describe, resource_name
 
 if TYPE_CHECKING:
@@ -28,7 +25,7 @@ if TYPE_CHECKING:
 __all__ = ["CalicoClient", "PartialApply", "describe", "resource_name"]
 
 
-class CalicoClient(NetworkClient, PolicyClient, EndpointClient, ResourceClient):
+class CalicoClient(ResourceClient):
     """Typed CRUD over the datastore; see the mixins for the operations."""
 
     def __init__(self, store: Datastore) -> None:

@@ -12,6 +12,7 @@ Leaves to others: creating interfaces (`libcalico.workload`), address allocation
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
 from libcalico import keyspace as ks
@@ -126,8 +127,8 @@ class EndpointClient:
         for kv in kvs:
             parsed = ks.parse_key(kv.key)
             if isinstance(parsed, ks.HostEndpointKey):
-                ep = decode(kv.key, kv.value, lambda d, p=parsed: HostEndpoint.from_json(
-                    HostEndpointId(p.hostname, p.endpoint_id), d))
+                ep = decode(kv.key, kv.value, partial(
+                    HostEndpoint.from_json, HostEndpointId(parsed.hostname, parsed.endpoint_id)))
                 if ep is not None:
                     out.append(ep)
         return sorted(out, key=lambda e: (e.hostname, e.endpoint_id))

@@ -13,15 +13,33 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from collections.abc import Sequence
+from functools import partial
 from typing import TYPE_CHECKING
 
 from libcalico import keyspace as ks
 from libcalico.client._base import cas_update, decode, encode
 from libcalico.errors import AlreadyExists, Conflict, NotFound, ValidationError
-from libcalico.model import BGPGlobalConfig, BGPPeer, FelixConfig, IPAMConfig, IPPool, Node
+from libcalico.model import (
+    BGPGlobalConfig,
+    BGPPeer,
+    FelixConfig,
+    IPAMConfig,
+    IPPool,
+    Node,
+    parse_as_num,
+)
 
 if TYPE_CHECKING:
     from libcalico.datastore import Datastore, Op
+
+
+def _bgp_setting(name: str, text: str) -> BGPGlobalConfig:
+    return BGPGlobalConfig.from_json({name: text})
+
+
+def _felix_setting(name: str, text: str) -> FelixConfig:
+    return FelixConfig(None, {name: text})
 
 
 def pools_overlapping(pool: IPPool, others: list[IPPool]) -> list[IPPool]:
@@ -48,7 +66,7 @@ class NetworkClient:
         kv = self.store.get(key)
         return decode(key, kv.value if kv else None, IPPool.from_json)
 
-    def check_pool_overlap(self, pool: IPPool, extra: list[IPPool] = ()) -> None:  # type: ignore[assignment]
+    def check_pool_overlap(self, pool: IPPool, extra: Sequence[IPPool] = ()) -> None:
         clash = pools_overlapping(pool, self.list_pools(pool.version) + list(extra))
         if clash:
             raise ValidationError("cidr", pool.cidr, f"overlaps existing pool {clash[0].cidr}")
@@ -91,7 +109,7 @@ class NetworkClient:
             host_fields = fields.setdefault(host, {})
             if isinstance(parsed, ks.BGPHostKey):
                 host_fields[parsed.name] = value
-        nodes = [decode(ks.bgp_host_dir(h), json.dumps(f), lambda d, h=h: Node.from_json(h, d))
+        nodes = [decode(ks.bgp_host_dir(h), json.dumps(f), partial(Node.from_json, h))
                  for h, f in sorted(fields.items())]
         return [n for n in nodes if n is not None]
 
@@ -163,8 +181,8 @@ class NetworkClient:
                     {"node_mesh": d}).node_mesh)
                 if mesh is not None:
                     data["node_mesh"] = mesh
-            elif decode(kv.key, kv.value, lambda t, n=parsed.name: BGPGlobalConfig.from_json(
-                    {n: t}), raw=True) is not None:
+            elif decode(kv.key, kv.value, partial(_bgp_setting, parsed.name),
+                        raw=True) is not None:
                 data[parsed.name] = kv.value
         return BGPGlobalConfig.from_json(data)
 
@@ -180,8 +198,7 @@ class NetworkClient:
         self.store.txn([], self.bgp_config_ops(config), [])
 
     def set_default_as(self, as_num: int | str) -> None:
-        cfg = BGPGlobalConfig(as_num=as_num)
-        self.store.put(ks.BGP_GLOBAL_AS_KEY, str(cfg.as_num))
+        self.store.put(ks.BGP_GLOBAL_AS_KEY, str(parse_as_num("as_num", as_num)))
 
     def set_node_mesh(self, enabled: bool) -> None:
         self.store.put(ks.BGP_GLOBAL_MESH_KEY, encode({"enabled": bool(enabled)}))
@@ -204,8 +221,7 @@ class NetworkClient:
         values: dict[str, str] = {}
         for kv in kvs:
             name = kv.key[len(prefix):]
-            if decode(kv.key, kv.value, lambda t, n=name: FelixConfig(None, {n: t}),
-                      raw=True) is not None:
+            if decode(kv.key, kv.value, partial(_felix_setting, name), raw=True) is not None:
                 values[name] = kv.value
         return FelixConfig(hostname, values)
 

@@ -12,6 +12,7 @@ Leaves to others: rule and selector validation (`libcalico.model`), key names
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
 from libcalico import keyspace as ks
@@ -25,6 +26,10 @@ if TYPE_CHECKING:
 _PARTS = ks.PROFILE_PARTS
 
 
+def _one_part(name: str, part: str, data: object) -> Profile:
+    return Profile.from_parts(name, **{part: data})
+
+
 def _profile_from_kvs(name: str, parts: dict[str, KV | None]) -> Profile | None:
     """Build a profile from its part KVs; an invalid part is treated as absent."""
     import json
@@ -33,7 +38,7 @@ def _profile_from_kvs(name: str, parts: dict[str, KV | None]) -> Profile | None:
     for part, kv in parts.items():
         if kv is None:
             continue
-        ok = decode(kv.key, kv.value, lambda d, p=part: Profile.from_parts(name, **{p: d}))
+        ok = decode(kv.key, kv.value, partial(_one_part, name, part))
         if ok is not None:
             decoded[part] = json.loads(kv.value)
     return decode(ks.profile_dir(name), json.dumps(decoded),
@@ -132,7 +137,7 @@ class PolicyClient:
         for kv in kvs:
             parsed = ks.parse_key(kv.key)
             if isinstance(parsed, ks.TierKey):
-                tier = decode(kv.key, kv.value, lambda d, t=parsed.tier: Tier.from_json(t, d))
+                tier = decode(kv.key, kv.value, partial(Tier.from_json, parsed.tier))
                 if tier is not None:
                     tiers.append(tier)
         return sorted(tiers, key=policy_sort_key)
@@ -157,7 +162,7 @@ class PolicyClient:
             parsed = ks.parse_key(kv.key)
             if isinstance(parsed, ks.PolicyKey):
                 pol = decode(kv.key, kv.value,
-                             lambda d, p=parsed: Policy.from_json(p.tier, p.name, d))
+                             partial(Policy.from_json, parsed.tier, parsed.name))
                 if pol is not None:
                     policies.append(pol)
         return sorted(policies, key=lambda p: (p.tier, *policy_sort_key(p)))

@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING
 
 from libcalico import keyspace as ks
 from libcalico.client._base import encode
-from libcalico.client.endpoints import wep_key
-from libcalico.client.network import pools_overlapping
+from libcalico.client.endpoints import EndpointClient, wep_key
+from libcalico.client.network import NetworkClient, pools_overlapping
+from libcalico.client.policy import PolicyClient
 from libcalico.errors import AlreadyExists, CalicoError, Conflict, NotFound, ValidationError
 from libcalico.model import (
     BGPGlobalConfig,
@@ -40,7 +41,6 @@ from libcalico.model import (
 )
 
 if TYPE_CHECKING:
-    from libcalico.client import CalicoClient
     from libcalico.datastore import Compare, Op
 
 MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
@@ -110,8 +110,26 @@ class _Planned:
     ops: list[Op]
 
 
-class ResourceClient:
-    def write_ops(self: CalicoClient, r: Resource, replace: bool) -> list[Op]:
+def _merge_ops(chunk: list[_Planned]) -> list[Op]:
+    """One operation per key (etcd rejects a transaction naming a key twice): a later
+    document wins, except that the implicit tier a policy creates never overrides a
+    tier document."""
+    from libcalico.datastore import Put
+
+    merged: dict[tuple[str, bool], tuple[bool, Op]] = {}
+    for plan in chunk:
+        for op in plan.ops:
+            implicit = (isinstance(plan.resource, Policy) and isinstance(op, Put)
+                        and op.key != primary_key(plan.resource))
+            slot = (op.key, getattr(op, "prefix", False))
+            if implicit and slot in merged:
+                continue
+            merged[slot] = (not implicit, op)
+    return [op for _, op in merged.values()]
+
+
+class ResourceClient(NetworkClient, PolicyClient, EndpointClient):
+    def write_ops(self, r: Resource, replace: bool) -> list[Op]:
         from libcalico.datastore import Put
 
         if isinstance(r, IPPool):
@@ -138,7 +156,7 @@ class ResourceClient:
             return [Put(ks.IPAM_CONFIG_KEY, encode(r.to_json()))]
         raise ValidationError("kind", r.KIND, "not supported")
 
-    def delete_ops(self: CalicoClient, r: Resource) -> list[Op]:
+    def delete_ops(self, r: Resource) -> list[Op]:
         from libcalico.datastore import Delete
 
         if isinstance(r, Profile):
@@ -159,7 +177,7 @@ class ResourceClient:
 
     # --- checks ------------------------------------------------------------------------------
 
-    def _check_batch(self: CalicoClient, resources: Sequence[Resource], mode: str) -> None:
+    def _check_batch(self, resources: Sequence[Resource], mode: str) -> None:
         if mode == "delete":
             return
         pools = [r for r in resources if isinstance(r, IPPool)]
@@ -183,7 +201,7 @@ class ResourceClient:
                         raise ValidationError("profile_ids", p,
                                               f"unknown profile (in {describe(r)})")
 
-    def _plan(self: CalicoClient, index: int, r: Resource, mode: str) -> _Planned:
+    def _plan(self, index: int, r: Resource, mode: str) -> _Planned:
         from libcalico.datastore import ModRevisionIs
 
         key = primary_key(r)
@@ -200,7 +218,7 @@ class ResourceClient:
 
     # --- the batch ---------------------------------------------------------------------------
 
-    def apply_resources(self: CalicoClient, resources: Sequence[Resource],
+    def apply_resources(self, resources: Sequence[Resource],
                         mode: str = "apply") -> None:
         """Write (or delete) every resource, or nothing if any check fails.
 
@@ -219,8 +237,8 @@ class ResourceClient:
             chunks[-1].append(plan)
         applied: list[int] = []
         for chunk in chunks:
-            compares = [c for p in chunk for c in p.compares]
-            ops = [o for p in chunk for o in p.ops]
+            compares = list({c.key: c for p in chunk for c in p.compares}.values())
+            ops = _merge_ops(chunk)
             try:
                 ok = self.store.txn(compares, ops, [])
                 if not ok:
@@ -235,7 +253,7 @@ class ResourceClient:
 
     # --- get ---------------------------------------------------------------------------------
 
-    def get_resources(self: CalicoClient, kind: str, name: str | None = None,
+    def get_resources(self, kind: str, name: str | None = None,
                       hostname: str | None = None, tier: str | None = None) -> list[Resource]:
         """Every stored resource of `kind` (matched case-insensitively), optionally by name."""
         cls = resource_class(kind)

@@ -2,8 +2,8 @@
 released with etcd compare-and-swap, plus a consistency check and repair.
 
 Owns the public IPAM API; see docs/ipam.md. Submodules: `block` (pure block and handle
-logic), `client` (allocation, release, queries), `pools` (usage, claims, config, pool
-removal), `check` (leak check and repair), `_state` (reads and caches).
+logic), `client` (allocation, queries, the one write path), `release`, `pools` (usage,
+claims, config, pool removal), `check` (leak check and repair), `_state` (reads, caches).
 """
 
 from libcalico.ipam.block import AddressInUse, AllocationBlock, IPAMHandle, block_cidr_for

@@ -12,16 +12,17 @@ the block arithmetic (`libcalico.ipam.block`), key names (`libcalico.keyspace`).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from libcalico import keyspace
-from libcalico.datastore import KV, Datastore
-from libcalico.errors import CalicoError
+from libcalico.datastore import KV, Datastore, Get
+from libcalico.errors import CalicoError, ValidationError
 from libcalico.ipam.block import AllocationBlock, IPAMHandle
 from libcalico.model import IPAMConfig, IPPool
 
@@ -39,30 +40,42 @@ class Versioned(Generic[T]):
     revision: int
 
 
+# Key builders memoised: they parse the CIDR, and the allocator builds them per call.
+block_key = functools.lru_cache(maxsize=16384)(keyspace.block_key)
+pool_key = functools.lru_cache(maxsize=1024)(keyspace.pool_key)
+
+
 def encode(value: object) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-def _decode_json(kv: KV | None, parse: type[T] | object, what: str) -> Versioned[T]:
+def _decode_json(kv: KV | None, parse: Callable[[Any], T], what: str) -> Versioned[T]:
     if kv is None:
         return Versioned(None, 0)
     try:
-        return Versioned(parse.from_json(json.loads(kv.value)), kv.mod_revision)  # type: ignore[attr-defined]
+        return Versioned(parse(json.loads(kv.value)), kv.mod_revision)
     except (ValueError, TypeError, KeyError, CalicoError) as exc:
         _log.warning("ignoring invalid %s at %s: %s", what, kv.key, exc)
         return Versioned(None, kv.mod_revision)
 
 
 def decode_block(kv: KV | None) -> Versioned[AllocationBlock]:
-    return _decode_json(kv, AllocationBlock, "block")
+    return _decode_json(kv, AllocationBlock.from_json, "block")
 
 
 def decode_handle(kv: KV | None) -> Versioned[IPAMHandle]:
-    return _decode_json(kv, IPAMHandle, "handle")
+    return _decode_json(kv, IPAMHandle.from_json, "handle")
 
 
 def decode_pool(kv: KV | None) -> Versioned[IPPool]:
-    return _decode_json(kv, IPPool, "pool")
+    return _decode_json(kv, IPPool.from_json, "pool")
+
+
+def parse_ip(ip: object) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    try:
+        return ipaddress.ip_address(str(ip).split("/")[0] if isinstance(ip, str) else ip)  # type: ignore[arg-type]
+    except ValueError:
+        raise ValidationError("ip", ip, "not an IP address") from None
 
 
 def pool_usable(pool: IPPool | None) -> bool:
@@ -70,8 +83,20 @@ def pool_usable(pool: IPPool | None) -> bool:
     return pool is not None and not pool.disabled and pool.ipam
 
 
-def net_of(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@functools.lru_cache(maxsize=8192)
+def net_of(cidr: str) -> Network:
     return ipaddress.ip_network(cidr)
+
+
+def within(inner: str | Network, outer: str | Network) -> bool:
+    """Is `inner` a subnet of `outer` (False across IP versions)?"""
+    a = net_of(inner) if isinstance(inner, str) else inner
+    b = net_of(outer) if isinstance(outer, str) else outer
+    return (a.version == b.version and a.prefixlen >= b.prefixlen
+            and b.supernet_of(a))  # type: ignore[arg-type]
 
 
 class IPAMState:
@@ -88,9 +113,18 @@ class IPAMState:
     # --- blocks ----------------------------------------------------------------------------
 
     def read_block(self, cidr: str) -> Versioned[AllocationBlock]:
-        entry = decode_block(self.store.get(keyspace.block_key(cidr)))
+        entry = decode_block(self.store.get(block_key(cidr)))
         self.note_block(cidr, entry)
         return entry
+
+    def read_blocks(self, cidrs: list[str]) -> None:
+        """Refresh several blocks in one round trip per 100 (a read-only transaction)."""
+        for start in range(0, len(cidrs), 100):
+            chunk = cidrs[start:start + 100]
+            keys = [block_key(c) for c in chunk]
+            result = self.store.txn_result([], [Get(k) for k in keys])
+            for cidr, key in zip(chunk, keys, strict=True):
+                self.note_block_kv(cidr, result.gets[key])
 
     def block(self, cidr: str) -> Versioned[AllocationBlock]:
         """The cached block, read if unknown."""
@@ -110,6 +144,16 @@ class IPAMState:
         entry = decode_block(kv)
         self.note_block(cidr, entry)
         return entry
+
+    def list_block_cidrs(self, version: int) -> set[str]:
+        """The CIDRs of every existing block (keys only: nothing is decoded)."""
+        kvs, _ = self.store.list(keyspace.block_dir(version))
+        out = set()
+        for kv in kvs:
+            parsed = keyspace.parse_key(kv.key)
+            if isinstance(parsed, keyspace.BlockKey):
+                out.add(parsed.cidr)
+        return out
 
     def list_blocks(self, version: int) -> dict[str, Versioned[AllocationBlock]]:
         kvs, _ = self.store.list(keyspace.block_dir(version))
@@ -153,7 +197,7 @@ class IPAMState:
             kvs, _ = self.store.list(keyspace.pool_dir(version))
             cached = {}
             for kv in kvs:
-                entry = decode_pool(kv)
+                entry: Versioned[IPPool] = decode_pool(kv)
                 if entry.value is not None:
                     cached[entry.value.cidr] = entry
             self.pools[version] = cached
@@ -173,8 +217,7 @@ class IPAMState:
         """The pool holding an address or block (one refresh of the cache on a miss)."""
         for attempt_fresh in ((True,) if fresh else (False, True)):
             for cidr, entry in self.pool_map(net.version, attempt_fresh).items():
-                pnet = net_of(cidr)
-                if net.subnet_of(pnet):  # type: ignore[arg-type]
+                if within(net, cidr):
                     return entry
         return None
 
@@ -184,11 +227,20 @@ class IPAMState:
         return decode_handle(self.store.get(keyspace.handle_key(handle_id)))
 
     def read_handles(self, handle_ids: Iterable[str]) -> dict[str, Versioned[IPAMHandle]]:
-        return {h: self.read_handle(h) for h in handle_ids}
+        """Several handles in one round trip per 100 (a read-only transaction)."""
+        ids = list(handle_ids)
+        out: dict[str, Versioned[IPAMHandle]] = {}
+        for start in range(0, len(ids), 100):
+            chunk = ids[start:start + 100]
+            keys = [keyspace.handle_key(h) for h in chunk]
+            result = self.store.txn_result([], [Get(k) for k in keys])
+            for handle_id, key in zip(chunk, keys, strict=True):
+                out[handle_id] = decode_handle(result.gets[key])
+        return out
 
     def config(self) -> IPAMConfig:
         kv = self.store.get(keyspace.IPAM_CONFIG_KEY)
         if kv is None:
             return IPAMConfig()
-        entry = _decode_json(kv, IPAMConfig, "IPAM config")
+        entry = _decode_json(kv, IPAMConfig.from_json, "IPAM config")
         return entry.value if entry.value is not None else IPAMConfig()

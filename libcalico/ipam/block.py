@@ -17,6 +17,7 @@ per ordinal], "unallocated": [free ordinals, next to hand out first], "attribute
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -41,6 +42,11 @@ class AddressInUse(CalicoError):
 
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@functools.lru_cache(maxsize=8192)
+def _network(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    return ipaddress.ip_network(cidr)
 
 
 def _addr(ip: str | IPAddress) -> IPAddress:
@@ -114,7 +120,7 @@ class AllocationBlock:
 
     @property
     def network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-        return ipaddress.ip_network(self.cidr)
+        return _network(self.cidr)
 
     @property
     def version(self) -> int:
@@ -208,9 +214,9 @@ class AllocationBlock:
                attributes: Attributes = None) -> str:
         """Allocate one given address; raises `AddressInUse` if it is taken."""
         o = self.ordinal(ip)
-        if self.allocations[o] is not None:
-            raise AddressInUse(self.address(o),
-                               self.attributes[self.allocations[o]].get("handle_id"))
+        current = self.allocations[o]
+        if current is not None:
+            raise AddressInUse(self.address(o), self.attributes[current].get("handle_id"))
         self.unallocated.remove(o)
         self.allocations[o] = self._attr_index(handle_id, attributes)
         return self.address(o)

@@ -3,8 +3,9 @@
 Owns: auto-assignment (the host's own blocks, then a newly claimed block, then - unless
 strict affinity is configured - a free address in another host's block; never from a
 disabled pool), assignment of a given address, release by address and by handle, and the
-queries (attributes of an address, the blocks of a host). Pool-wide operations (usage,
-claims, config, pool removal) live in `libcalico.ipam.pools`, which extends this class.
+queries (attributes of an address, the blocks of a host), and `_commit`, the one write
+path. Release (`libcalico.ipam.release`) and pool-wide operations - usage, claims, config,
+pool removal (`libcalico.ipam.pools`) - are functions those modules expose as methods here.
 
 Consistency: every change is ONE etcd transaction that compares the mod_revision of the
 block, of each handle it touches and of the pool, and writes the block and the handles
@@ -29,20 +30,24 @@ import ipaddress
 import logging
 import random
 import socket
-from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from libcalico import keyspace
 from libcalico.datastore import Datastore, Delete, Get, ModRevisionIs, Op, Put, TxnResult
 from libcalico.errors import CalicoError, Conflict, ValidationError
+from libcalico.ipam import pools, release
 from libcalico.ipam._state import (
     IPAMState,
     Versioned,
+    block_key,
     decode_handle,
     encode,
     net_of,
+    parse_ip,
+    pool_key,
     pool_usable,
+    within,
 )
 from libcalico.ipam.block import (
     AddressInUse,
@@ -51,16 +56,12 @@ from libcalico.ipam.block import (
     IPAMHandle,
     block_cidr_for,
 )
-from libcalico.ipam import pools
 from libcalico.ipam.pools import PoolUsage
 from libcalico.model import IPAMConfig, IPPool
 
 _log = logging.getLogger(__name__)
 
 RETRIES = 100
-# etcd refuses transactions of more than 128 operations; a release touching more handles
-# than this is split into several transactions, each consistent on its own.
-MAX_HANDLES_PER_TXN = 100
 # How many random block CIDRs to try in a pool too large to enumerate.
 _SAMPLE_TRIES = 2000
 
@@ -108,13 +109,6 @@ def _count(field_name: str, value: object) -> int:
     return value
 
 
-def parse_ip(ip: object) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    try:
-        return ipaddress.ip_address(str(ip).split("/")[0] if isinstance(ip, str) else ip)  # type: ignore[arg-type]
-    except ValueError:
-        raise ValidationError("ip", ip, "not an IP address") from None
-
-
 class IPAMClient:
     """Allocator on one datastore client. Not thread-safe: one per thread or process."""
 
@@ -123,13 +117,15 @@ class IPAMClient:
         self.retries = retries
         self.state = IPAMState(datastore)
         self._rng = random.Random()
+        self._hint: dict[tuple[str, int], str] = {}  # (host, version) -> block used last
 
     # === auto-assign ==========================================================================
 
     def auto_assign(self, num_v4: int, num_v6: int, handle_id: str | None,
                     attributes: Attributes = None, host: str | None = None,
                     pools: Sequence[str] | None = None) -> AssignResult:
-        """Assign `num_v4` IPv4 and `num_v6` IPv6 addresses to `handle_id` for `host`.
+        """Assign `num_v4` IPv4 and `num_v6` IPv6 addresses to `handle_id` for `host`
+        (default: this machine's hostname), recording `attributes` with them.
 
         Returns what it got; `messages` is non-empty when some pools ran dry.
         """
@@ -179,8 +175,7 @@ class IPAMClient:
                       key=lambda ce: net_of(ce[0]))
 
     def _in_pools(self, cidr: str, pools: list[tuple[str, Versioned[IPPool]]]) -> bool:
-        net = net_of(cidr)
-        return any(net.subnet_of(net_of(p)) for p, _ in pools)  # type: ignore[arg-type]
+        return any(within(cidr, p) for p, _ in pools)
 
     def _assign_version(self, version: int, num: int, handle_id: str | None,
                         attrs: Attributes, host: str, wanted: set[str] | None,
@@ -195,13 +190,26 @@ class IPAMClient:
 
         # 1. The host's own blocks: the cached list first, then a fresh one (another
         #    client of the same host may have claimed blocks meanwhile).
+        #    The block that served last time is tried first; in the fresh pass all the
+        #    host's blocks are re-read in one round trip (others may have freed addresses).
         cached = (host, version) in self.state.affinity
         for fresh in ((False, True) if cached else (True,)):
-            for cidr in self.state.affine_blocks(host, version, fresh):
+            cidrs = self.state.affine_blocks(host, version, fresh)
+            if fresh:
+                self.state.read_blocks(cidrs)
+            hint = self._hint.get((host, version))
+            if hint in cidrs:
+                cidrs.remove(hint)
+                cidrs.insert(0, hint)
+            for cidr in cidrs:
+                entry = self.state.blocks.get(cidr)
+                if entry is not None and entry.value is not None and not entry.value.free_count:
+                    continue
                 if self._in_pools(cidr, pools):
                     got += self._allocate_in_block(cidr, num - len(got), handle_id, attrs,
-                                                   host, handles, affine=True, reread=fresh)
+                                                   host, handles, affine=True)
                     if len(got) == num:
+                        self._hint[(host, version)] = cidr
                         return got, None
 
         config = self.state.config()
@@ -231,11 +239,9 @@ class IPAMClient:
 
     def _allocate_in_block(self, cidr: str, num: int, handle_id: str | None,
                            attrs: Attributes, host: str, handles: HandleStates,
-                           affine: bool, reread: bool = False) -> list[str]:
+                           affine: bool) -> list[str]:
         """Take up to `num` addresses from one existing block, by compare-and-swap."""
         entry = self.state.block(cidr)
-        if reread and (entry.value is None or entry.value.free_count == 0):
-            entry = self.state.read_block(cidr)
         for _ in range(self.retries):
             block = entry.value
             if block is None:
@@ -243,8 +249,10 @@ class IPAMClient:
             if affine and block.host != host:
                 self.state.drop_affinity(host, cidr)
                 return []
+            if block.free_count == 0:
+                return []
             pool = self.state.pool_containing(net_of(cidr))
-            if pool is None or not pool_usable(pool.value) or block.free_count == 0:
+            if pool is None or not pool_usable(pool.value):
                 return []
             new = block.copy()
             ips = new.allocate(num, handle_id, attrs, host)
@@ -264,7 +272,7 @@ class IPAMClient:
                             pools: list[tuple[str, Versioned[IPPool]]],
                             handles: HandleStates) -> list[str]:
         """Claim a free block for `host` and allocate in it, in one transaction."""
-        existing = set(self.state.list_blocks(version))
+        existing = self.state.list_block_cidrs(version)
         attempts = 0
         for pool_cidr, pool_entry in pools:
             pool = pool_entry.value
@@ -304,19 +312,25 @@ class IPAMClient:
         step = 1 << (net.max_prefixlen - pool.block_size)
         base = int(net.network_address)
         cls = type(net)
+        taken: set[int] = set()
+        for cidr in existing:  # (a block of another size overlaps several slots)
+            other = net_of(cidr)
+            if within(other, net) or within(net, other):
+                first = (int(other.network_address) - base) // step
+                taken.update(range(max(first, 0), first + max(1, other.num_addresses // step)))
 
         def cidr_of(index: int) -> str:
             return str(cls((base + index * step, pool.block_size)))
 
         if bits <= 16:
-            indices = [i for i in range(1 << bits) if cidr_of(i) not in existing]
+            indices = [i for i in range(1 << bits) if i not in taken]
             self._rng.shuffle(indices)
             yield from (cidr_of(i) for i in indices)
         else:
             for _ in range(_SAMPLE_TRIES):
-                cidr = cidr_of(self._rng.randrange(1 << bits))
-                if cidr not in existing:
-                    yield cidr
+                index = self._rng.randrange(1 << bits)
+                if index not in taken:
+                    yield cidr_of(index)
 
     # === the one write path ===================================================================
 
@@ -331,7 +345,7 @@ class IPAMClient:
         `handles` holds the handles' known states (missing: assumed absent); it and the
         client's caches are updated with the outcome either way.
         """
-        bkey = keyspace.block_key(cidr)
+        bkey = block_key(cidr)
         compares: list[ModRevisionIs] = [ModRevisionIs(bkey, revision), *extra_compares]
         ops: list[Op] = list(extra_ops)
         gets = [Get(bkey)]
@@ -342,9 +356,7 @@ class IPAMClient:
         else:
             ops.append(Put(bkey, encode(new.to_json())))
         if pool is not None:
-            pkey = keyspace.pool_key(pool[0])
-            compares.append(ModRevisionIs(pkey, pool[1]))
-            gets.append(Get(pkey))
+            compares.append(ModRevisionIs(pool_key(pool[0]), pool[1]))
         new_handles: dict[str, IPAMHandle | None] = {}
         for handle_id, delta in deltas.items():
             hkey = keyspace.handle_key(handle_id)
@@ -366,14 +378,22 @@ class IPAMClient:
                 self.state.note_block(cidr, Versioned(None, 0))
             else:
                 self.state.note_block(cidr, Versioned(new, result.revision))
-            for handle_id, handle in new_handles.items():
-                handles[handle_id] = Versioned(handle, result.revision if handle else 0)
-        else:
-            self.state.note_block_kv(cidr, result.gets[bkey])
-            if pool is not None:
-                self.state.note_pool_kv(pool[0], result.gets[keyspace.pool_key(pool[0])])
-            for handle_id in deltas:
-                handles[handle_id] = decode_handle(result.gets[keyspace.handle_key(handle_id)])
+            for handle_id, written in new_handles.items():
+                handles[handle_id] = Versioned(written, result.revision if written else 0)
+            return result
+        # Lost: learn the current block and handles from the failure branch's reads. If
+        # neither changed, the pool did (disabled, removed, edited): re-list the pools.
+        unchanged = True
+        kv = result.gets[bkey]
+        unchanged &= (kv.mod_revision if kv else 0) == revision
+        self.state.note_block_kv(cidr, kv)
+        for handle_id in deltas:
+            kv = result.gets[keyspace.handle_key(handle_id)]
+            unchanged &= (kv.mod_revision if kv else 0) == handles.get(
+                handle_id, Versioned(None, 0)).revision
+            handles[handle_id] = decode_handle(kv)
+        if unchanged and pool is not None:
+            self.state.pool_map(net_of(pool[0]).version, fresh=True)
         return result
 
     # === assign a given address =============================================================
@@ -419,115 +439,28 @@ class IPAMClient:
                 return str(addr)
         raise Conflict(f"block of {addr} kept changing; gave up after {self.retries} attempts")
 
-    # === release ================================================================================
+    # === release (libcalico.ipam.release) =====================================================
 
     def release_ips(self, ips: Iterable[str]) -> set[str]:
         """Release addresses; returns those that were not allocated. Each block emptied
         is deleted together with its affinity, so its addresses can move to other hosts."""
-        by_block: dict[str, list[str]] = {}
-        unallocated: set[str] = set()
-        for ip in ips:
-            addr = parse_ip(ip)
-            cidr = self._block_of(addr)
-            if cidr is None:
-                unallocated.add(str(addr))
-            else:
-                by_block.setdefault(cidr, []).append(str(addr))
-        for cidr, group in by_block.items():
-            unallocated.update(self._release_in_block(cidr, group))
-        return unallocated
+        return release.release_ips(self, ips)
 
     def release_by_handle(self, handle_id: str) -> list[str]:
         """Release every address of a handle; returns them."""
-        keyspace.handle_key(handle_id)
-        handle = self.state.read_handle(handle_id)
-        if handle.value is None:
-            return []
-        released: list[str] = []
-        for cidr in sorted(handle.value.block):
-            entry = self.state.read_block(cidr)
-            if entry.value is None:
-                continue
-            ips = [ip for ip, h in entry.value.allocated().items() if h == handle_id]
-            gone = self._release_in_block(cidr, ips, entry)
-            released += [ip for ip in ips if ip not in gone]
-        self._drop_handle_if_unused(handle_id)
-        return released
-
-    def _drop_handle_if_unused(self, handle_id: str) -> None:
-        """Delete a handle whose blocks no longer hold any of its addresses (repairs a
-        handle left by an older writer); guarded by the handle's revision."""
-        handle = self.state.read_handle(handle_id)
-        if handle.value is None:
-            return
-        for cidr in handle.value.block:
-            block = self.state.read_block(cidr).value
-            if block is not None and block.handle_counts().get(handle_id):
-                return
-        self.store.cas_delete(keyspace.handle_key(handle_id), handle.revision)
-
-    def _block_of(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
-        pool = self.state.pool_containing(ipaddress.ip_network(addr))
-        if pool is not None and pool.value is not None and pool.value.block_size:
-            return block_cidr_for(addr, pool.value.block_size)
-        for cidr in self.state.list_blocks(addr.version):  # a block outside every pool
-            if addr in net_of(cidr):
-                return cidr
-        return None
+        return release.release_by_handle(self, handle_id)
 
     def _release_in_block(self, cidr: str, ips: list[str],
                           entry: Versioned[AllocationBlock] | None = None,
                           expect: dict[str, str | None] | None = None) -> set[str]:
-        """Release `ips` of one block; returns those that were not allocated (or, with
-        `expect`, whose current handle is not the expected one: those are left alone)."""
-        entry = entry or self.state.read_block(cidr)
-        handles: HandleStates = {}
-        todo = list(ips)
-        unknown: set[str] = set()
-        for _ in range(self.retries):
-            block = entry.value
-            if block is None:
-                return unknown | set(todo)
-            if expect is not None:
-                mismatched = {ip for ip in todo
-                              if (block.attributes_of(ip) or ("\0", None))[0] != expect[ip]}
-                unknown |= mismatched
-                todo = [ip for ip in todo if ip not in mismatched]
-                if not todo:
-                    return unknown
-            new = block.copy()
-            owners = {ip: (block.attributes_of(ip) or (None, None))[0] for ip in todo}
-            batch_handles = sorted({h for h in owners.values() if h is not None})
-            batch_handles = batch_handles[:MAX_HANDLES_PER_TXN]
-            batch = [ip for ip, h in owners.items() if h is None or h in batch_handles]
-            released, counts, not_allocated = new.release(batch)
-            for h in counts:
-                if h not in handles:
-                    handles[h] = self.state.read_handle(h)
-            deltas = {h: -n for h, n in counts.items()}
-            if not released:
-                return unknown | set(not_allocated)
-            empty = new.is_empty()
-            result = self._commit(cidr, entry.revision, None if empty else new, handles,
-                                  deltas, old_host=block.host)
-            if result.succeeded:
-                if empty and block.host:
-                    self.state.drop_affinity(block.host, cidr)
-                unknown.update(not_allocated)
-                todo = [ip for ip in todo if ip not in batch]
-                if not todo:
-                    return unknown
-                entry = self.state.block(cidr)
-            else:
-                entry = self.state.blocks.get(cidr) or Versioned(None, 0)
-        raise Conflict(f"block {cidr} kept changing; gave up after {self.retries} attempts")
+        return release.release_in_block(self, cidr, ips, entry, expect)
 
     # === queries ================================================================================
 
     def get_assignment_attributes(self, ip: str) -> Assignment | None:
         """Handle and attributes of an allocated address; None if it is not allocated."""
         addr = parse_ip(ip)
-        cidr = self._block_of(addr)
+        cidr = release.block_of(self, addr)
         if cidr is None:
             return None
         block = self.state.read_block(cidr).value
@@ -570,14 +503,6 @@ class IPAMClient:
         """Remove a pool; `PoolInUse` while it has allocations unless `force` (which
         releases them and returns them)."""
         return pools.remove_pool(self, cidr, force)
-
-
-def count_allocations(blocks: Iterable[AllocationBlock]) -> Counter[str]:
-    """Per-handle totals across blocks (used by the check and by tests)."""
-    total: Counter[str] = Counter()
-    for block in blocks:
-        total.update(block.handle_counts())
-    return total
 
 
 __all__ = ["AddressInUse", "AssignResult", "Assignment", "IPAMClient", "PoolsExhausted"]

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from libcalico import keyspace
 from libcalico.datastore import Delete, ModRevisionIs, Op, Put
 from libcalico.errors import AlreadyExists, CalicoError, Conflict, NotFound, ValidationError
-from libcalico.ipam._state import decode_pool, encode, net_of
+from libcalico.ipam._state import decode_pool, encode, net_of, within
 from libcalico.ipam.block import AllocationBlock
 from libcalico.model import IPAMConfig
 
@@ -75,7 +75,7 @@ def usage(client: IPAMClient) -> list[PoolUsage]:
     out = []
     for pool in sorted(pools, key=lambda p: (net_of(p.cidr).version, net_of(p.cidr))):
         net = net_of(pool.cidr)
-        mine = tuple(b for b in blocks if net_of(b.cidr).subnet_of(net))  # type: ignore[arg-type]
+        mine = tuple(b for b in blocks if within(b.cidr, net))
         out.append(PoolUsage(pool.cidr, net.num_addresses, sum(b.allocated for b in mine),
                              pool.disabled, mine))
     return out
@@ -187,7 +187,7 @@ def remove_pool(client: IPAMClient, cidr: str, force: bool = False) -> list[str]
     released: list[str] = []
     for _ in range(client.retries):
         blocks = {c: e for c, e in client.state.list_blocks(net.version).items()
-                  if net_of(c).subnet_of(net)}  # type: ignore[arg-type]
+                  if within(c, net)}
         allocated = {c: e.value.allocated() for c, e in blocks.items()
                      if e.value is not None and e.value.allocated_count}
         invalid = [c for c, e in blocks.items() if e.value is None]
@@ -208,15 +208,15 @@ def remove_pool(client: IPAMClient, cidr: str, force: bool = False) -> list[str]
             client._commit(block_cidr, entry.revision, None, {}, {}, old_host=host)
         if blocks:
             continue
-        ops: list[Op] = [Delete(pkey)]
+        dangling: list[Op] = []  # affinity keys left without their block
         kvs, _ = store.list(keyspace.AFFINITY_DIR)
         for akv in kvs:
             parsed = keyspace.parse_key(akv.key)
-            if isinstance(parsed, keyspace.AffinityKey) and net_of(parsed.cidr).subnet_of(net):  # type: ignore[arg-type]
-                ops.append(Delete(akv.key))
+            if isinstance(parsed, keyspace.AffinityKey) and within(parsed.cidr, net):
+                dangling.append(Delete(akv.key))
                 client.state.drop_affinity(parsed.hostname, parsed.cidr)
-        for start in range(1, len(ops), 100):  # dangling affinities first, in chunks
-            store.txn([], ops[start:start + 100])
+        for start in range(0, len(dangling), 100):
+            store.txn([], dangling[start:start + 100])
         if store.txn([ModRevisionIs(pkey, revision)], [Delete(pkey)]):
             client.state.pool_map(net.version, fresh=True)
             return released

@@ -18,6 +18,7 @@ from libcalico.datastore import (
     Datastore,
     Delete,
     EtcdSettings,
+    Get,
     ModRevisionIs,
     Put,
     ValueIs,
@@ -75,9 +76,12 @@ def test_list_by_prefix_is_exact(datastore: Datastore) -> None:
     assert rev2 == rev
 
 
-def test_list_pages_at_one_revision(datastore: Datastore, etcd_server: EtcdServer) -> None:
+def test_list_pages_at_one_revision(datastore: Datastore, etcd_server: EtcdServer,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """More than PAGE_SIZE keys come back in pages, all read at the first page's revision:
-    writes made between two pages are not in the result."""
+    writes made between two pages are not in the result. (A small page size keeps the
+    test quick; the paging code is the same.)"""
+    monkeypatch.setattr(ds_module, "PAGE_SIZE", 150)
     n = ds_module.PAGE_SIZE * 2 + 7
     items = {f"{P}big/{i:06d}": f"v{i}" for i in range(n)}
     put_many(datastore, items)
@@ -224,6 +228,27 @@ def test_txn_all_or_nothing(datastore: Datastore) -> None:
     new_a, new_c = datastore.get(P + "a"), datastore.get(P + "c")
     assert new_a is not None and new_c is not None
     assert new_a.mod_revision == new_c.mod_revision == datastore.revision()
+
+
+def test_txn_result_reads_inside_the_transaction(datastore: Datastore) -> None:
+    datastore.put(P + "a", "1")
+    a = datastore.get(P + "a")
+    assert a is not None
+    won = datastore.txn_result([ModRevisionIs(P + "a", a.mod_revision)],
+                               [Put(P + "a", "2"), Get(P + "a"), Get(P + "absent")],
+                               [Get(P + "a")])
+    assert won.succeeded is True
+    assert won.revision == datastore.revision()
+    got = won.gets[P + "a"]
+    assert got is not None and got.value == "2" and got.mod_revision == won.revision
+    assert won.gets[P + "absent"] is None
+    # The loser learns the current value without another round trip.
+    lost = datastore.txn_result([ModRevisionIs(P + "a", a.mod_revision)],
+                                [Put(P + "a", "3")], [Get(P + "a")])
+    assert lost.succeeded is False
+    current = lost.gets[P + "a"]
+    assert current is not None and current.value == "2"
+    assert datastore.get_value(P + "a") == "2"
 
 
 # --- leases -------------------------------------------------------------------------------

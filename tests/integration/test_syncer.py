@@ -5,6 +5,8 @@ a resync delivers only the difference."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -25,15 +27,26 @@ TXN_BATCH = 100  # etcd's default --max-txn-ops is 128
 class DictConsumer:
     """Keeps what the syncer says in a dict; records statuses and update counts in order."""
 
-    def __init__(self) -> None:
+    def __init__(self, hold_on_break: threading.Event | None = None) -> None:
         self.lock = threading.Lock()
         self.data: dict[str, str] = {}
         self.log: list[tuple[str, object]] = []  # ("status", SyncStatus) | ("updates", n)
         self.delivered = 0
+        # A slow consumer: when told the watch broke, it holds the syncer's thread until
+        # the event is set, so a test can change etcd while the syncer is not watching.
+        self.hold_on_break = hold_on_break
+        self.held = threading.Event()
 
     def on_status(self, status: SyncStatus) -> None:
         with self.lock:
             self.log.append(("status", status))
+            resyncing_again = status is SyncStatus.RESYNC and len(self.statuses_locked()) > 2
+        if resyncing_again and self.hold_on_break is not None:
+            self.held.set()
+            assert self.hold_on_break.wait(30)
+
+    def statuses_locked(self) -> list[SyncStatus]:
+        return [s for kind, s in self.log if kind == "status"]  # type: ignore[misc]
 
     def on_updates(self, updates: Sequence[Update]) -> None:
         with self.lock:
@@ -52,7 +65,7 @@ class DictConsumer:
 
     def statuses(self) -> list[SyncStatus]:
         with self.lock:
-            return [s for kind, s in self.log if kind == "status"]  # type: ignore[misc]
+            return self.statuses_locked()
 
 
 def content(store: Datastore, prefix: str = P) -> dict[str, str]:
@@ -218,40 +231,43 @@ def test_waits_for_datastore_then_syncs(own_etcd: EtcdServer,
 def test_etcd_restarted_mid_watch_with_changes(own_etcd: EtcdServer, how: str,
                                                syncers: Callable[..., Syncer]) -> None:
     """etcd goes away under the watch; changes (deletes included) are made after it comes
-    back, while the syncer is still backing off; the syncer resyncs and delivers exactly
-    the difference."""
+    back, while the syncer is not watching; the syncer resyncs and delivers exactly the
+    difference."""
     setup = own_etcd.client()
     put_many(setup, {f"{P}k{i:03d}": f"v{i}" for i in range(200)})
     setup.close()
     store = own_etcd.client(timeout=1.0)
-    consumer = DictConsumer()
-    # A long first backoff: the changes below land while the syncer is disconnected.
-    syncer = syncers(store, consumer, min_backoff=1.0, max_backoff=1.0)
-    assert syncer.wait_in_sync(10)
-    assert consumer.delivered == 200
-
-    own_etcd.kill() if how == "kill" else own_etcd.stop()
-    wait_for(lambda: syncer.status is SyncStatus.RESYNC, 15,
-             message="the syncer to notice etcd went away")
-    assert not syncer.wait_in_sync(0)
-    own_etcd.start()
-    writer = own_etcd.client()
+    release = threading.Event()
+    consumer = DictConsumer(hold_on_break=release)
+    syncer = syncers(store, consumer)
     try:
-        delete_many(writer, [f"{P}k{i:03d}" for i in range(0, 50)])  # 50 deletes
-        put_many(writer, {f"{P}k{i:03d}": "changed" for i in range(50, 70)})  # 20 changes
-        put_many(writer, {f"{P}n{i:03d}": "new" for i in range(10)})  # 10 creates
-        resyncs_at_change = syncer.resyncs
-        expected = wait_converged(consumer, writer)
+        assert syncer.wait_in_sync(10)
+        assert consumer.delivered == 200
+
+        own_etcd.kill() if how == "kill" else own_etcd.stop()
+        assert consumer.held.wait(15), "the syncer did not notice etcd went away"
+        assert not syncer.wait_in_sync(0)
+        own_etcd.start()
+        writer = own_etcd.client()
+        try:
+            delete_many(writer, [f"{P}k{i:03d}" for i in range(0, 50)])  # 50 deletes
+            put_many(writer, {f"{P}k{i:03d}": "changed" for i in range(50, 70)})  # 20 changes
+            put_many(writer, {f"{P}n{i:03d}": "new" for i in range(10)})  # 10 creates
+            assert syncer.resyncs == 1
+            release.set()
+            expected = wait_converged(consumer, writer)
+        finally:
+            writer.close()
     finally:
-        writer.close()
+        release.set()
     assert len(expected) == 200 - 50 + 10
     assert consumer.delivered == 200 + 50 + 20 + 10  # only the difference, once each
-    assert syncer.wait_in_sync(0)
-    assert syncer.resyncs >= 2
-    # The changes were made while the syncer was disconnected (no resync since etcd left).
-    assert resyncs_at_change == 1
+    assert syncer.wait_in_sync(5)
+    assert syncer.resyncs == 2
     assert consumer.statuses() == [SyncStatus.RESYNC, SyncStatus.IN_SYNC,
                                    SyncStatus.RESYNC, SyncStatus.IN_SYNC]
+    # The second snapshot delivered the 80 differences as one batch.
+    assert consumer.log[-2:] == [("updates", 80), ("status", SyncStatus.IN_SYNC)]
     store.close()
 
 
@@ -272,6 +288,41 @@ def test_resync_without_changes_delivers_nothing(own_etcd: EtcdServer,
     assert consumer.delivered == 100
     assert [kind for kind, _ in consumer.log].count("updates") == 1  # only the first snapshot
     assert consumer.snapshot() == content(store)
+    store.close()
+
+
+def test_etcd_replaced_by_an_empty_one_reusing_revisions(own_etcd: EtcdServer,
+                                                        syncers: Callable[..., Syncer]) -> None:
+    """etcd is wiped (or restored from an old backup) under the syncer: the new content
+    reuses mod_revisions the consumer already holds, with other values; the consumer must
+    still end with etcd's content."""
+    writer = own_etcd.client()
+    for i in range(5):
+        writer.put(f"{P}k{i}", f"old{i}")
+    writer.close()
+    store = own_etcd.client(timeout=1.0)
+    release = threading.Event()
+    consumer = DictConsumer(hold_on_break=release)
+    syncer = syncers(store, consumer)
+    try:
+        assert syncer.wait_in_sync(10)
+        before = {u: consumer.snapshot()[u] for u in consumer.snapshot()}
+        own_etcd.kill()
+        assert consumer.held.wait(15), "the syncer did not notice etcd went away"
+        shutil.rmtree(os.path.join(own_etcd.data_dir, "data"))
+        own_etcd.start()
+        writer = own_etcd.client()
+        try:
+            for i in range(4):  # same keys, same order: same mod_revisions, new values
+                writer.put(f"{P}k{i}", f"new{i}")
+            release.set()
+            expected = wait_converged(consumer, writer)
+        finally:
+            writer.close()
+    finally:
+        release.set()
+    assert before[P + "k0"] == "old0"
+    assert expected == {f"{P}k{i}": f"new{i}" for i in range(4)}
     store.close()
 
 

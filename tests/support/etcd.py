@@ -8,6 +8,7 @@ made by `make_tls_material` (openssl).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -42,6 +43,16 @@ def wait_for(condition, timeout: float, interval: float = 0.05, message: str = "
             raise TimeoutError(f"timed out after {timeout}s waiting for {message}"
                                + (f" (last error: {last_exc})" if last_exc else ""))
         time.sleep(interval)
+
+
+def scratch_dir() -> str | None:
+    """Where etcd data directories go: tmpfs when there is one, so that fsync latency of a
+    disk shared with everything else running cannot stall etcd's start or its writes
+    (seen: 8-22 s starts under load). `CALICO_TEST_ETCD_TMPDIR` overrides."""
+    chosen = os.environ.get("CALICO_TEST_ETCD_TMPDIR")
+    if chosen:
+        return chosen
+    return "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
 
 
 @dataclass
@@ -86,7 +97,8 @@ class EtcdServer:
         self.tls = tls
         self.netns = netns
         self._own_dir = data_dir is None
-        self.data_dir = data_dir or tempfile.mkdtemp(prefix="calico-test-etcd-")
+        self.data_dir = data_dir or tempfile.mkdtemp(prefix="calico-test-etcd-",
+                                                     dir=scratch_dir())
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = os.path.join(self.data_dir, "etcd.log")
         # A unix socket reaches etcd from any network namespace: a test in the root
@@ -160,10 +172,8 @@ class EtcdServer:
         if self.proc is None:
             return
         if self.proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                pass
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:

@@ -111,15 +111,24 @@ def test_node_show_remove_and_node_peers(ctl, datastore):
     ctl("node", "bgp", "peer", "add", "198.18.0.98", "as", "65001")
     assert datastore.get(ks.bgp_peer_key("198.18.0.98", "ctl-host")) is not None
 
-    # A node with endpoints is only removed with --remove-endpoints.
+    # A node with endpoints is only removed with --remove-endpoints; its addresses and
+    # blocks go back to IPAM.
+    from libcalico.ipam import IPAMClient
+
+    ctl("pool", "add", "198.18.40.0/24")
+    ipam = IPAMClient(datastore)
+    ip = ipam.auto_assign(1, 0, "w1", host="node-b").ipv4s[0]
     wep = ks.workload_endpoint_key("node-b", "netns", "w1", "e1")
     datastore.put(wep, json.dumps({"state": "active", "name": "cali1", "profile_ids": [],
-                                   "ipv4_nets": [], "ipv6_nets": []}))
+                                   "ipv4_nets": [f"{ip}/32"], "ipv6_nets": []}))
     res = ctl("node", "remove", "--hostname", "node-b", code=3)
     assert "--remove-endpoints" in res.err
     ctl("node", "remove", "--hostname", "node-b", "--remove-endpoints")
     assert datastore.list(ks.bgp_host_dir("node-b"))[0] == []
     assert datastore.get(wep) is None
+    assert ipam.get_assignment_attributes(ip) is None
+    assert ipam.host_blocks("node-b") == []
+    assert datastore.list(ks.affinity_dir("node-b"))[0] == []
     ctl("node", "remove", "--hostname", "node-b", code=3)
     assert "node-a" in ctl("node", "show").out
 

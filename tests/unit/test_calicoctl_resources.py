@@ -135,8 +135,9 @@ def test_apply_every_kind_and_get_round_trip(ctl, datastore, tmp_path):
     one = json.loads(ctl("get", "profile", "web", "-o", "json").out)
     assert one["metadata"]["name"] == "web"
     assert one["spec"]["labels"] == {"tier": "frontend"}
-    golden("get_pools.txt", ctl("get", "ippool").out)
-    golden("get_policies_wide.txt", ctl("get", "policy", "-o", "wide").out)
+    for kind in KINDS:
+        golden(f"get_{kind}.txt", ctl("get", kind).out)
+        golden(f"get_{kind}_wide.txt", ctl("get", kind.lower(), "-o", "wide").out)
     ctl("get", "profile", "ghost", code=3)
     ctl("get", "ipPool", "198.18.0.0/16")
     res = ctl("get", "gizmo", code=2)
@@ -169,8 +170,9 @@ def test_bad_documents_write_nothing(ctl, datastore, tmp_path):
                        "line 9"),
         "bad cidr": (good + "apiVersion: v1\nkind: ipPool\nmetadata: {cidr: 198.18.0.0/40}\n",
                      "198.18.0.0/40"),
-        "overlap in file": (good + "apiVersion: v1\nkind: ipPool\nmetadata: {cidr: 198.18.0.0/16}"
-                            "\n---\napiVersion: v1\nkind: ipPool\nmetadata: {cidr: 198.18.1.0/24}\n",
+        "overlap in file": (good + "apiVersion: v1\nkind: ipPool\nmetadata: "
+                            "{cidr: 198.18.0.0/16}\n---\napiVersion: v1\nkind: ipPool\n"
+                            "metadata: {cidr: 198.18.1.0/24}\n",
                             "overlaps"),
         "overlap stored": (good + "apiVersion: v1\nkind: ipPool\nmetadata: {cidr: 198.19.1.0/24}\n",
                            "198.19.0.0/16"),

@@ -3,9 +3,17 @@ the errors for bad settings. Parsing only; no etcd and no connection."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from libcalico.datastore import DEFAULT_TIMEOUT, Endpoint, EtcdSettings, parse_endpoint_url
+from libcalico.datastore import (
+    DEFAULT_TIMEOUT,
+    Datastore,
+    Endpoint,
+    EtcdSettings,
+    parse_endpoint_url,
+)
 from libcalico.errors import ValidationError
 
 TLS_ENV = {"ETCD_CA_CERT_FILE": "/etc/calico/ca.pem", "ETCD_CERT_FILE": "/etc/calico/cert.pem",
@@ -148,3 +156,18 @@ def test_unix_socket_endpoint() -> None:
 
 def test_url_without_scheme_is_http() -> None:
     assert parse_endpoint_url("198.18.0.4:2380") == Endpoint("http", "198.18.0.4", 2380)
+
+
+@pytest.mark.parametrize("missing", ["ETCD_CA_CERT_FILE", "ETCD_CERT_FILE", "ETCD_KEY_FILE"])
+def test_unreadable_tls_file_names_the_variable(tmp_path: Path, missing: str) -> None:
+    env = {"ETCD_ENDPOINTS": "https://127.0.0.1:1"}
+    for var in ("ETCD_CA_CERT_FILE", "ETCD_CERT_FILE", "ETCD_KEY_FILE"):
+        path = tmp_path / var.lower()
+        if var != missing:
+            path.write_text("not used: the missing file is reported before connecting")
+        env[var] = str(path)
+    with (Datastore(EtcdSettings.from_env(env, timeout=1)) as store,
+          pytest.raises(ValidationError) as info):
+        store.get("/calico/v1/Ready")
+    assert info.value.field == missing
+    assert info.value.value == env[missing]

@@ -96,7 +96,7 @@ def apply_changes(state: dict[str, dict[Any, Any]], changes: Changes) -> None:
             state.setdefault("chains", {})[(table, name)] = chain
             if chain is None:
                 del state["chains"][(table, name)]
-    for version, sets in changes.ipsets.items():
+    for sets in changes.ipsets.values():
         for name, s in sets.items():
             state.setdefault("ipsets", {})[name] = s
             if s is None:
@@ -191,7 +191,7 @@ def test_contents() -> None:
     assert jumps == ["-j felix-p-t1/all-i", "-j felix-p-t1/web-i", "-j felix-p-prof-a-i"]
     # host endpoint chains with failsafe first
     assert f4["felix-hfrom-eth0"].rules[1].action == "-j felix-FAILSAFE-IN"
-    assert any("-i eth0" == r.match for r in f4["felix-FROM-HOST-IF"].rules)
+    assert any(r.match == "-i eth0" for r in f4["felix-FROM-HOST-IF"].rules)
     # invalid data skipped; the invalid local endpoint is reported
     errors = {k.workload: e.error for k, e in s.endpoints.items() if e.error}
     assert "bad" in errors and errors["w3"] == "inactive"

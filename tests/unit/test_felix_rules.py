@@ -28,7 +28,8 @@ from felix.rules.policy import (
     render_profile_chains,
 )
 from felix.rules.static import render_base_jumps, render_filter_chains, render_nat_chains
-from libcalico.model.rules import PortRange, Rule as MRule
+from libcalico.model.rules import PortRange
+from libcalico.model.rules import Rule as MRule
 from libcalico.model.selector import parse_selector
 
 MARKS = Marks.from_mask(0xFF000000)

@@ -1,0 +1,155 @@
+"""calicoctl ipam, diags, version, completion and the pure parsers, against real etcd."""
+
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+
+import pytest
+
+from calicoctl.diags import MASK, mask_secrets
+from calicoctl.status import parse_protocols, peer_from_name
+from libcalico import keyspace as ks
+from tests.support.ctl import Ctl, golden
+
+
+@pytest.fixture
+def ctl(datastore, etcd_server):
+    return Ctl(etcd_server.env())
+
+
+@pytest.mark.etcd
+def test_ipam_release_info_show_check(ctl, datastore):
+    from libcalico.ipam import IPAMClient
+
+    ctl("pool", "add", "198.18.32.0/24")
+    ipam = IPAMClient(datastore)
+    got = ipam.auto_assign(2, 0, "wl-1", {"workload": "wl-1"}, host="ctl-host")
+    a, b = got.ipv4s
+    info = json.loads(ctl("ipam", "info", a, "-o", "json").out)
+    assert info["handle_id"] == "wl-1" and info["attributes"] == {"workload": "wl-1"}
+    assert "wl-1" in ctl("ipam", "info", a).out
+    ctl("ipam", "info", "198.18.32.250", code=3)
+    ctl("ipam", "info", "nonsense", code=2)
+    shown = json.loads(ctl("ipam", "show", "-o", "json").out)
+    assert shown[0]["cidr"] == "198.18.32.0/24" and shown[0]["allocated"] == 2
+    assert shown[0]["blocks"][0]["host"] == "ctl-host"
+    golden("ipam_show.txt", ctl("ipam", "show").out)
+    assert "ctl-host" in ctl("ipam", "show", "--blocks").out
+
+    # No endpoint uses the addresses: the check reports leaks and exits 1.
+    res = ctl("ipam", "check", code=1)
+    assert a in res.out and "leaked" in res.out
+    ctl("ipam", "release", a)
+    assert ipam.get_assignment_attributes(a) is None
+    ctl("ipam", "release", a, code=3)
+    res = ctl("ipam", "check", "--fix")
+    assert "Released 1" in res.out
+    assert ipam.get_assignment_attributes(b) is None
+    assert "No problems found" in ctl("ipam", "check").out
+
+
+@pytest.mark.etcd
+def test_pool_remove_in_use_needs_force(ctl, datastore):
+    from libcalico.ipam import IPAMClient
+
+    ctl("pool", "add", "198.18.33.0/24")
+    IPAMClient(datastore).auto_assign(1, 0, "wl-2", host="ctl-host")
+    res = ctl("pool", "remove", "198.18.33.0/24", code=3)
+    assert "allocated" in res.err
+    assert datastore.get(ks.pool_key("198.18.33.0/24")) is not None
+    ctl("pool", "remove", "198.18.33.0/24", "--force")
+    assert datastore.get(ks.pool_key("198.18.33.0/24")) is None
+    assert datastore.list(ks.BLOCK_DIR)[0] == []
+
+
+@pytest.mark.etcd
+def test_diags_bundle_masks_secrets(ctl, datastore, tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "felix.log").write_text("felix started\n")
+    datastore.put(ks.global_config_key("EtcdKeyFile"), "/etc/secret.key")
+    datastore.put(ks.libnetwork_network_key("n1"), json.dumps(
+        {"Options": {"password": "hunter2", "mtu": 1500}}))
+    datastore.put(ks.pool_key("198.18.0.0/24"), json.dumps({"cidr": "198.18.0.0/24"}))
+    res = ctl("diags", "--log-dir", str(logs), "--output-dir", str(tmp_path / "out"),
+              "--bird-socket", str(tmp_path / "none.ctl"))
+    assert "[1/" in res.err
+    path = res.out.strip().split()[-1]
+    assert os.path.exists(path)
+    with tarfile.open(path) as tar:
+        names = {os.path.basename(n) for n in tar.getnames()}
+        assert {"ipv4_route", "ipv6_addr", "iptables-save", "ipset_list", "bird_protocols",
+                "etcd_calico", "felix.log"} <= names
+        member = next(m for m in tar.getmembers() if m.name.endswith("etcd_calico"))
+        dump = tar.extractfile(member).read().decode()
+    assert "198.18.0.0/24" in dump
+    assert "hunter2" not in dump and "/etc/secret.key" not in dump and MASK in dump
+    assert '"mtu": 1500' in dump
+
+
+def test_mask_secrets():
+    assert mask_secrets("/calico/v1/config/EtcdKeyFile", "/x") == MASK
+    assert mask_secrets("/a/b", '{"token": "t", "n": [{"password": "p", "x": 1}]}') == \
+        json.dumps({"n": [{"password": MASK, "x": 1}], "token": MASK}, sort_keys=True)
+    assert mask_secrets("/a/b", '{"cidr": "198.18.0.0/24"}') == '{"cidr": "198.18.0.0/24"}'
+    assert mask_secrets("/a/cert", "-----BEGIN CERTIFICATE-----") == MASK
+    assert mask_secrets("/a/b", "plain") == "plain"
+
+
+def test_parse_bird_protocols():
+    text = """BIRD 2.0.12 ready.
+Name       Proto      Table      State  Since         Info
+device1    Device     ---        up     15:24:30.596
+Mesh_198_18_0_9 BGP        ---        start  15:24:30.596  Active        Socket: Connection refused
+Global_fd00__9 BGP        ---        up     2026-11-27 10:00:01  Established
+Node_198_18_0_7 BGP        ---        start  15:24:30.596  Connect
+static1    Static     master4    up     15:24:30.596
+"""
+    sessions = parse_protocols(text)
+    assert [(s.peer, s.peer_type, s.state, s.since, s.info) for s in sessions] == [
+        ("198.18.0.9", "node-to-node mesh", "start", "15:24:30.596",
+         "Active Socket: Connection refused"),
+        ("fd00::9", "global", "up", "2026-11-27 10:00:01", "Established"),
+        ("198.18.0.7", "node specific", "start", "15:24:30.596", "Connect"),
+    ]
+    assert peer_from_name("Other_1_2_3_4") is None
+    assert peer_from_name("Mesh_notanip") is None
+
+
+def test_version_and_completion():
+    ctl = Ctl({})
+    assert ctl("version").out.startswith("calicoctl version ")
+    for shell, needle in (("bash", "complete -o"), ("zsh", "compdef"), ("fish", "complete")):
+        out = ctl("completion", shell).out
+        assert "_CALICOCTL_COMPLETE" in out and needle in out, shell
+    ctl("completion", "tcsh", code=2)
+
+
+def test_help_everywhere():
+    ctl = Ctl({})
+    for args in (["--help"], ["pool", "--help"], ["profile", "--help"],
+                 ["profile", "p", "rule", "add", "--help"], ["endpoint", "--help"],
+                 ["container", "--help"], ["bgp", "peer", "add", "--help"],
+                 ["node", "bgp", "peer", "--help"], ["ipam", "check", "--help"],
+                 ["config", "node", "bgp", "--help"], ["get", "--help"], ["apply", "--help"],
+                 ["status", "--help"], ["checksystem", "--help"], ["diags", "--help"]):
+        assert "Usage:" in ctl(*args).out, args
+
+
+def test_startup_imports_stay_light():
+    """`version` and `--help` must not import etcd3/grpc/yaml/pyroute2 or the datastore."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom calicoctl.main import cli\n"
+            "for args in (['version'], ['--help'], ['pool', '--help']):\n"
+            "    try:\n        cli(args, prog_name='calicoctl')\n"
+            "    except SystemExit:\n        pass\n"
+            "heavy = ['etcd3', 'grpc', 'yaml', 'pyroute2', 'libcalico.datastore',\n"
+            "         'libcalico.model', 'libcalico.ipam']\n"
+            "print('LOADED', [m for m in heavy if m in sys.modules])\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert "LOADED []" in out, out

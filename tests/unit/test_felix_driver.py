@@ -1,0 +1,132 @@
+"""felix.driver: sequencing against in-memory owners that keep state."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from felix.calc.graph import CalcGraph, CalcSettings
+from felix.config import load_config
+from felix.dataplane.cmd import CommandFailed
+from felix.driver import Driver, Owners
+from libcalico import keyspace
+from libcalico.syncer import SyncStatus, Update
+from tests.support.etcd import wait_for
+
+
+class FakeOwner:
+    """Keeps desired and "kernel" state; apply copies one to the other."""
+
+    def __init__(self, name: str, journal: list[str]) -> None:
+        self.name = name
+        self.journal = journal
+        self.desired: dict[Any, Any] = {}
+        self.kernel: dict[Any, Any] = {}
+        self.fail_next = False
+        self.resyncs = 0
+        self.pending_interfaces: frozenset[str] = frozenset()
+
+    def _set(self, key: Any, value: Any) -> None:
+        self.desired[key] = value
+
+    def _remove(self, key: Any) -> None:
+        self.desired.pop(key, None)
+
+    set_ipset = lambda self, s: self._set(s.name, s)  # noqa: E731
+    remove_ipset = _remove
+    set_chain = lambda self, c: self._set(c.name, c)  # noqa: E731
+    remove_chain = _remove
+    set_base_jumps = lambda self, k, r: self._set(("jump", k), r)  # noqa: E731
+    set_route = lambda self, r: self._set(r.dest, r)  # noqa: E731
+    remove_route = _remove
+    set_neighbours = lambda self, n: self._set("neighbours", n)  # noqa: E731
+    set_interface = lambda self, i: self._set(i.ifname, i)  # noqa: E731
+    remove_interface = _remove
+
+    def on_interface_update(self, ifname: str) -> None:
+        pass
+
+    def mark_resync(self) -> None:
+        self.resyncs += 1
+
+    def apply(self) -> None:
+        if self.fail_next:
+            self.fail_next = False
+            raise CommandFailed([self.name], 1, "boom")
+        self.journal.append(self.name)
+        self.kernel = dict(self.desired)
+
+    def apply_deletions(self) -> None:
+        self.journal.append(self.name + "-deletions")
+
+
+@pytest.fixture
+def rig() -> Iterator[tuple[Driver, Owners, list[str]]]:
+    journal: list[str] = []
+    owners = Owners(ipsets={4: FakeOwner("ipsets", journal)},  # type: ignore[dict-item]
+                    tables={(4, "filter"): FakeOwner("filter", journal),  # type: ignore[dict-item]
+                            (4, "nat"): FakeOwner("nat", journal)},  # type: ignore[dict-item]
+                    routes=FakeOwner("routes", journal),  # type: ignore[arg-type]
+                    interfaces=FakeOwner("interfaces", journal))  # type: ignore[arg-type]
+    env = {"FELIX_FELIXHOSTNAME": "h1", "FELIX_REFRESHINTERVAL": "0.3"}
+    config = load_config(env=env)
+    driver = Driver(config, owners, CalcGraph(CalcSettings("h1", ipv6=False)), env=env)
+    thread = threading.Thread(target=driver.run, daemon=True)
+    thread.start()
+    try:
+        yield driver, owners, journal
+    finally:
+        driver.stop()
+        thread.join(10)
+
+
+def endpoint_update(i: int) -> Update:
+    key = keyspace.workload_endpoint_key("h1", "k8s", f"w{i}", "eth0")
+    return Update(key, json.dumps({"name": f"cali{i}", "ipv4_nets": [f"198.18.1.{i}/32"]}), i)
+
+
+def test_nothing_applied_before_in_sync_then_fixed_order(rig: Any) -> None:
+    driver, owners, journal = rig
+    driver.on_status(SyncStatus.RESYNC)
+    driver.on_updates([endpoint_update(1), endpoint_update(2)])
+    driver.on_updates([endpoint_update(3)])
+    wait_for(lambda: driver._events.empty(), 5)
+    assert journal == [] and owners.routes.kernel == {}
+    driver.on_status(SyncStatus.IN_SYNC)
+    wait_for(lambda: journal, 5, message="first apply")
+    assert journal[:6] == ["ipsets", "routes", "interfaces", "filter", "nat",
+                           "ipsets-deletions"]
+    assert set(owners.routes.kernel) >= {"198.18.1.1/32", "198.18.1.2/32", "198.18.1.3/32"}
+    assert "felix-from-1" in owners.tables[(4, "filter")].kernel
+
+
+def test_changes_wait_while_resyncing_and_failures_retry(rig: Any) -> None:
+    driver, owners, journal = rig
+    driver.on_status(SyncStatus.IN_SYNC)
+    driver.on_updates([endpoint_update(1)])
+    wait_for(lambda: "198.18.1.1/32" in owners.routes.kernel, 5)
+    driver.on_status(SyncStatus.RESYNC)  # etcd went away: keep the dataplane as it is
+    driver.on_updates([Update(endpoint_update(1).key, None, 9)])
+    wait_for(lambda: owners.routes.resyncs >= 1, 5, message="periodic refresh still runs")
+    assert "198.18.1.1/32" in owners.routes.kernel
+    driver.on_status(SyncStatus.IN_SYNC)
+    wait_for(lambda: "198.18.1.1/32" not in owners.routes.kernel, 5)
+    owners.tables[(4, "filter")].fail_next = True
+    driver.on_updates([endpoint_update(5)])
+    wait_for(lambda: "felix-from-5" in owners.tables[(4, "filter")].kernel, 5,
+             message="retried after the failure")
+    assert driver.metrics.errors.labels("iptables-v4-filter")._value.get() == 1
+
+
+def test_config_change_in_etcd_requests_restart(rig: Any) -> None:
+    driver, _, _ = rig
+    driver.on_status(SyncStatus.IN_SYNC)
+    driver.on_updates([Update(keyspace.global_config_key("LogSeverityScreen"), "INFO", 3)])
+    wait_for(lambda: driver.applies > 0, 5)
+    assert not driver.restart_requested  # same as the default: nothing changed
+    driver.on_updates([Update(keyspace.host_config_key("h1", "InterfacePrefix"), "tap", 4)])
+    wait_for(lambda: driver.restart_requested, 5)
