@@ -46,8 +46,8 @@ DEFAULT_TIMEOUT = 5.0
 PAGE_SIZE = 10000
 # Keepalive pings let a watch notice a dead peer (etcd killed, host gone) quickly.
 _GRPC_OPTIONS = [
-    ("grpc.keepalive_time_ms", 5000),
-    ("grpc.keepalive_timeout_ms", 3000),
+    ("grpc.keepalive_time_ms", 30000),
+    ("grpc.keepalive_timeout_ms", 5000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
