@@ -21,7 +21,7 @@ import pytest
 from confd.apply import BirdApplier
 from confd.daemon import ConfdDaemon
 from libcalico import keyspace as ks
-from libcalico.datastore import Datastore
+from libcalico.datastore import Datastore, Put
 from tests.support.etcd import EtcdServer, wait_for
 
 pytestmark = [pytest.mark.etcd,
@@ -126,9 +126,10 @@ def test_a_burst_of_changes_is_rendered_once(datastore: Datastore, daemon: Confd
     wait_for(lambda: daemon.renders >= 1 and (tmp_path / "bird.cfg").exists(), 30,
              message="the first render")
     first = daemon.renders
-    for i in range(1, 51):
-        datastore.put(ks.bgp_peer_key(f"198.18.1.{i}"),
-                      json.dumps({"ip": f"198.18.1.{i}", "as_num": "65000"}))
+    # One burst: 50 peers written together (one transaction, one watch response).
+    datastore.txn([], [Put(ks.bgp_peer_key(f"198.18.1.{i}"),
+                           json.dumps({"ip": f"198.18.1.{i}", "as_num": "65000"}))
+                       for i in range(1, 51)])
     wait_for(lambda: "Global_198_18_1_50" in (tmp_path / "bird.cfg").read_text(), 60,
              message="the burst rendered")
     text = (tmp_path / "bird.cfg").read_text()
