@@ -65,7 +65,8 @@ def _bgp_loglevel(name: str, value: str | None, remove: bool, host: str | None) 
     from libcalico.errors import NotFound, ValidationError
 
     if name != "loglevel":
-        raise ValidationError("NAME", name, "unknown BGP config name (only loglevel)")
+        raise ValidationError("NAME", name, "unknown BGP config name (loglevel, and for a "
+                              "node rr_cluster_id)")
     if value is not None and value not in BGP_LOGLEVELS:
         raise ValidationError("loglevel", value, f"must be one of {', '.join(BGP_LOGLEVELS)}")
     client = ctl().client
@@ -98,8 +99,30 @@ def config_node() -> None:
 @_value_args
 @hostname_option
 def config_node_bgp(name: str, value: str | None, remove: bool, hostname: str | None) -> None:
-    """Show, set or remove this node's BGP setting (loglevel)."""
-    _bgp_loglevel(name, value, remove, this_hostname(hostname))
+    """Show, set or remove this node's BGP setting: loglevel, or rr_cluster_id (an IPv4
+    address: the node becomes a route reflector with that cluster id)."""
+    host = this_hostname(hostname)
+    if name == "rr_cluster_id":
+        _rr_cluster_id(value, remove, host)
+    else:
+        _bgp_loglevel(name, value, remove, host)
+
+
+def _rr_cluster_id(value: str | None, remove: bool, host: str) -> None:
+    import dataclasses
+
+    from libcalico.errors import NotFound
+
+    client = ctl().client
+    node = client.get_node(host)
+    if node is None:
+        raise NotFound(f"node {host} does not exist")
+    if remove or value is not None:
+        client.put_node(dataclasses.replace(node, rr_cluster_id=None if remove else value))
+    elif node.rr_cluster_id is None:
+        raise NotFound(f"node {host} is not a route reflector (no rr_cluster_id)")
+    else:
+        click.echo(node.rr_cluster_id)
 
 
 COMMANDS = [config]

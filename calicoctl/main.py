@@ -1,47 +1,98 @@
 """The `calicoctl` entry point: the top-level click group and global options.
 
 Owns: the global options (etcd location and TLS, falling back to the ETCD_* variables;
---log-level; --debug), registration of the command groups (one module each), and the
-one place that turns exceptions into a one-line message and a documented exit code
-(`calicoctl.errors`).
+--log-level; --debug), the table of top-level commands (`COMMAND_TABLE`: which module
+holds each, and its one-line help), and the one place that turns exceptions into a
+one-line message and a documented exit code (`calicoctl.errors`).
 
 Leaves to others: each command (its module), everything datastore-related
-(`libcalico`). Importing this module must stay cheap (`calicoctl version` and `--help`
-must not import etcd3, grpc, pyroute2 or yaml): command modules import those inside
+(`libcalico`). Start-up must stay cheap (`calicoctl version` and `--help` must not
+import etcd3, grpc, pyroute2 or yaml): a command's module is imported only when that
+command runs or its own help is shown, `calicoctl --help` lists the commands from the
+table without importing any of them, and command modules import heavy libraries inside
 their functions.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from typing import Any
 
 import click
 
-from calicoctl import (
-    bgp,
-    checksystem,
-    config,
-    container,
-    diags,
-    endpoint,
-    ipam,
-    node,
-    pool,
-    profile,
-    resources,
-    status,
-    version,
-)
 from calicoctl.context import CtlContext
 from calicoctl.errors import report
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
+# Every top-level command: name -> (module in calicoctl, first paragraph of its help).
+# The module's COMMANDS list holds the click command; the help text here is what
+# `calicoctl --help` lists (tests/unit/test_calicoctl_ipam_misc.py checks that it
+# matches the command's own help, so change both together).
+COMMAND_TABLE: dict[str, tuple[str, str]] = {
+    "apply": ("resources", "Create or update the resources in the file."),
+    "bgp": ("bgp", "Configure global BGP: peers, node-to-node mesh, default AS."),
+    "checksystem": ("checksystem", "Check kernel modules, binaries, sysctls and etcd; "
+                                   "exit 1 on any failure."),
+    "completion": ("version", "Print the shell-completion script for SHELL."),
+    "config": ("config", "Manage felix and BGP configuration."),
+    "container": ("container", "Add containers (network namespaces or Docker containers) "
+                               "to the network."),
+    "create": ("resources", "Create the resources in the file (error if any exists)."),
+    "delete": ("resources", "Delete the resources named in the file."),
+    "diags": ("diags", "Collect diagnostics into a tar.gz bundle."),
+    "endpoint": ("endpoint", "Show endpoints and manage the profiles they use."),
+    "get": ("resources", "Show resources of KIND (ipPool, profile, tier, policy, "
+                         "workloadEndpoint, hostEndpoint, node, bgpPeer, bgpConfig, "
+                         "felixConfig, ipamConfig)."),
+    "ipam": ("ipam", "IP address management."),
+    "node": ("node", "Run Calico on this host (`node` or `node run`), or manage nodes."),
+    "pool": ("pool", "Manage IP address pools."),
+    "profile": ("profile", "Manage security profiles."),
+    "replace": ("resources", "Replace the resources in the file (error if any is missing)."),
+    "status": ("status", "Show this node and the state of its BGP sessions."),
+    "version": ("version", "Print the calicoctl version."),
+}
+
+
+def load_command(name: str) -> click.Command | None:
+    """The top-level command `name`, importing its module; None if there is none."""
+    entry = COMMAND_TABLE.get(name)
+    if entry is None:
+        return None
+    module = importlib.import_module(f"calicoctl.{entry[0]}")
+    return next((c for c in module.COMMANDS if c.name == name), None)
+
 
 class CalicoGroup(click.Group):
-    """The top-level group: maps library errors to exit codes."""
+    """The top-level group: loads commands on demand and maps library errors to exit
+    codes. State: `commands` holds the commands loaded so far (or added explicitly)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *COMMAND_TABLE})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands:
+            command = load_command(cmd_name)
+            if command is not None:
+                self.add_command(command)
+        return self.commands.get(cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list, as click formats it, but from the table: no imports."""
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(len(n) for n in names)
+        rows = []
+        for name in names:
+            loaded = self.commands.get(name)
+            if loaded is None:  # a stand-in carrying the tabled help, for click's wording
+                loaded = click.Command(name, help=COMMAND_TABLE[name][1])
+            if not loaded.hidden:
+                rows.append((name, loaded.get_short_help_str(limit)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -100,12 +151,6 @@ def cli(ctx: click.Context, etcd_endpoints: str | None, etcd_authority: str | No
     ctx.obj = CtlContext(endpoints=etcd_endpoints, authority=etcd_authority,
                          ca_cert=etcd_ca_cert_file, cert_file=etcd_cert_file,
                          key_file=etcd_key_file, debug=debug)
-
-
-for _module in (status, node, container, profile, endpoint, pool, bgp, ipam, checksystem,
-                diags, version, config, resources):  # version also holds `completion`
-    for _command in _module.COMMANDS:
-        cli.add_command(_command)
 
 
 def main() -> None:

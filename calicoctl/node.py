@@ -1,8 +1,8 @@
-"""`calicoctl node`: show and remove nodes, and manage node-specific BGP peers.
+"""`calicoctl node`: run, stop, show and remove nodes, and node-specific BGP peers.
 
-Owns: `node show`, `node remove [--hostname] [--remove-endpoints]` and
-`node bgp peer add|remove|show`. Starting and stopping a node belongs to the node
-issue, which adds its commands to this group (`node`).
+Owns the `node` group: `node [run]` (the group itself with no subcommand runs the
+node), `node stop`, `node status` (their work is in `calicoctl.noderun`), `node show`,
+`node remove [--hostname] [--remove-endpoints]` and `node bgp peer add|remove|show`.
 
 `node remove` also gives the node's endpoint addresses and block affinities back to
 IPAM. Leaves to others: storage (`libcalico.client`), IPAM (`libcalico.ipam`).
@@ -10,16 +10,47 @@ IPAM. Leaves to others: storage (`libcalico.client`), IPAM (`libcalico.ipam`).
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from calicoctl.bgp import add_peer_commands
 from calicoctl.context import ctl, hostname_option, this_hostname
+from calicoctl.noderun import node_status, run_dir_option, run_node, run_options, stop_node
 from calicoctl.output import emit, output_option
 
 
-@click.group()
-def node() -> None:
-    """Manage Calico nodes."""
+@click.group(invoke_without_command=True)
+@run_options
+@click.pass_context
+def node(ctx: click.Context, **options: Any) -> None:
+    """Run Calico on this host (`node` or `node run`), or manage nodes."""
+    if ctx.invoked_subcommand is None:
+        run_node(**options)
+
+
+@node.command("run")
+@run_options
+def node_run(**options: Any) -> None:
+    """Start felix, confd and BIRD on this host under supervisord."""
+    run_node(**options)
+
+
+@node.command("stop")
+@hostname_option
+@run_dir_option
+@click.option("--force", is_flag=True, help="Stop even though the node has endpoints.")
+def node_stop(hostname: str | None, run_dir: str, force: bool) -> None:
+    """Stop this node's programs (the dataplane and datastore entries stay)."""
+    stop_node(hostname, run_dir, force)
+
+
+@node.command("status")
+@run_dir_option
+@output_option
+def node_status_command(run_dir: str, output: str) -> None:
+    """Show the node's programs and its BGP sessions."""
+    node_status(run_dir, output)
 
 
 @node.command("show")

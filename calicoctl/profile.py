@@ -74,12 +74,12 @@ def profile_remove(name: str, no_check: bool) -> None:
 @output_option
 def profile_show(detailed: bool, output: str) -> None:
     """List profiles."""
-    client = ctl().client
-    if output == "table" and not detailed:
-        names = client.list_profile_names()
-        emit(output, None, ["Name"], [(n,) for n in names])
+    if output == "table" and not detailed:  # names only: read keys, not rule documents
+        from libcalico.client.names import profile_names
+
+        emit(output, None, ["Name"], [(n,) for n in profile_names(ctl().store)])
         return
-    profiles = client.list_profiles()
+    profiles = ctl().client.list_profiles()
     emit("wide" if detailed and output == "table" else output,
          [p.to_resource() for p in profiles],
          ["Name"], [(p.name,) for p in profiles],

@@ -11,6 +11,7 @@ Leaves to others: BIRD's configuration (confd), the datastore (`libcalico.client
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import shutil
 import subprocess
@@ -22,6 +23,14 @@ from calicoctl.context import ctl, hostname_option, this_hostname
 from calicoctl.output import emit, output_option
 
 DEFAULT_SOCKET = "/var/run/calico/bird.ctl"
+
+
+def default_socket() -> str:
+    """BIRD's socket in the node's run directory ($CALICO_RUN_DIR, as `node run` uses)."""
+    run_dir = os.environ.get("CALICO_RUN_DIR")
+    return os.path.join(run_dir, "bird.ctl") if run_dir else DEFAULT_SOCKET
+
+
 PEER_TYPES = {"Mesh": "node-to-node mesh", "Global": "global", "Node": "node specific"}
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -92,7 +101,8 @@ def query_bird(socket_path: str) -> str:
 
 @click.command("status")
 @hostname_option
-@click.option("--bird-socket", default=DEFAULT_SOCKET, show_default=True,
+@click.option("--bird-socket", default=default_socket,
+              show_default="$CALICO_RUN_DIR/bird.ctl, else " + DEFAULT_SOCKET,
               help="BIRD's control socket.")
 @output_option
 def status(hostname: str | None, bird_socket: str, output: str) -> None:
@@ -118,6 +128,11 @@ def status(hostname: str | None, bird_socket: str, output: str) -> None:
         emit(output, {"node": node_data, "bgp": [asdict(s) for s in sessions]}, [], [])
         return
     click.echo(node_line)
+    print_sessions(output, sessions)
+
+
+def print_sessions(output: str, sessions: list[BGPSession]) -> None:
+    """The IPv4 and IPv6 session tables (table or wide output)."""
     for version in (4, 6):
         click.echo(f"IPv{version} BGP status")
         mine = [s for s in sessions if s.version == version]
@@ -128,6 +143,5 @@ def status(hostname: str | None, bird_socket: str, output: str) -> None:
              [(s.peer, s.peer_type, s.state, s.since, s.info) for s in mine],
              ["Peer address", "Peer type", "State", "Since", "Info", "Protocol"],
              [(s.peer, s.peer_type, s.state, s.since, s.info, s.name) for s in mine])
-
 
 COMMANDS = [status]

@@ -38,7 +38,8 @@ DEFAULT_SOCKET = "/var/run/calico/bird.ctl"
               help="BIRD's control socket.")
 @click.option("--bird-bin", default="bird", show_default=True, help="The bird binary.")
 @click.option("--birdc-bin", default="birdc", show_default=True, help="The birdc binary.")
-@click.option("--include-dir", default=DEFAULT_INCLUDE_DIR, show_default=True,
+@click.option("--include-dir", envvar="CALICO_BIRD_INCLUDE_DIR", default=DEFAULT_INCLUDE_DIR,
+              show_default=True,
               help="Operators' directory: *.conf included at top level, *.peer in every "
                    "Calico BGP session.")
 @click.option("--templates-dir", default=None,

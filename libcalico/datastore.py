@@ -367,14 +367,30 @@ class Datastore:
     # --- reads ---------------------------------------------------------------------------------
 
     def _range(self, conn: _Conn, key: bytes, range_end: bytes | None, revision: int = 0,
-               limit: int = 0) -> Any:
-        rq = conn.rpc.RangeRequest(key=key, revision=revision, limit=limit)
+               limit: int = 0, keys_only: bool = False) -> Any:
+        rq = conn.rpc.RangeRequest(key=key, revision=revision, limit=limit,
+                                   keys_only=keys_only)
         if range_end is not None:
             rq.range_end = range_end
         return conn.client.kvstub.Range(rq, self.settings.timeout)
 
-    def _page(self, conn: _Conn, key: bytes, range_end: bytes, revision: int) -> Any:
-        return self._range(conn, key, range_end, revision, PAGE_SIZE)
+    def _page(self, conn: _Conn, key: bytes, range_end: bytes, revision: int,
+              keys_only: bool = False) -> Any:
+        return self._range(conn, key, range_end, revision, PAGE_SIZE, keys_only)
+
+    def _pages(self, prefix: str, revision: int, keys_only: bool = False) -> Iterator[Any]:
+        """The range responses covering `prefix`, PAGE_SIZE keys each, all read at the
+        first response's revision unless `revision` is given."""
+        start = prefix.encode()
+        end = _prefix_end(start)
+        while True:
+            resp = self._call(functools.partial(
+                self._page, key=start, range_end=end, revision=revision, keys_only=keys_only))
+            revision = revision or resp.header.revision
+            yield resp
+            if not resp.more or not resp.kvs:
+                break
+            start = resp.kvs[-1].key + b"\0"
 
     @staticmethod
     def _kv(kv: Any) -> KV:
@@ -402,19 +418,20 @@ class Datastore:
         """Several prefixes read at one revision (the first read's, unless given)."""
         out: builtins.list[KV] = []
         for prefix in prefixes:
-            start = prefix.encode()
-            end = _prefix_end(start)
-            while True:
-                resp = self._call(functools.partial(
-                    self._page, key=start, range_end=end, revision=revision))
-                if revision == 0:
-                    revision = resp.header.revision
+            for resp in self._pages(prefix, revision):
+                revision = revision or resp.header.revision
                 out.extend([KV(kv.key.decode(), kv.value.decode("utf-8", "replace"),
                                kv.mod_revision, kv.create_revision, kv.lease)
                             for kv in resp.kvs])
-                if not resp.more or not resp.kvs:
-                    break
-                start = resp.kvs[-1].key + b"\0"
+        return out, revision
+
+    def list_keys(self, prefix: str, revision: int = 0) -> tuple[builtins.list[str], int]:
+        """The keys below `prefix`, without their values, as one consistent read;
+        returns (keys, revision). For listings that need only names."""
+        out: builtins.list[str] = []
+        for resp in self._pages(prefix, revision, keys_only=True):
+            revision = revision or resp.header.revision
+            out.extend([kv.key.decode() for kv in resp.kvs])
         return out, revision
 
     def revision(self) -> int:

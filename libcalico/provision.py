@@ -108,7 +108,7 @@ def add_workload(client: CalicoClient, ipam: IPAMClient, where: Workload,
         raise AlreadyExists(f"workload {where.workload} already has an endpoint")
     endpoint_id = endpoint_id or uuid.uuid4().hex
     host_ifname = wl.host_interface_name(endpoint_id)
-    attrs = {"hostname": where.hostname, "orchestrator": where.orchestrator,
+    attrs = {"host": where.hostname, "orchestrator": where.orchestrator,
              "workload": where.workload, "endpoint_id": endpoint_id}
     undo = _Undo()
     try:
@@ -152,7 +152,7 @@ def remove_workload(client: CalicoClient, ipam: IPAMClient, hostname: str,
 def add_address(client: CalicoClient, ipam: IPAMClient, ep: WorkloadEndpoint, netns: str,
                 ifname: str, request: str, host_netns: str | None = None) -> str:
     """Assign one more address to an existing endpoint and configure it."""
-    attrs = {"hostname": ep.hostname, "orchestrator": ep.orchestrator,
+    attrs = {"host": ep.hostname, "orchestrator": ep.orchestrator,
              "workload": ep.workload, "endpoint_id": ep.endpoint_id}
     ip = assign_address(client, ipam, request, ep.workload, attrs, ep.hostname)
     undo = _Undo()

@@ -11,22 +11,33 @@ bounded retries.
 
 Leaves to others: etcd access (`libcalico.datastore`), keys (`libcalico.keyspace`),
 models (`libcalico.model`), address allocation (`libcalico.ipam`).
+
+The package's names are imported on first use, so that `libcalico.client.names`
+(keys-only name listings, for CLI commands that must start fast) can be used without
+importing the model.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from libcalico.client.resources import PartialApply, ResourceClient, describe, resource_name
+import importlib
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from libcalico.datastore import Datastore
+    from libcalico.client._client import CalicoClient
+    from libcalico.client.resources import PartialApply, describe, resource_name
 
 __all__ = ["CalicoClient", "PartialApply", "describe", "resource_name"]
 
+_HOMES = {"CalicoClient": "libcalico.client._client",
+          "PartialApply": "libcalico.client.resources",
+          "describe": "libcalico.client.resources",
+          "resource_name": "libcalico.client.resources"}
 
-class CalicoClient(ResourceClient):
-    """Typed CRUD over the datastore; see the mixins for the operations."""
 
-    def __init__(self, store: Datastore) -> None:
-        self.store = store
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value

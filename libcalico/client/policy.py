@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from libcalico import keyspace as ks
 from libcalico.client._base import cas_txn, decode, encode
+from libcalico.client.names import profile_names
 from libcalico.errors import AlreadyExists, NotFound
 from libcalico.model import Policy, Profile, Tier, policy_sort_key
 
@@ -52,10 +53,7 @@ class PolicyClient:
     # --- profiles ---------------------------------------------------------------------------
 
     def list_profile_names(self) -> list[str]:
-        kvs, _ = self.store.list(ks.PROFILE_DIR)
-        names = {p.name for p in map(ks.parse_key, (kv.key for kv in kvs))
-                 if isinstance(p, ks.ProfileKey)}
-        return sorted(names)
+        return profile_names(self.store)
 
     def list_profiles(self) -> list[Profile]:
         kvs, _ = self.store.list(ks.PROFILE_DIR)

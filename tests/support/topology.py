@@ -4,7 +4,10 @@ Owns: the fabric namespace with a bridge, host namespaces joined to it by veths
 (`eth0`, 198.18.0.<i>/24 by default), an etcd running inside the fabric namespace on
 198.18.0.254 (daemons in the hosts use its TCP URL; the test process reaches it through
 its unix socket, so the root namespace is never touched), background processes started
-inside the hosts, and removing all of it, in reverse order, even when a test fails.
+inside the hosts, Calico nodes started in them with `calicoctl node --runtime=none`
+(`start_node`; each host's run directory, logs and BIRD include directory live in its
+scratch directory), and removing all of it, in reverse order, even when a test fails
+(every process left in a host namespace is killed, daemonised supervisord included).
 
 Use it as a context manager or through `topology()`:
 
@@ -13,6 +16,8 @@ Use it as a context manager or through `topology()`:
         a.ns.exec("ip", "route")
         topo.spawn(a, ["bird", "-f", ...], name="bird")
         store = topo.datastore()       # a Datastore client for the test process
+        topo.start_node(a)             # felix, confd and BIRD under supervisord in host1
+        topo.calicoctl(a, "node", "status")
 
 Leaves to others: what runs in the hosts and what the tests check. Namespaces are
 created through `tests.support.netns`, so names carry the prefix and a random suffix.
@@ -20,11 +25,14 @@ created through `tests.support.netns`, so names carry the prefix and a random su
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,6 +44,7 @@ from tests.support.netns import Namespace
 
 FABRIC_NET = "198.18.0"
 FABRIC_PLEN = 24
+FABRIC_NET6 = "fd00:198:18::"  # hosts get <FABRIC_NET6><octet in hex>/64 with ipv6=True
 ETCD_IP = f"{FABRIC_NET}.254"
 
 
@@ -47,6 +56,7 @@ class Host:
     ns: Namespace
     ip: str
     dir: Path
+    ip6: str | None = None
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
 
@@ -54,7 +64,7 @@ class Topology:
     """A fabric bridge in its own namespace, hosts attached to it, etcd inside it."""
 
     def __init__(self, prefix: str, hosts: int = 3, etcd: bool = True,
-                 first_host_octet: int = 1) -> None:
+                 first_host_octet: int = 1, ipv6: bool = False) -> None:
         self.prefix = prefix
         self.hosts: list[Host] = []
         self.etcd: EtcdServer | None = None
@@ -71,19 +81,21 @@ class Topology:
                                        unix_socket=True)
                 self.etcd.start()
             for i in range(hosts):
-                self.add_host(f"host{i + 1}", f"{FABRIC_NET}.{first_host_octet + i}")
+                octet = first_host_octet + i
+                self.add_host(f"host{i + 1}", f"{FABRIC_NET}.{octet}",
+                              f"{FABRIC_NET6}{octet:x}" if ipv6 else None)
         except BaseException:
             self.close()
             raise
 
     # --- building -----------------------------------------------------------------------------
 
-    def add_host(self, name: str, ip: str) -> Host:
-        """A host namespace with `eth0` on the fabric at `ip`/24."""
+    def add_host(self, name: str, ip: str, ip6: str | None = None) -> Host:
+        """A host namespace with `eth0` on the fabric at `ip`/24 (and `ip6`/64)."""
         assert self.fabric is not None
         ns = Namespace(f"{self.prefix}-{name}")
         port = f"p{len(self.hosts) + 1}-{ns.name[-4:]}"
-        host = Host(name, ns, ip, self.dir / name)
+        host = Host(name, ns, ip, self.dir / name, ip6)
         self.hosts.append(host)
         host.dir.mkdir()
         ns.ip("link", "add", "eth0", "type", "veth", "peer", "name", port,
@@ -91,6 +103,8 @@ class Topology:
         self.fabric.ip("link", "set", port, "master", "br0")
         self.fabric.ip("link", "set", port, "up")
         ns.ip("addr", "add", f"{ip}/{FABRIC_PLEN}", "dev", "eth0")
+        if ip6:
+            ns.ip("-6", "addr", "add", f"{ip6}/64", "dev", "eth0", "nodad")
         ns.ip("link", "set", "eth0", "up")
         return host
 
@@ -100,6 +114,7 @@ class Topology:
             self.stop_process(proc)
             self._procs.remove(proc)
         host.procs.clear()
+        self.kill_namespace_processes(host.ns)
         host.ns.delete()
         self.hosts.remove(host)
 
@@ -152,12 +167,56 @@ class Topology:
         path = host.dir / f"{name}.log"
         return path.read_text(errors="replace")[-chars:] if path.exists() else ""
 
+    # --- Calico nodes -------------------------------------------------------------------------
+
+    def calicoctl(self, host: Host, *args: str, check: bool = True,
+                  env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """`calicoctl ARGS` inside `host`, with the host's name, run dir and etcd."""
+        full_env = self.daemon_env({"HOSTNAME": host.name, "NO_DEFAULT_POOLS": "1",
+                                    "CALICO_RUN_DIR": str(host.dir / "run"),
+                                    "CALICO_BIRD_INCLUDE_DIR": str(host.dir / "bird.d"),
+                                    **(env or {})})
+        proc = subprocess.run(["ip", "netns", "exec", host.ns.name, calicoctl_path(), *args],
+                              capture_output=True, text=True, env=full_env, check=False)
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"calicoctl {' '.join(args)} on {host.name} exited "
+                               f"{proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def start_node(self, host: Host, *args: str) -> subprocess.CompletedProcess[str]:
+        """`calicoctl node --runtime=none` in `host` (its fabric addresses as --ip/--ip6)."""
+        ip6 = [f"--ip6={host.ip6}"] if host.ip6 else []
+        return self.calicoctl(host, "node", "run", "--runtime=none", f"--name={host.name}",
+                              f"--ip={host.ip}", *ip6, f"--log-dir={host.dir / 'log'}", *args)
+
+    def node_log(self, host: Host, program: str, chars: int = 3000) -> str:
+        path = host.dir / "log" / f"{program}.log"
+        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
     # --- cleanup ------------------------------------------------------------------------------
+
+    @staticmethod
+    def kill_namespace_processes(ns: Namespace, timeout: float = 10.0) -> None:
+        """Every process left in the namespace (daemonised ones too): TERM, then KILL."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            pids = [int(p) for p in subprocess.run(
+                ["ip", "netns", "pids", ns.name], capture_output=True, text=True,
+                check=False).stdout.split()]
+            if not pids:
+                return
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and any(_alive(p) for p in pids):
+                time.sleep(0.05)
 
     def close(self) -> None:
         for proc in reversed(self._procs):
             self.stop_process(proc)
         self._procs.clear()
+        for host in reversed(self.hosts):
+            self.kill_namespace_processes(host.ns)
         if self.etcd is not None:
             self.etcd.cleanup()
         for host in reversed(self.hosts):
@@ -171,6 +230,19 @@ class Topology:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def calicoctl_path() -> str:
+    here = os.path.join(os.path.dirname(sys.executable), "calicoctl")
+    return here if os.path.exists(here) else shutil.which("calicoctl") or "calicoctl"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][:1] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 @contextmanager

@@ -1,0 +1,239 @@
+"""`calicoctl node [run]`, `node stop` and `node status`: running Calico on this host.
+
+Owns the start-up sequence of `node run`, in this order, each step before anything that
+depends on it:
+1. validate the arguments (name, addresses, AS) and auto-detect the IPv4 address;
+2. refuse when this node's supervisord already runs (one node per run directory);
+3. turn on IPv4 and IPv6 forwarding in this network namespace, then check the system
+   as `checksystem` does (a failure stops here, before any datastore write);
+4. create the cluster defaults that are missing and register the node
+   (`libcalico.nodestart`);
+5. write BIRD's first configuration (confd's one-shot render), so BIRD starts with it;
+6. start supervisord with node-image/supervisord.conf (felix, confd, BIRD; felix only
+   with `--backend=none`) and, with `--detach` (the default), wait until the programs
+   run and name those that did not start; `--no-detach` replaces this process with
+   supervisord in the foreground.
+`node stop` shuts supervisord down (refused while the node has endpoints, unless
+`--force`); the dataplane and the datastore entries stay. `node status` shows the
+programs' states and BIRD's BGP sessions.
+
+Leaves to others: supervisord's client (`calicoctl.supervisor`), the datastore writes
+(`libcalico.nodestart`), BGP session parsing (`calicoctl.status`), `node show|remove`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from calicoctl.context import ctl, this_hostname
+from calicoctl.errors import CommandFailed
+from calicoctl.supervisor import DEFAULT_LOG_DIR, DEFAULT_RUN_DIR, NodePaths, Supervisor
+
+FORWARDING_SYSCTLS = ("net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding")
+run_dir_option = click.option(
+    "--run-dir", envvar="CALICO_RUN_DIR", default=DEFAULT_RUN_DIR, show_default=True,
+    type=click.Path(file_okay=False), help="The node's sockets, pid files and BIRD config "
+    "(also $CALICO_RUN_DIR).")
+
+
+def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--ip", default=None, metavar="IP",
+                     help="This node's IPv4 address for BGP (default: auto-detected)."),
+        click.option("--ip6", default=None, metavar="IP6",
+                     help="This node's IPv6 address for BGP (default: none)."),
+        click.option("--as", "as_num", default=None, metavar="AS",
+                     help="This node's AS number (default: the global default AS)."),
+        click.option("--name", default=None, metavar="HOSTNAME",
+                     help="The node's name (default: $HOSTNAME, else the hostname)."),
+        click.option("--log-dir", default=DEFAULT_LOG_DIR, show_default=True,
+                     type=click.Path(file_okay=False), help="Where the programs log."),
+        run_dir_option,
+        click.option("--runtime", type=click.Choice(["none"]), default="none",
+                     show_default=True, help="none: run the programs on this host (in "
+                     "the current network namespace)."),
+        click.option("--backend", type=click.Choice(["bird", "none"]), default="bird",
+                     show_default=True, help="bird: run confd and BIRD for BGP; none: "
+                     "felix only."),
+        click.option("--detach", type=click.BOOL, default=True, is_flag=False,
+                     flag_value=True, show_default=True, metavar="[true|false]",
+                     help="Return once the programs run (false: stay in the foreground)."),
+        click.option("--timeout", type=click.FloatRange(1), default=60, show_default=True,
+                     help="Seconds to wait for the programs to start."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def run_node(ip: str | None, ip6: str | None, as_num: str | None, name: str | None,
+             log_dir: str, run_dir: str, runtime: str, backend: str, detach: bool,
+             timeout: float) -> None:
+    from libcalico.model import Node
+    from libcalico.nodestart import detect_addresses, initialise_cluster, register_node
+
+    host = this_hostname(name)
+    Node(host, ipv4=ip, ipv6=ip6, as_num=as_num)  # validates before anything happens
+    if ip is None:
+        ip = detect_addresses((4,))[4]
+        if ip is None:
+            raise CommandFailed("could not auto-detect this host's IPv4 address; give --ip",
+                                code=2)
+        click.echo(f"Using auto-detected IPv4 address {ip}")
+    paths = NodePaths(Path(run_dir), Path(log_dir))
+    supervisor = Supervisor(paths)
+    pid = supervisor.pid()
+    if pid is not None:
+        from libcalico.errors import Conflict
+
+        raise Conflict(f"a Calico node already runs from {run_dir} (supervisord pid {pid}); "
+                       "stop it first with `calicoctl node stop`")
+    _enable_forwarding()
+    _check_system(backend)
+    client = ctl().client
+    created = initialise_cluster(client, default_pools=not os.environ.get("NO_DEFAULT_POOLS"))
+    for what in created.created:
+        click.echo(f"Initialised the cluster: {what}")
+    register_node(client, host, ip, ip6, int(as_num) if as_num else None)
+    click.echo(f"Registered node {host} (IPv4 {ip}" + (f", IPv6 {ip6}" if ip6 else "") + ")")
+    paths.run_dir.mkdir(parents=True, exist_ok=True)
+    paths.log_dir.mkdir(parents=True, exist_ok=True)
+    if backend == "bird":
+        _initial_bird_config(paths, host)
+    env = paths.environment(host, backend, os.environ)
+    env.update(_etcd_environment())
+    ctl().close()
+    _start_supervisord(paths, env, detach)
+    states = supervisor.wait_started(timeout)
+    _print_programs(states)
+    failed = [s for s in states if s.state != "RUNNING"]
+    if not states or failed:
+        which = ", ".join(f"{s.name} ({s.state})" for s in failed) or "supervisord"
+        raise CommandFailed(f"not started: {which}; see the logs in {log_dir}")
+    click.echo(f"Calico node {host} is running")
+
+
+def _enable_forwarding() -> None:
+    for name in FORWARDING_SYSCTLS:
+        path = Path("/proc/sys") / name
+        if path.exists():
+            try:
+                path.write_text("1\n")
+            except OSError as exc:
+                raise CommandFailed(f"cannot set {name.replace('/', '.')}=1: "
+                                    f"{exc.strerror}") from None
+
+
+def _check_system(backend: str) -> None:
+    from calicoctl.checksystem import run_checks
+
+    checks = run_checks(lambda: ctl().store.version())
+    failed = [c for c in checks if not c[1] and not (backend == "none" and c[0] == "binary bird")]
+    if failed:
+        raise CommandFailed("system check failed: " + "; ".join(f"{what}: {detail}"
+                                                                for what, _, detail in failed))
+
+
+def _initial_bird_config(paths: NodePaths, host: str) -> None:
+    from confd.apply import BirdApplier
+    from confd.daemon import run_once
+    from confd.render import DEFAULT_INCLUDE_DIR
+
+    include_dir = os.environ.get("CALICO_BIRD_INCLUDE_DIR") or DEFAULT_INCLUDE_DIR
+    applier = BirdApplier(str(paths.bird_config), str(paths.bird_socket),
+                          include_dir=include_dir)
+    result = run_once(ctl().store, host, applier, include_dir=include_dir)
+    if result is None or result.error is not None:
+        raise CommandFailed(f"could not write BIRD's configuration for {host}: "
+                            f"{result.error if result else 'no configuration rendered'}")
+
+
+def _etcd_environment() -> dict[str, str]:
+    """The etcd settings given on calicoctl's command line, for the programs."""
+    c = ctl()
+    given = {"ETCD_ENDPOINTS": c.endpoints, "ETCD_AUTHORITY": c.authority,
+             "ETCD_CA_CERT_FILE": c.ca_cert, "ETCD_CERT_FILE": c.cert_file,
+             "ETCD_KEY_FILE": c.key_file}
+    return {k: v for k, v in given.items() if v}
+
+
+def _start_supervisord(paths: NodePaths, env: dict[str, str], detach: bool) -> None:
+    import shutil
+    import subprocess
+    import tempfile
+
+    from calicoctl.supervisor import node_image_dir
+
+    binary = shutil.which("supervisord")
+    if binary is None:
+        raise CommandFailed("supervisord is not installed")
+    conf = str(node_image_dir() / "supervisord.conf")
+    if not detach:
+        os.execve(binary, [binary, "-n", "-c", conf], env)
+    with tempfile.TemporaryFile(mode="w+") as err:
+        proc = subprocess.run([binary, "-c", conf], env=env, stdin=subprocess.DEVNULL,
+                              stdout=err, stderr=err, check=False)
+        if proc.returncode != 0:
+            err.seek(0)
+            raise CommandFailed(f"supervisord did not start: {err.read().strip()}")
+
+
+def _print_programs(states: list[Any]) -> None:
+    from calicoctl.output import render_table
+
+    if states:
+        click.echo(render_table(["Program", "State", "Info"],
+                                [(s.name, s.state, s.description) for s in states]))
+
+
+def stop_node(hostname: str | None, run_dir: str, force: bool) -> None:
+    from libcalico.errors import Conflict, DatastoreError
+
+    host = this_hostname(hostname)
+    supervisor = Supervisor(NodePaths(Path(run_dir), Path(DEFAULT_LOG_DIR)))
+    try:
+        endpoints = ctl().client.list_workload_endpoints(host)
+    except DatastoreError:
+        if not force:
+            raise
+        endpoints = []
+    if endpoints and not force:
+        raise Conflict(f"node {host} still has {len(endpoints)} endpoint(s); remove them "
+                       "first, or use --force")
+    if supervisor.pid() is None:
+        click.echo(f"Calico node {host} is not running")
+        return
+    if not supervisor.shutdown():
+        raise CommandFailed(f"supervisord (run dir {run_dir}) did not stop in time")
+    click.echo(f"Node stopped ({host})")
+
+
+def node_status(run_dir: str, output: str) -> None:
+    from dataclasses import asdict
+
+    from calicoctl.output import emit
+    from calicoctl.status import parse_protocols, print_sessions, query_bird
+
+    paths = NodePaths(Path(run_dir), Path(DEFAULT_LOG_DIR))
+    supervisor = Supervisor(paths)
+    if not supervisor.running():
+        raise CommandFailed(f"Calico node is not running (no supervisord at {paths.socket})")
+    programs = supervisor.programs()
+    bird = any(p.name == "bird" and p.state == "RUNNING" for p in programs)
+    sessions = parse_protocols(query_bird(str(paths.bird_socket))) if bird else []
+    if output in ("json", "yaml"):
+        emit(output, {"programs": [asdict(p) for p in programs],
+                      "bgp": [asdict(s) for s in sessions]}, [], [])
+        return
+    click.echo("Calico process is running.\n")
+    _print_programs(programs)
+    if not bird:
+        click.echo("\nBIRD is not running: no BGP sessions.")
+        return
+    click.echo()
+    print_sessions(output, sessions)

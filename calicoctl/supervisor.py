@@ -1,0 +1,170 @@
+"""The node's supervisord: where its configuration lives, starting it, asking it, stopping it.
+
+Owns:
+- `node_image_dir()`: the directory holding `supervisord.conf` and `programs/`, the same
+  files the node container image runs (`$CALICO_NODE_IMAGE_DIR`, else the source tree's
+  `node-image/`, else `<prefix>/share/calico-node`).
+- `NodePaths`: the run directory (sockets, pid files, generated BIRD config) and the log
+  directory of one node, and the environment supervisord's configuration reads.
+- `Supervisor`: a client of one supervisord over its unix socket (XML-RPC): is it
+  running, the programs' states, waiting for them to start, shutting it down.
+
+Leaves to others: what the programs are (node-image/programs/*.conf), the datastore
+(`libcalico.nodestart`), the command line (`calicoctl.noderun`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_RUN_DIR = "/var/run/calico"
+DEFAULT_LOG_DIR = "/var/log/calico"
+PROGRAMS = ("bird", "confd", "felix")
+# supervisord states of a program that will not come up without help.
+FAILED_STATES = ("FATAL", "EXITED", "STOPPED", "UNKNOWN")
+
+
+def node_image_dir() -> Path:
+    """Where supervisord.conf and programs/ are."""
+    candidates = []
+    if os.environ.get("CALICO_NODE_IMAGE_DIR"):
+        candidates.append(Path(os.environ["CALICO_NODE_IMAGE_DIR"]))
+    candidates.append(Path(__file__).resolve().parent.parent / "node-image")
+    candidates.append(Path(sys.prefix) / "share" / "calico-node")
+    for path in candidates:
+        if (path / "supervisord.conf").is_file():
+            return path
+    from calicoctl.errors import CommandFailed
+
+    raise CommandFailed("cannot find the node's supervisord.conf (looked in "
+                        + ", ".join(map(str, candidates)) + "); set CALICO_NODE_IMAGE_DIR")
+
+
+@dataclass(frozen=True)
+class NodePaths:
+    run_dir: Path
+    log_dir: Path
+
+    @property
+    def socket(self) -> Path:
+        return self.run_dir / "supervisor.sock"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.run_dir / "supervisord.pid"
+
+    @property
+    def bird_config(self) -> Path:
+        return self.run_dir / "bird.cfg"
+
+    @property
+    def bird_socket(self) -> Path:
+        return self.run_dir / "bird.ctl"
+
+    def environment(self, hostname: str, backend: str, base: Mapping[str, str]
+                    ) -> dict[str, str]:
+        """The environment supervisord and its programs get (see supervisord.conf)."""
+        env = dict(base)
+        env.update(CALICO_RUN_DIR=str(self.run_dir), CALICO_LOG_DIR=str(self.log_dir),
+                   CALICO_PROGRAMS="*.conf" if backend == "bird" else "felix.conf",
+                   CALICO_BIN_DIR=os.path.dirname(sys.executable), HOSTNAME=hostname)
+        return env
+
+
+@dataclass(frozen=True)
+class ProgramState:
+    name: str
+    state: str  # supervisord's: RUNNING, STARTING, BACKOFF, FATAL, EXITED, STOPPED...
+    pid: int
+    description: str
+
+
+class Supervisor:
+    """One node's supervisord, reached through its unix socket."""
+
+    def __init__(self, paths: NodePaths) -> None:
+        self.paths = paths
+
+    def _proxy(self) -> Any:
+        import xmlrpc.client
+
+        from supervisor.xmlrpc import SupervisorTransport
+
+        transport = SupervisorTransport(None, None, f"unix://{self.paths.socket}")
+        return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+
+    def pid(self) -> int | None:
+        """The pid of the running supervisord, or None."""
+        try:
+            pid = int(self.paths.pidfile.read_text().strip())
+            os.kill(pid, 0)
+        except (OSError, ValueError):
+            return None
+        return pid
+
+    def running(self) -> bool:
+        if self.pid() is None:
+            return False
+        try:
+            return self._proxy().supervisor.getState()["statename"] == "RUNNING"
+        except (OSError, Exception):  # noqa: BLE001 - any failure means "not answering"
+            return False
+
+    def programs(self) -> list[ProgramState]:
+        infos = self._proxy().supervisor.getAllProcessInfo()
+        return [ProgramState(i["name"], i["statename"], i["pid"], i["description"])
+                for i in sorted(infos, key=lambda i: i["name"])]
+
+    def wait_started(self, timeout: float) -> list[ProgramState]:
+        """Wait until every program is RUNNING or has failed for good; the last states.
+
+        supervisord reports RUNNING only once a program has lived `startsecs`."""
+        deadline = time.monotonic() + timeout
+        states: list[ProgramState] = []
+        while time.monotonic() < deadline:
+            if self.running():
+                states = self.programs()
+                if states and all(s.state == "RUNNING" or s.state in FAILED_STATES
+                                  for s in states):
+                    return states
+            time.sleep(0.2)
+        return states
+
+    def shutdown(self, timeout: float = 30.0) -> bool:
+        """Ask supervisord to stop its programs and exit; True once its pid is gone."""
+        pid = self.pid()
+        if pid is None:
+            return True
+        try:
+            self._proxy().supervisor.shutdown()
+        except Exception:  # noqa: BLE001 - fall back to a signal
+            import signal
+
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not _alive(pid):
+                return True
+            time.sleep(0.1)
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][:1] != "Z"
+    except (OSError, IndexError):
+        return False
