@@ -99,7 +99,7 @@ def run_node(ip: str | None, ip6: str | None, as_num: str | None, name: str | No
     created = initialise_cluster(client, default_pools=not os.environ.get("NO_DEFAULT_POOLS"))
     for what in created.created:
         click.echo(f"Initialised the cluster: {what}")
-    register_node(client, host, ip, ip6, int(as_num) if as_num else None)
+    register_node(client, host, ip, ip6, as_num)
     click.echo(f"Registered node {host} (IPv4 {ip}" + (f", IPv6 {ip6}" if ip6 else "") + ")")
     paths.run_dir.mkdir(parents=True, exist_ok=True)
     paths.log_dir.mkdir(parents=True, exist_ok=True)

@@ -67,7 +67,7 @@ def initialise_cluster(client: CalicoClient, default_pools: bool = True) -> Clus
 
 
 def register_node(client: CalicoClient, hostname: str, ipv4: str | None, ipv6: str | None,
-                  as_num: int | None) -> Node:
+                  as_num: int | str | None) -> Node:
     """Write this node's BGP identity; refuse clashes with other nodes' identities.
 
     A name that exists with a different IPv4 address is refused (another host has it);

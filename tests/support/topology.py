@@ -183,11 +183,13 @@ class Topology:
                                f"{proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
         return proc
 
-    def start_node(self, host: Host, *args: str) -> subprocess.CompletedProcess[str]:
+    def start_node(self, host: Host, *args: str, check: bool = True,
+                   env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         """`calicoctl node --runtime=none` in `host` (its fabric addresses as --ip/--ip6)."""
         ip6 = [f"--ip6={host.ip6}"] if host.ip6 else []
         return self.calicoctl(host, "node", "run", "--runtime=none", f"--name={host.name}",
-                              f"--ip={host.ip}", *ip6, f"--log-dir={host.dir / 'log'}", *args)
+                              f"--ip={host.ip}", *ip6, f"--log-dir={host.dir / 'log'}", *args,
+                              check=check, env=env)
 
     def node_log(self, host: Host, program: str, chars: int = 3000) -> str:
         path = host.dir / "log" / f"{program}.log"
