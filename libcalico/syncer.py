@@ -12,6 +12,10 @@ it is what a resnapshot is diffed against. The value is part of the comparison b
 etcd that was wiped or restored from a backup reuses revisions for different content (the
 value strings are the ones handed to the consumer, so this costs a reference, not a copy).
 
+A consumer whose callback raises does not stop the syncer: the failure is logged, and
+after a back-off the next snapshot is delivered in full (plus deletes of every key the
+consumer may still hold), so the consumer can rebuild its view.
+
 Leaves to others: what the keys mean (consumers parse them with `libcalico.keyspace`) and
 what to do with them. Callbacks run on the syncer's own thread, in order; a consumer that
 needs to coalesce does so itself.
@@ -64,6 +68,7 @@ class Syncer:
         self._max_backoff = max_backoff
         self._name = name
         self._known: dict[str, tuple[int, str]] = {}
+        self._redeliver = False  # the next snapshot goes out in full (consumer failed)
         self._stop = threading.Event()
         self._in_sync = threading.Event()
         self._stream: WatchStream | None = None
@@ -100,11 +105,18 @@ class Syncer:
                 revision = self._resync()
                 backoff = self._min_backoff
                 self._follow(revision)
-            except DatastoreError as exc:
+            except Exception as exc:  # noqa: BLE001 - the thread must outlive any failure
                 if self._stop.is_set():
                     break
-                _log.warning("%s: datastore error (%s); resyncing in %.1fs",
-                             self._name, exc, backoff)
+                if isinstance(exc, DatastoreError):
+                    _log.warning("%s: datastore error (%s); resyncing in %.1fs",
+                                 self._name, exc, backoff)
+                else:
+                    # The consumer failed part-way through a delivery: what it holds is
+                    # unknown, so the next snapshot is delivered in full.
+                    _log.exception("%s: the consumer failed; redelivering everything in "
+                                   "%.1fs", self._name, backoff)
+                    self._redeliver = True
                 self._in_sync.clear()
                 if self.status is SyncStatus.IN_SYNC:
                     self._set_status(SyncStatus.RESYNC)
@@ -121,8 +133,9 @@ class Syncer:
         if self.status is not SyncStatus.RESYNC:
             self._set_status(SyncStatus.RESYNC)
         known = self._known
+        full, self._redeliver = self._redeliver, False
         updates = [Update(kv.key, kv.value, kv.mod_revision) for kv in kvs
-                   if known.get(kv.key) != (kv.mod_revision, kv.value)]
+                   if full or known.get(kv.key) != (kv.mod_revision, kv.value)]
         if known:  # keys the consumer holds that the snapshot no longer has
             gone = known.keys() - {kv.key for kv in kvs}
             updates.extend(Update(k, None, revision) for k in sorted(gone))
@@ -159,12 +172,14 @@ class Syncer:
             stream.cancel()
 
     def _deliver(self, updates: list[Update]) -> None:
+        """Hand `updates` to the consumer; only once it has taken them do they count as
+        known, so a consumer that fails is offered the same changes again."""
         if not updates:
             return
+        self._callbacks.on_updates(updates)
         known = self._known
         for u in updates:
             if u.value is None:
                 known.pop(u.key, None)
             else:
                 known[u.key] = (u.mod_revision, u.value)
-        self._callbacks.on_updates(updates)

@@ -418,3 +418,52 @@ def test_tls_client_without_certificate_is_refused(tls_etcd: EtcdServer) -> None
         with pytest.raises(DatastoreError) as info:
             store.put(P + "plain", "x")
         assert type(info.value).__module__ == "libcalico.errors"
+
+
+# --- a failing consumer ------------------------------------------------------------------------
+
+
+class FlakyConsumer(DictConsumer):
+    """Raises once when it sees `poison`, after taking part of the batch."""
+
+    def __init__(self, poison: str) -> None:
+        super().__init__()
+        self.poison = poison
+        self.failures = 0
+
+    def on_updates(self, updates: Sequence[Update]) -> None:
+        if self.failures == 0 and any(u.key == self.poison for u in updates):
+            self.failures += 1
+            with self.lock:  # part of the batch applied, then a crash
+                for u in updates[:1]:
+                    if u.value is None:
+                        self.data.pop(u.key, None)
+                    else:
+                        self.data[u.key] = u.value
+            raise RuntimeError("consumer bug")
+        with self.lock:  # a tolerant consumer: deletes of keys it never had are fine
+            for u in updates:
+                if u.value is None:
+                    self.data.pop(u.key, None)
+                else:
+                    self.data[u.key] = u.value
+
+
+def test_a_consumer_exception_does_not_kill_the_syncer(datastore: Datastore,
+                                                       syncers: Callable[..., Syncer]) -> None:
+    put_many(datastore, {f"{P}a{i}": "1" for i in range(5)})
+    consumer = FlakyConsumer(f"{P}poison")
+    syncer = syncers(datastore, consumer)
+    assert syncer.wait_in_sync(10)
+    assert store_txn_poison(datastore)
+    wait_for(lambda: consumer.failures == 1, 10, message="the consumer to fail once")
+    expected = wait_converged(consumer, datastore)
+    assert f"{P}poison" in expected and f"{P}a0" not in expected
+    datastore.put(f"{P}after", "2")  # the syncer still follows changes
+    wait_converged(consumer, datastore)
+    assert syncer.resyncs >= 2
+
+
+def store_txn_poison(store: Datastore) -> bool:
+    """One transaction: a delete, the poison key and a change, delivered as one batch."""
+    return store.txn([], [Delete(f"{P}a0"), Put(f"{P}poison", "x"), Put(f"{P}a1", "changed")])
