@@ -432,7 +432,8 @@ class CalcGraph:
 
     def _set_chain(self, table: TableKey, chain: Chain) -> None:
         chains = self._chains[table]
-        if chains.get(chain.name) != chain:
+        current = chains.get(chain.name)
+        if current is not chain and current != chain:
             chains[chain.name] = chain
             self._changes.chains.setdefault(table, {})[chain.name] = chain
 

@@ -66,6 +66,7 @@ class IPSets:
         self._family = "inet" if version == 4 else "inet6"
         self._desired: dict[str, IPSetState] = {}
         self._members: dict[str, frozenset[str]] = {}  # canonical desired members
+        self._canonical: dict[str, str] = {}  # raw member -> canonical, to parse each once
         self._kernel: dict[str, tuple[str, frozenset[str]]] = {}  # name -> (type, members)
         self._dirty: set[str] = set()
         self._to_delete: set[str] = set()
@@ -101,11 +102,17 @@ class IPSets:
         if self._desired.get(name) == state:
             return
         members = set()
+        canon = self._canonical
         for m in state.members:
-            try:
-                members.add(canonical_member(m, self.version))
-            except ValueError as exc:
-                raise ValidationError(f"ipset {name} member", m, str(exc)) from None
+            c = canon.get(m)
+            if c is None:
+                try:
+                    c = canon[m] = canonical_member(m, self.version)
+                except ValueError as exc:
+                    raise ValidationError(f"ipset {name} member", m, str(exc)) from None
+            members.add(c)
+        if len(canon) > 4 * sum(map(len, self._members.values())) + 4096:
+            canon.clear()  # forget members no set holds any more
         self._desired[name] = state
         self._members[name] = frozenset(members)
         self._to_delete.discard(name)

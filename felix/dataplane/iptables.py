@@ -74,6 +74,9 @@ class IptablesTable:
         self._hashes: dict[str, tuple[str, ...]] = {}
         self._jumps: dict[str, tuple[Rule, ...]] = {}
         self._kernel_hashes: dict[str, tuple[str, ...]] = {}
+        # Felix chains in the kernel that are not desired (kept with _kernel_hashes and
+        # _chains, so that finding deletable chains does not walk every chain).
+        self._stale: set[str] = set()
         self._kernel_jump_lines: dict[str, list[str]] = {}
         self._dirty_chains: set[str] = set()
         self._dirty_jumps: set[str] = set()
@@ -110,6 +113,7 @@ class IptablesTable:
         if old is not None:
             self._drop_refs(old)
         self._chains[name] = chain
+        self._stale.discard(name)
         for target in _targets(" ".join(r.action for r in chain.rules)):
             self._refs.setdefault(target, set()).add(name)
         hashes = chain.rule_hashes()
@@ -127,6 +131,8 @@ class IptablesTable:
         self._drop_refs(chain)
         del self._hashes[name]
         self._dirty_chains.discard(name)
+        if name in self._kernel_hashes:
+            self._stale.add(name)
 
     def set_base_jumps(self, kernel_chain: str, rules: Sequence[Rule]) -> None:
         """Desire exactly `rules` (as felix rules) at the top of `kernel_chain`."""
@@ -172,7 +178,7 @@ class IptablesTable:
 
     def _deletable(self) -> list[str]:
         """Felix chains in the kernel, not desired, and no longer referred to."""
-        stale = [n for n in self._kernel_hashes if n not in self._chains]
+        stale = self._stale
         if not stale:
             return []
         jump_targets = _targets(" ".join(r.action for rules in self._jumps.values()
@@ -217,6 +223,7 @@ class IptablesTable:
                 self._kernel_hashes[name] = ()
             for name in delete:
                 self._kernel_hashes.pop(name, None)
+                self._stale.discard(name)
             for kernel_chain in jumps:
                 if jump_lines[kernel_chain]:
                     self._kernel_jump_lines[kernel_chain] = jump_lines[kernel_chain]
@@ -290,6 +297,7 @@ class IptablesTable:
         text = self.runner.run(self._save_cmd)
         felix_hashes, jump_hashes, jump_lines, foreign_refs = self.parse_save(text)
         self._kernel_hashes = felix_hashes
+        self._stale = {n for n in felix_hashes if n not in self._chains}
         self._kernel_jump_lines = jump_lines
         self._foreign_refs = foreign_refs
         full = self._full_rewrite

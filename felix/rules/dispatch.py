@@ -16,8 +16,10 @@ interfaces have endpoints (`felix.calc`).
 
 from __future__ import annotations
 
+import bisect
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 
 from felix.dataplane.types import Chain, Rule
 from felix.rules.names import (
@@ -33,53 +35,50 @@ DROP_UNKNOWN = Rule("", "-j DROP", "unknown interface")
 
 
 class DispatchRenderer:
-    """Renders both workload dispatch trees in one pass, reusing unchanged leaf chains.
+    """Renders both workload dispatch trees in one pass, reusing unchanged subtrees.
 
-    The FROM and TO trees have the same shape, so names are partitioned once. `_leaves`
-    caches leaf chains by (chain name, member names): an endpoint's chain names depend
-    only on its interface name, so after one endpoint changed only the leaf that holds it
-    gets new `Rule` values; unchanged chains come back as the same objects and compare
-    equal at once.
+    The FROM and TO trees have the same shape, so names are partitioned once. An
+    endpoint's chain names depend only on its interface name, so a subtree is fully
+    determined by its chain names and its (sorted) member names: `_subtrees` caches each
+    subtree's chains by that key. After one endpoint changed, only the chains on the path
+    from the root to its leaf are rebuilt; every other subtree comes back as the same
+    `Chain` objects (callers can skip them with an identity check). Entries not part of
+    the latest tree are dropped when the cache grows well beyond it.
     """
 
     def __init__(self) -> None:
-        self._leaves: dict[tuple[str, tuple[str, ...]], Chain] = {}
-        self._used: set[tuple[str, tuple[str, ...]]] = set()
+        self._subtrees: dict[_Key, _Subtree] = {}
+        self._sorted: list[str] = []  # the names of the last render, kept sorted
+        self._names: set[str] = set()
 
     def render(self, chain_for_ifname: Mapping[str, tuple[str, str]]) -> list[Chain]:
         """All workload dispatch chains; `chain_for_ifname`: ifname -> (from, to) chain."""
-        self._used = set()
-        from_chains: list[Chain] = []
-        to_chains: list[Chain] = []
         targets = chain_for_ifname
+        cache = self._subtrees
+        used: set[_Key] = set()
 
-        def leaf(name: str, group: tuple[str, ...], flag: str, side: int) -> Chain:
-            key = (name, group)
-            self._used.add(key)
-            chain = self._leaves.get(key)
-            if chain is None:
-                rules = [Rule(f"{flag} {n}", f"-g {targets[n][side]}") for n in group]
-                chain = Chain(name, (*rules, DROP_UNKNOWN))
-                self._leaves[key] = chain
-            return chain
-
-        def build(names: tuple[str, str], group: list[str]) -> None:
+        def build(names: tuple[str, str], group: tuple[str, ...]) -> _Subtree:
+            key = (names, group)
+            hit = cache.get(key)
+            if hit is not None:
+                used.update(hit.keys)
+                return hit
             if len(group) <= LEAF_MAX:
-                leaf_names = tuple(group)
-                from_chains.append(leaf(names[0], leaf_names, "-i", 0))
-                to_chains.append(leaf(names[1], leaf_names, "-o", 1))
-                return
+                subtree = _Subtree(
+                    [Chain(names[0], (*(Rule(f"-i {n}", f"-g {targets[n][0]}") for n in group),
+                                      DROP_UNKNOWN))],
+                    [Chain(names[1], (*(Rule(f"-o {n}", f"-g {targets[n][1]}") for n in group),
+                                      DROP_UNKNOWN))],
+                    (key,))
+                cache[key] = subtree
+                used.add(key)
+                return subtree
             from_rules: list[Rule] = []
             to_rules: list[Rule] = []
-            depth = len(os.path.commonprefix([group[0], group[-1]]))  # group is sorted
-            buckets: dict[str, list[str]] = {}
-            for n in group:
-                if len(n) == depth:  # the common prefix is itself an interface name
-                    from_rules.append(Rule(f"-i {n}", f"-g {targets[n][0]}"))
-                    to_rules.append(Rule(f"-o {n}", f"-g {targets[n][1]}"))
-                else:
-                    buckets.setdefault(n[:depth + 1], []).append(n)
-            for prefix, members in sorted(buckets.items()):
+            from_chains: list[Chain] = []
+            to_chains: list[Chain] = []
+            keys: list[_Key] = [key]
+            for prefix, members in _buckets(group):
                 if len(members) == 1:
                     n = members[0]
                     from_rules.append(Rule(f"-i {n}", f"-g {targets[n][0]}"))
@@ -89,14 +88,65 @@ class DispatchRenderer:
                             dispatch_chain(CHAIN_TO_ENDPOINT, prefix))
                     from_rules.append(Rule(f"-i {prefix}+", f"-g {subs[0]}"))
                     to_rules.append(Rule(f"-o {prefix}+", f"-g {subs[1]}"))
-                    build(subs, members)
+                    child = build(subs, members)
+                    from_chains.extend(child.from_chains)
+                    to_chains.extend(child.to_chains)
+                    keys.extend(child.keys)
             from_chains.append(Chain(names[0], (*from_rules, DROP_UNKNOWN)))
             to_chains.append(Chain(names[1], (*to_rules, DROP_UNKNOWN)))
+            subtree = _Subtree(from_chains, to_chains, tuple(keys))
+            cache[key] = subtree
+            used.add(key)
+            return subtree
 
-        build((CHAIN_FROM_ENDPOINT, CHAIN_TO_ENDPOINT), sorted(chain_for_ifname))
-        if len(self._leaves) > 2 * len(self._used) + 64:
-            self._leaves = {k: v for k, v in self._leaves.items() if k in self._used}
-        return from_chains + to_chains
+        root = build((CHAIN_FROM_ENDPOINT, CHAIN_TO_ENDPOINT), self._sorted_names(targets))
+        if len(cache) > 2 * len(used) + 64:
+            self._subtrees = {k: v for k, v in cache.items() if k in used}
+        return root.from_chains + root.to_chains
+
+
+    def _sorted_names(self, targets: Mapping[str, object]) -> tuple[str, ...]:
+        """The names of `targets`, sorted; kept up to date by difference, not re-sorted."""
+        added = targets.keys() - self._names
+        removed = self._names - targets.keys()
+        if len(added) + len(removed) > 64:
+            self._sorted = sorted(targets)
+        else:
+            for n in removed:
+                del self._sorted[bisect.bisect_left(self._sorted, n)]
+            for n in added:
+                bisect.insort(self._sorted, n)
+        self._names = set(targets)
+        return tuple(self._sorted)
+
+
+def _buckets(group: tuple[str, ...]) -> Iterator[tuple[str, tuple[str, ...]]]:
+    """(prefix, members) of a sorted group, split by the character after the group's
+    common prefix; a name equal to the common prefix comes alone, as ("", (name,)).
+    Found by bisection, so a big group costs one step per bucket, not per name."""
+    depth = len(os.path.commonprefix([group[0], group[-1]]))
+    i, end = 0, len(group)
+    while i < end:
+        name = group[i]
+        if len(name) == depth:  # the common prefix is itself an interface name
+            yield "", (name,)
+            i += 1
+            continue
+        prefix = name[:depth + 1]
+        j = bisect.bisect_left(group, prefix + _MAX_CHAR, i, end)
+        yield prefix, group[i:j]
+        i = j
+
+
+_MAX_CHAR = chr(0x10FFFF)  # sorts after every character an interface name can hold
+_Key = tuple[tuple[str, str], tuple[str, ...]]
+
+
+@dataclass(frozen=True)
+class _Subtree:
+    from_chains: list[Chain]
+    to_chains: list[Chain]
+    keys: tuple[_Key, ...]  # this subtree's cache keys, itself included
 
 
 def render_workload_dispatch(chain_for_ifname: Mapping[str, tuple[str, str]]) -> list[Chain]:

@@ -264,3 +264,30 @@ def test_names_fit_kernel_limits_and_stay_unique() -> None:
         assert len(name) <= MAX_CHAIN_NAME
     assert len(tag_ipset(long, 6)) <= MAX_IPSET_NAME
     assert len(selector_ipset(parse_selector("a == 'b'").unique_id, 6)) <= MAX_IPSET_NAME
+
+
+def test_a_reused_dispatch_renderer_gives_what_a_fresh_one_gives() -> None:
+    """Cached subtrees must never leak: after every change the reused renderer's output
+    equals a fresh render, and unchanged subtrees come back as the same objects."""
+    import random
+
+    from felix.rules.dispatch import DispatchRenderer
+
+    rng = random.Random(7)
+    names = [f"cali{rng.getrandbits(44):011x}" for _ in range(600)]
+    mapping = {n: (f"felix-from-{n[4:]}", f"felix-to-{n[4:]}") for n in names[:400]}
+    renderer = DispatchRenderer()
+    previous = {c.name: c for c in renderer.render(mapping)}
+    for step in range(60):
+        n = rng.choice(names)
+        if n in mapping and step % 3:
+            del mapping[n]
+        else:
+            mapping[n] = (f"felix-from-{n[4:]}", f"felix-to-{n[4:]}")
+        got = renderer.render(mapping)
+        assert sorted(got, key=lambda c: c.name) == sorted(render_workload_dispatch(mapping),
+                                                             key=lambda c: c.name)
+        current = {c.name: c for c in got}
+        reused = sum(1 for name, c in current.items() if previous.get(name) is c)
+        assert reused >= len(current) - 16  # only chains near the changed path are rebuilt
+        previous = current
