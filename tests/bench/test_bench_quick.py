@@ -83,6 +83,21 @@ def _check_felix(r: dict[str, Any]) -> None:
     assert r["shared_profile_rule"]["endpoints"] == 100
 
 
+def _check_node(r: dict[str, Any]) -> None:
+    assert r["benchmark"] == "node" and r["quick"] is True
+    up, reach = r["cluster_up"], r["workload_reachable"]
+    assert up["hosts"] == 3 and reach["workloads"] == 5
+    assert up["first_host_s"] <= up["total_s"]
+    assert math.isclose(r["ratio"], up["total_s"] / up["baseline"]["total_s"], rel_tol=0.05)
+    assert up["goal_met"] == (up["total_s"] <= up["goal"]["max_s"])
+    for side in ("reachable", "baseline", "ping_only"):
+        assert reach[side]["p50_s"] <= reach[side]["p99_s"] <= reach[side]["max_s"]
+    # Reachable means the commands returned and a ping answered afterwards.
+    assert reach["reachable"]["max_s"] >= reach["baseline"]["max_s"]
+    assert math.isclose(reach["ratio"], reach["reachable"]["p99_s"] / reach["baseline"]["p99_s"],
+                        rel_tol=0.05)
+
+
 BENCHMARKS = [
     Bench("syncer",
           fields=("keys", "updates", "rounds", "ratio", "ratio_snapshot", "ratio_updates",
@@ -128,6 +143,19 @@ BENCHMARKS = [
           extra_fields=("idle.cpu_percent_of_core", "cold_start.goal.max_s",
                         "endpoint_add.goal.max_p99_ms"),
           marks=(pytest.mark.root, pytest.mark.etcd), check=_check_felix),
+    Bench("node",
+          fields=("cluster_up.hosts", "cluster_up.total_s", "cluster_up.first_host_s",
+                  "cluster_up.node_run_returned_s", "cluster_up.baseline.total_s",
+                  "cluster_up.cpu_s.programs_when_up", "cluster_up.cpu_s.calicoctl_node_run",
+                  "machine.cpus",
+                  "cluster_up.ratio", "cluster_up.goal.max_s", "workload_reachable.workloads",
+                  "workload_reachable.reachable.p50_s", "workload_reachable.reachable.p99_s",
+                  "workload_reachable.baseline.p50_s", "workload_reachable.baseline.p99_s",
+                  "workload_reachable.ping_only.p99_s", "workload_reachable.ratio",
+                  "workload_reachable.goal.max_p99_s"),
+          extra_fields=("cluster_up.goal_met", "workload_reachable.goal_met",
+                        "cluster_up.baseline.name", "workload_reachable.baseline.name"),
+          marks=(pytest.mark.root, pytest.mark.etcd), check=_check_node),
 ]
 
 

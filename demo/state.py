@@ -1,0 +1,130 @@
+"""What a demo run created, on disk, and removing it again from that record alone.
+
+Owns the state file (default /run/calico-demo/state.json; `--state-file` or
+$CALICO_DEMO_STATE choose another): the namespaces the demo created (fabric, hosts,
+workloads) in creation order, its directories (the topology's scratch directory with the
+hosts' logs and run directories, etcd's data directory), and what `--keep` prints (etcd's
+URL, hosts, workloads). It is written before anything it names is used, rewritten as the
+demo grows, and removed last by `teardown`, which kills every process left in those
+namespaces (TERM, then KILL), deletes the namespaces (their veths, routes, iptables and
+ipsets go with them) and the directories. Only what the file names is touched.
+
+Leaves to others: creating things (`demo.cluster`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PATH = "/run/calico-demo/state.json"
+NETNS_DIR = Path("/run/netns")
+
+
+def default_path() -> Path:
+    return Path(os.environ.get("CALICO_DEMO_STATE") or DEFAULT_PATH)
+
+
+@dataclass
+class DemoState:
+    path: Path
+    pid: int = field(default_factory=os.getpid)
+    namespaces: list[str] = field(default_factory=list)
+    dirs: list[str] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, namespaces: tuple[str, ...] | list[str] = (),
+            dirs: tuple[str, ...] | list[str] = (), **info: Any) -> None:
+        """Record more of what the demo made and write the file (atomically)."""
+        with self._lock:
+            self.namespaces += [n for n in namespaces if n not in self.namespaces]
+            self.dirs += [d for d in dirs if d not in self.dirs]
+            self.info.update(info)
+            data = {"pid": self.pid, "namespaces": self.namespaces, "dirs": self.dirs,
+                    "info": self.info}
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text(json.dumps(data, indent=2) + "\n")
+            os.replace(tmp, self.path)
+
+    @classmethod
+    def load(cls, path: Path) -> DemoState | None:
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise RuntimeError(f"state file {path} is unreadable: {exc}") from exc
+        return cls(path, int(data.get("pid", 0)), list(data.get("namespaces", [])),
+                   list(data.get("dirs", [])), dict(data.get("info", {})))
+
+
+def namespace_exists(name: str) -> bool:
+    return (NETNS_DIR / name).exists()
+
+
+def namespace_pids(name: str) -> list[int]:
+    if not namespace_exists(name):
+        return []
+    out = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True,
+                         check=False).stdout
+    return [int(p) for p in out.split() if p.isdigit()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(") ", 1)[1][:1] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def kill_processes(namespaces: list[str], timeout: float = 5.0) -> int:
+    """TERM every process in the namespaces, KILL what is left after `timeout`; returns
+    how many there were."""
+    seen: set[int] = set()
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = [p for ns in namespaces for p in namespace_pids(ns) if p != os.getpid()]
+        if not pids:
+            break
+        seen.update(pids)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(_alive(p) for p in pids):
+            time.sleep(0.05)
+    return len(seen)
+
+
+def teardown(state: DemoState, say: Callable[[str], None] = print) -> bool:
+    """Remove everything `state` names, then the state file. True when nothing is left."""
+    existing = [n for n in state.namespaces if namespace_exists(n)]
+    killed = kill_processes(existing)
+    for name in reversed(existing):
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+    for d in state.dirs:
+        shutil.rmtree(d, ignore_errors=True)
+    left = [n for n in state.namespaces if namespace_exists(n)]
+    left += [d for d in state.dirs if os.path.exists(d)]
+    say(f"teardown: stopped {killed} processes, deleted {len(existing) - len(left)} "
+        f"namespaces and {len(state.dirs)} directories"
+        + (f"; could not remove: {', '.join(left)}" if left else ""))
+    if not left:
+        with contextlib.suppress(FileNotFoundError):
+            state.path.unlink()
+        if str(state.path) == DEFAULT_PATH:
+            with contextlib.suppress(OSError):
+                state.path.parent.rmdir()
+    return not left

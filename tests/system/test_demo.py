@@ -1,0 +1,137 @@
+"""The README's main-job command end to end: `scripts/demo.sh` builds the 3-host cluster,
+shows the matrix before and after the deny rule, and leaves nothing behind.
+
+Each run uses its own state file (so a demo a person keeps running is never touched) and
+checks the outcome the demo prints (exit status, the matrix summaries) plus what is on the
+machine afterwards: the namespaces and processes the state file names are gone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.etcd import wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = str(ROOT / "scripts" / "demo.sh")
+EXPECTED_LINES = [
+    "matrix before IPv4: ping 30/30, tcp:8080 30/30, tcp:9090 30/30 -> as expected",
+    "matrix before IPv6: ping 30/30, tcp:8080 30/30, tcp:9090 30/30 -> as expected",
+    "matrix after IPv4: ping 30/30, tcp:8080 0/30, tcp:9090 30/30 -> as expected",
+    "matrix after IPv6: ping 30/30, tcp:8080 0/30, tcp:9090 30/30 -> as expected",
+]
+
+pytestmark = [pytest.mark.root, pytest.mark.etcd, pytest.mark.slow]
+
+
+def demo(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([DEMO, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def namespace_exists(name: str) -> bool:
+    return os.path.exists(f"/run/netns/{name}")
+
+
+def namespace_pids(name: str) -> list[int]:
+    out = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True,
+                         check=False).stdout
+    return [int(p) for p in out.split()]
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(") ", 1)[1][:1] != "Z"
+    except OSError:
+        return False
+
+
+def cleanup(state: Path) -> None:
+    if state.exists():
+        demo("--teardown", "--state-file", str(state), timeout=60)
+
+
+def test_keep_runs_the_matrix_then_teardown_removes_everything(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    try:
+        run = demo("--keep", "--state-file", str(state))
+        assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-3000:]
+        lines = run.stdout.splitlines()
+        for line in EXPECTED_LINES:
+            assert line in lines, run.stdout[-4000:]
+        assert any(line.startswith("demo PASSED") for line in lines)
+        assert f"scripts/demo.sh --teardown --state-file {state}" in run.stdout
+
+        recorded = json.loads(state.read_text())
+        namespaces = recorded["namespaces"]
+        assert len(namespaces) == 1 + 3 + 6  # fabric, hosts, workloads
+        assert all(namespace_exists(n) for n in namespaces)
+        pids = [p for n in namespaces for p in namespace_pids(n)]
+        assert len(pids) >= 3 * 4 + 1 + 6  # per host supervisord+3 programs, etcd, listeners
+        # Still working after the demo returned: a workload reaches one on another host.
+        wls = recorded["info"]["workloads"]
+        src, dst = wls["host1/w1"], wls["host3/w2"]
+        for addr in (dst["ipv4"], dst["ipv6"]):
+            ping = subprocess.run(["ip", "netns", "exec", src["ns"], "ping", "-c", "1",
+                                   "-W", "2", addr], capture_output=True, check=False)
+            assert ping.returncode == 0, addr
+
+        down = demo("--teardown", "--state-file", str(state), timeout=60)
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert not state.exists()
+        assert [n for n in namespaces if namespace_exists(n)] == []
+        assert [p for p in pids if alive(p)] == []
+        assert [d for d in recorded["dirs"] if os.path.exists(d)] == []
+    finally:
+        cleanup(state)
+
+
+def test_interrupt_tears_down(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    proc = subprocess.Popen([sys.executable, "-m", "demo.cluster", "--state-file", str(state)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # Interrupt once the workloads exist (the state file names all ten namespaces).
+        def workloads_recorded() -> list[str] | None:
+            data = json.loads(state.read_text()) if state.exists() else {}
+            return data["namespaces"] if len(data.get("namespaces", [])) == 10 else None
+
+        namespaces = wait_for(workloads_recorded, timeout=120, message="the demo's workloads")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=90)
+        assert proc.returncode != 0, out[-3000:]
+        assert "interrupted; tearing down" in err or "failed" in err, err
+        assert "teardown: stopped" in out
+        assert [n for n in namespaces if namespace_exists(n)] == []
+        assert not state.exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        cleanup(state)
+
+
+def test_teardown_without_a_state_file_is_a_no_op(tmp_path: Path) -> None:
+    run = subprocess.run([sys.executable, "-m", "demo.cluster", "--teardown", "--state-file",
+                          str(tmp_path / "none.json")], cwd=ROOT, capture_output=True,
+                         text=True, check=False)
+    assert run.returncode == 0
+    assert "nothing to tear down" in run.stdout
+
+
+def test_refuses_to_start_while_a_kept_demo_exists(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps({"pid": 1, "namespaces": [], "dirs": [], "info": {}}))
+    run = subprocess.run([sys.executable, "-m", "demo.cluster", "--state-file", str(state)],
+                         cwd=ROOT, capture_output=True, text=True, check=False)
+    assert run.returncode == 2
+    assert "--teardown" in run.stderr
+    assert state.exists()
