@@ -18,17 +18,16 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.support.netns import kill_namespace_processes, namespace_exists
+
 DEFAULT_PATH = "/run/calico-demo/state.json"
-NETNS_DIR = Path("/run/netns")
 
 
 def default_path() -> Path:
@@ -70,48 +69,10 @@ class DemoState:
                    list(data.get("dirs", [])), dict(data.get("info", {})))
 
 
-def namespace_exists(name: str) -> bool:
-    return (NETNS_DIR / name).exists()
-
-
-def namespace_pids(name: str) -> list[int]:
-    if not namespace_exists(name):
-        return []
-    out = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True,
-                         check=False).stdout
-    return [int(p) for p in out.split() if p.isdigit()]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(") ", 1)[1][:1] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def kill_processes(namespaces: list[str], timeout: float = 5.0) -> int:
-    """TERM every process in the namespaces, KILL what is left after `timeout`; returns
-    how many there were."""
-    seen: set[int] = set()
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        pids = [p for ns in namespaces for p in namespace_pids(ns) if p != os.getpid()]
-        if not pids:
-            break
-        seen.update(pids)
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and any(_alive(p) for p in pids):
-            time.sleep(0.05)
-    return len(seen)
-
-
 def teardown(state: DemoState, say: Callable[[str], None] = print) -> bool:
     """Remove everything `state` names, then the state file. True when nothing is left."""
     existing = [n for n in state.namespaces if namespace_exists(n)]
-    killed = kill_processes(existing)
+    killed = kill_namespace_processes(existing, timeout=5.0)
     for name in reversed(existing):
         subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
     for d in state.dirs:

@@ -2,18 +2,26 @@
 
 Owns: creating uniquely named namespaces (component prefix + random suffix, so engineers
 running tests concurrently never collide), running commands inside them, veth pairs
-between them, and removing everything created even when a test fails. Only namespaces
-created through this module are ever deleted.
+between them, finding and killing the processes left in a namespace (daemonised ones
+too), and removing everything created even when a test fails. Only namespaces created
+through this module (or recorded by the demo) are ever deleted.
 
 Leaves to others: what runs inside (daemons, iptables, BIRD) and any assertions.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import secrets
+import signal
 import subprocess
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
+
+NETNS_DIR = Path("/run/netns")
 
 
 def unique_name(prefix: str, max_len: int = 15) -> str:
@@ -80,3 +88,44 @@ def veth(ns_a: Namespace, name_a: str, ns_b: Namespace | None, name_b: str,
     if up:
         ns_a.ip("link", "set", name_a, "up")
         (ns_b or ns_a).ip("link", "set", name_b, "up")
+
+
+def namespace_exists(name: str) -> bool:
+    return (NETNS_DIR / name).exists()
+
+
+def namespace_pids(name: str) -> list[int]:
+    """The processes whose network namespace is `name` (`ip netns pids`)."""
+    if not namespace_exists(name):
+        return []
+    out = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True,
+                         check=False).stdout
+    return [int(p) for p in out.split() if p.isdigit()]
+
+
+def process_alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(") ", 1)[1][:1] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def kill_namespace_processes(names: Iterable[str], timeout: float = 10.0) -> int:
+    """TERM every process in the namespaces, KILL what is left after `timeout`; returns
+    how many there were. Never signals the calling process."""
+    names = list(names)
+    seen: set[int] = set()
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = [p for n in names for p in namespace_pids(n) if p != os.getpid()]
+        if not pids:
+            break
+        seen.update(pids)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(process_alive(p) for p in pids):
+            time.sleep(0.05)
+    return len(seen)

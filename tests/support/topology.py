@@ -25,14 +25,12 @@ created through `tests.support.netns`, so names carry the prefix and a random su
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -40,7 +38,7 @@ from pathlib import Path
 
 from libcalico.datastore import Datastore
 from tests.support.etcd import EtcdServer
-from tests.support.netns import Namespace
+from tests.support.netns import Namespace, kill_namespace_processes
 
 FABRIC_NET = "198.18.0"
 FABRIC_PLEN = 24
@@ -200,18 +198,7 @@ class Topology:
     @staticmethod
     def kill_namespace_processes(ns: Namespace, timeout: float = 10.0) -> None:
         """Every process left in the namespace (daemonised ones too): TERM, then KILL."""
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            pids = [int(p) for p in subprocess.run(
-                ["ip", "netns", "pids", ns.name], capture_output=True, text=True,
-                check=False).stdout.split()]
-            if not pids:
-                return
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and any(_alive(p) for p in pids):
-                time.sleep(0.05)
+        kill_namespace_processes([ns.name], timeout)
 
     def close(self) -> None:
         for proc in reversed(self._procs):
@@ -237,14 +224,6 @@ class Topology:
 def calicoctl_path() -> str:
     here = os.path.join(os.path.dirname(sys.executable), "calicoctl")
     return here if os.path.exists(here) else shutil.which("calicoctl") or "calicoctl"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][:1] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 @contextmanager

@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.etcd import wait_for
+from tests.support.netns import namespace_exists, namespace_pids
+from tests.support.netns import process_alive as alive
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = str(ROOT / "scripts" / "demo.sh")
@@ -34,24 +36,6 @@ pytestmark = [pytest.mark.root, pytest.mark.etcd, pytest.mark.slow]
 def demo(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
     return subprocess.run([DEMO, *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, check=False)
-
-
-def namespace_exists(name: str) -> bool:
-    return os.path.exists(f"/run/netns/{name}")
-
-
-def namespace_pids(name: str) -> list[int]:
-    out = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True,
-                         check=False).stdout
-    return [int(p) for p in out.split()]
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(") ", 1)[1][:1] != "Z"
-    except OSError:
-        return False
 
 
 def cleanup(state: Path) -> None:
