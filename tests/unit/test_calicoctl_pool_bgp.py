@@ -161,6 +161,24 @@ def test_config_felix_and_bgp(ctl, datastore):
     assert datastore.get(ks.bgp_host_key("n1", "loglevel")) is None
 
 
+def test_config_node_route_reflector(ctl, datastore):
+    ctl("config", "node", "bgp", "rr_cluster_id", "1.0.0.1", "--hostname", "n1", code=3)
+    datastore.put(ks.bgp_host_key("n1", "ip_addr_v4"), "198.18.0.1")
+    res = ctl("config", "node", "bgp", "rr_cluster_id", "--hostname", "n1", code=3)
+    assert "not a route reflector" in res.err
+    res = ctl("config", "node", "bgp", "rr_cluster_id", "1.0.0.300", "--hostname", "n1", code=2)
+    assert "rr_cluster_id" in res.err and "1.0.0.300" in res.err
+    assert datastore.get(ks.bgp_host_key("n1", "rr_cluster_id")) is None
+    ctl("config", "node", "bgp", "rr_cluster_id", "1.0.0.1", "--hostname", "n1")
+    assert datastore.get_value(ks.bgp_host_key("n1", "rr_cluster_id")) == "1.0.0.1"
+    assert datastore.get_value(ks.bgp_host_key("n1", "ip_addr_v4")) == "198.18.0.1"
+    assert ctl("config", "node", "bgp", "rr_cluster_id", "--hostname", "n1").out.strip() == \
+        "1.0.0.1"
+    ctl("config", "node", "bgp", "rr_cluster_id", "--remove", "--hostname", "n1")
+    assert datastore.get(ks.bgp_host_key("n1", "rr_cluster_id")) is None
+    ctl("config", "bgp", "rr_cluster_id", "1.0.0.1", code=2)  # a node setting only
+
+
 def test_unreachable_datastore_exit_code(etcd_server):
     from tests.support.etcd import free_port
 
