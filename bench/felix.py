@@ -11,8 +11,11 @@ Prints one JSON object.
   state (computed by CalcGraph from the same data) written into a fresh namespace with
   one `ip -batch`, one `ipset restore` and one `iptables-restore`/`ip6tables-restore`
   per table. Goals: <= 15 s and <= 3x the baseline.
-- idle: felix's CPU (utime+stime from /proc) over a window after the cold start, in % of
-  one core, and its resident memory. Goals: <= 2 %, <= 400 MB.
+- idle: felix's CPU over a window after the cold start, in % of one core: its own
+  utime+stime plus that of the commands it ran (iptables-save, ipset...), with
+  RefreshInterval 10 s so that the window holds several periodic refreshes (the
+  default is 90 s, so this is the harsher case); and its resident memory.
+  Goals: <= 2 %, <= 400 MB.
 - endpoint added: 500 additions at 20/s (--quick 30) on top of the cold-start host; each
   from the etcd write until felix reports the endpoint "up" in etcd, which it does only
   after the apply that programmed its route and chains succeeded (and the route is
@@ -90,6 +93,9 @@ def dataset(n: int, profiles: int, tags: int, rules: int = 10) -> list[tuple[str
     return items
 
 
+IDLE_REFRESH_S = 10
+
+
 class Felix:
     """calico-felix running in `host`, with helpers to read its state."""
 
@@ -109,8 +115,9 @@ class Felix:
         return self.host.ns.exec(sys.executable, "-c", code).stdout.strip() == "200"
 
     def cpu_seconds(self) -> float:
+        """utime+stime of felix and of the children it waited for (its commands)."""
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -162,7 +169,7 @@ def cold_start_and_idle(n: int, profiles: int, tags: int, idle_window: float,
         make_interfaces(host.ns, ifnames)
         store = topo.datastore()
         put_many(store, items)
-        felix = Felix(topo, host)
+        felix = Felix(topo, host, {"FELIX_REFRESHINTERVAL": str(IDLE_REFRESH_S)})
         wait_for(felix.ready, 600, interval=0.1, message="felix ready after cold start")
         cold = time.perf_counter() - felix.started
         routes = host.ns.exec("ip", "route", "show", "proto", "80").stdout.count("\n")
@@ -178,6 +185,7 @@ def cold_start_and_idle(n: int, profiles: int, tags: int, idle_window: float,
         time.sleep(idle_window)
         cpu = (felix.cpu_seconds() - c0) / (time.perf_counter() - t0) * 100
         out["idle"] = {"window_s": idle_window, "cpu_percent_of_core": round(cpu, 2),
+                       "refresh_interval_s": IDLE_REFRESH_S,
                        "rss_mb": round(felix.rss_mb(), 1),
                        "goal": {"max_cpu_percent": 2.0, "max_rss_mb": 400}}
         out["endpoint_add"] = endpoint_additions(store, host, n, adds)

@@ -15,7 +15,8 @@ Owns the sequencing of felix:
   3. The first apply reads every owner's kernel state back and removes what is stale
      (owners do this on their first apply); a failed apply is retried with backoff and
      the owners then rewrite in full; every RefreshInterval the owners are told to
-     resync (read back, repair tampering).
+     resync (read back, repair tampering), the iptables tables only when the nf_tables
+     generation shows a change felix did not make (`felix.dataplane.nftgen`).
   4. Interface events are passed to the route and interface owners at once and the
      affected endpoints' status is recomputed.
   5. Config keys are followed too; when the configuration in etcd changes so that the
@@ -34,15 +35,16 @@ import queue
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from felix.calc.graph import CalcGraph, CalcSettings, Changes, EndpointInfo
 from felix.config import Config, load_config
-from felix.dataplane.cmd import CommandRunner, DataplaneError
+from felix.dataplane.cmd import CommandFailed, CommandRunner, DataplaneError
 from felix.dataplane.interfaces import InterfaceEvent, Interfaces, InterfaceWatcher
 from felix.dataplane.ipsets import IPSets
 from felix.dataplane.iptables import IptablesTable
+from felix.dataplane.nftgen import RulesetGeneration, iptables_is_nft
 from felix.dataplane.routes import Routes
 from felix.health import Health, Metrics
 from felix.status import StatusReporter
@@ -68,6 +70,8 @@ class Owners:
     tables: dict[tuple[int, str], IptablesTable]
     routes: Routes
     interfaces: Interfaces
+    generation: RulesetGeneration = field(
+        default_factory=lambda: RulesetGeneration(None, enabled=False))
 
     @classmethod
     def create(cls, config: Config, versions: Sequence[int],
@@ -75,19 +79,28 @@ class Owners:
         runner = CommandRunner(netns, lock_wait=config.IptablesLockTimeoutSecs)
         tables = {(v, "filter"): IptablesTable(v, "filter", runner) for v in versions}
         tables[(4, "nat")] = IptablesTable(4, "nat", runner)
+        try:
+            nft = iptables_is_nft(runner.run(["iptables", "-V"]))
+        except CommandFailed:
+            nft = False
         return cls({v: IPSets(v, runner, max_size=config.MaxIpsetSize) for v in versions},
                    tables, Routes(netns, iface_prefixes=config.InterfacePrefix),
-                   Interfaces(netns))
+                   Interfaces(netns), RulesetGeneration(netns, enabled=nft))
 
     def close(self) -> None:
         self.routes.close()
         self.interfaces.close()
 
     def mark_resync(self) -> None:
+        """The periodic refresh: read every table back at the next apply, except the
+        iptables tables when the nf_tables generation shows nobody changed them."""
         for s in self.ipsets.values():
             s.mark_resync()
-        for t in self.tables.values():
-            t.mark_resync()
+        if self.generation.unchanged():
+            _log.debug("nf_tables generation unchanged: iptables need no read-back")
+        else:
+            for t in self.tables.values():
+                t.mark_resync()
         self.routes.mark_resync()
         self.interfaces.mark_resync()
 
@@ -138,10 +151,16 @@ class Owners:
             step(f"ipsets-v{v}", sets.apply)
         step("routes", self.routes.apply)
         step("interfaces", self.interfaces.apply)
+        read_back = all(t.needs_resync for t in self.tables.values())
+        generation = self.generation.read()
+        restores = sum(t.restores for t in self.tables.values())
         for (v, table), owner in self.tables.items():
             if f"ipsets-v{v}" in failed:
                 continue  # chains may refer to sets that were not created
             step(f"iptables-v{v}-{table}", owner.apply)
+        self.generation.account(generation, sum(t.restores for t in self.tables.values())
+                                - restores, read_back and not any(
+                                    f.startswith("iptables") for f in failed))
         for v, sets in self.ipsets.items():
             if not any(f.startswith(f"iptables-v{v}") for f in failed):
                 step(f"ipset-deletions-v{v}", sets.apply_deletions)

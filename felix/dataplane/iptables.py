@@ -77,6 +77,7 @@ class IptablesTable:
         # Felix chains in the kernel that are not desired (kept with _kernel_hashes and
         # _chains, so that finding deletable chains does not walk every chain).
         self._stale: set[str] = set()
+        self.restores = 0  # successful restores so far (each one nf_tables commit)
         self._kernel_jump_lines: dict[str, list[str]] = {}
         self._dirty_chains: set[str] = set()
         self._dirty_jumps: set[str] = set()
@@ -160,6 +161,11 @@ class IptablesTable:
         """Read the table back at the next apply (periodic refresh against tampering)."""
         self._needs_resync = True
 
+    @property
+    def needs_resync(self) -> bool:
+        """Whether the next apply starts by reading the table back."""
+        return self._needs_resync
+
     def get_chain(self, name: str) -> Chain | None:
         """The desired chain `name`, if any."""
         return self._chains.get(name)
@@ -212,6 +218,7 @@ class IptablesTable:
             payload, jump_lines = self._render(chains, jumps, flush, delete)
             try:
                 self.runner.run([*self._restore_cmd, *self.runner.lock_args()], input=payload)
+                self.restores += 1
             except CommandFailed:
                 self._needs_resync = True
                 self._full_rewrite = True

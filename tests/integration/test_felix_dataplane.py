@@ -671,3 +671,67 @@ def test_iptables_large_rewrite_is_split_in_dependency_order(host: Namespace) ->
     assert_table_matches(text, smaller)
     assert "felix-leaf" not in text and "felix-middle" not in text
     assert owner.in_sync
+
+
+# --- the nf_tables generation lets a refresh skip the iptables read-back -----------------------
+
+
+def test_refresh_reads_iptables_back_only_after_an_outside_change(host: Namespace) -> None:
+    from felix.config import load_config
+    from felix.driver import Owners
+
+    owners = Owners.create(load_config(env={}), (4,), netns=host.name)
+    try:
+        assert owners.generation.enabled  # this machine's iptables is the nf_tables one
+        table = owners.tables[(4, "filter")]
+        table.set_chain(Chain("felix-gen-a", (Rule("-p tcp", "-j ACCEPT"),)))
+        table.set_base_jumps("FORWARD", [Rule("", "-j felix-gen-a")])
+        assert owners.apply() == []
+        assert owners.generation.known is not None  # first apply read back every table
+        # Felix's own later writes keep the generation accounted for.
+        table.set_chain(Chain("felix-gen-a", (Rule("-p udp", "-j ACCEPT"),)))
+        assert owners.apply() == []
+        owners.mark_resync()
+        assert not any(t.needs_resync for t in owners.tables.values())
+        assert owners.apply() == []
+        # Someone else's change: the next refresh reads back and repairs.
+        host.exec("iptables", "-F", "felix-gen-a")
+        owners.mark_resync()
+        assert all(t.needs_resync for t in owners.tables.values())
+        assert owners.apply() == []
+        assert "-A felix-gen-a -p udp" in save(host)
+        owners.mark_resync()  # the repair was accounted for too
+        assert not any(t.needs_resync for t in owners.tables.values())
+    finally:
+        owners.close()
+
+
+def test_generation_bookkeeping_trusts_only_an_unbroken_chain() -> None:
+    from felix.dataplane.nftgen import RulesetGeneration
+
+    class Scripted(RulesetGeneration):
+        def __init__(self, values: list[int | None]) -> None:
+            super().__init__(None)
+            self.values = values
+
+        def read(self) -> int | None:
+            return self.values.pop(0)
+
+    gen = Scripted([7, 7])
+    gen.account(5, 2, read_back=True)  # a read-back, then two restores
+    assert gen.known == 7
+    assert gen.unchanged()
+    gen = Scripted([9])
+    gen.known = 5
+    gen.account(5, 2, read_back=False)  # someone else wrote in between
+    assert gen.known is None
+    gen = Scripted([6])
+    gen.account(5, 1, read_back=False)  # no known starting point
+    assert gen.known is None
+    gen = Scripted([None])
+    gen.known = 5
+    gen.account(5, 0, read_back=True)
+    assert gen.known is None
+    gen = Scripted([0])
+    gen.account(2**32 - 1, 1, read_back=True)  # the u32 wraps
+    assert gen.known == 0

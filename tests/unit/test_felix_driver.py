@@ -52,12 +52,19 @@ class FakeOwner:
 
     def mark_resync(self) -> None:
         self.resyncs += 1
+        self.needs_resync = True
+
+    needs_resync = False
+    restores = 0  # as an iptables owner counts its restores
 
     def apply(self) -> None:
         if self.fail_next:
             self.fail_next = False
             raise CommandFailed([self.name], 1, "boom")
         self.journal.append(self.name)
+        self.needs_resync = False
+        if self.kernel != self.desired:
+            self.restores += 1
         self.kernel = dict(self.desired)
 
     def apply_deletions(self) -> None:

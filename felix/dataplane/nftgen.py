@@ -1,0 +1,85 @@
+"""The nf_tables ruleset generation: knowing, cheaply, that nobody changed the rules.
+
+Owns: `RulesetGeneration`, which reads the generation id of this network namespace's
+nf_tables ruleset (NFT_MSG_GETGEN, through pyroute2) and remembers the generation that
+felix's own writes left (`known`). The kernel adds one to the generation on every
+committed ruleset change, whoever makes it; one `iptables-restore` (one COMMIT) is one
+change, a failed restore none. So when the generation still equals `known`, the iptables
+tables are exactly what felix last wrote or read, and the periodic refresh can skip
+reading them back: with 10,000 endpoints `iptables-save -t filter` alone costs ~4.5 s of
+CPU (22,000 chains, 120,000 rules).
+
+`known` is only ever set from an unbroken chain of evidence: a write is accounted for
+when the generation moved by exactly the number of restores felix ran, starting either
+from `known` or from a read-back of every table in the same apply. Anything else
+(someone else's change in between, a read error) forgets it, and the next refresh reads
+everything back.
+
+Only meaningful with the nf_tables flavour of iptables (`iptables -V` says
+"nf_tables"); with iptables-legacy `enabled` is False and every refresh reads back.
+
+Leaves to others: the read-back and the writes themselves (`felix.dataplane.iptables`),
+when to refresh (`felix.driver`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from felix.dataplane.netns import run_in_netns
+
+_log = logging.getLogger(__name__)
+_U32 = 1 << 32
+
+
+class RulesetGeneration:
+    def __init__(self, netns: str | None, enabled: bool = True) -> None:
+        self.netns = netns
+        self.enabled = enabled
+        self.known: int | None = None
+
+    def read(self) -> int | None:
+        """The current generation id, or None (disabled, or it could not be read)."""
+        if not self.enabled:
+            return None
+        try:
+            return run_in_netns(self.netns, _read_generation)
+        except Exception as exc:  # noqa: BLE001 - any failure means "unknown"
+            _log.warning("cannot read the nf_tables generation (%s); refreshes will read "
+                         "iptables back", exc)
+            return None
+
+    def unchanged(self) -> bool:
+        """True when the ruleset is still the one felix's own writes left."""
+        current = self.read()
+        return current is not None and current == self.known
+
+    def account(self, before: int | None, restores: int, read_back: bool) -> None:
+        """After an apply that ran `restores` iptables restores: keep `known` only if the
+        generation moved by exactly that, from `known` or from a full read-back."""
+        after = self.read()
+        if before is None or after is None:
+            self.known = None
+        elif (after - before) % _U32 == restores and (read_back or self.known == before):
+            self.known = after
+        else:
+            self.known = None
+
+
+def _read_generation() -> int:
+    from pyroute2.netlink.nfnetlink.nftsocket import NFT_MSG_GETGEN, NFTSocket, nft_gen_msg
+
+    # A fresh socket per read: a reused one was seen answering with a stale generation.
+    sock = NFTSocket()
+    try:
+        msg = nft_gen_msg()
+        msg["nfgen_family"] = 0
+        reply = sock.request_get(msg, NFT_MSG_GETGEN)
+        return int(reply[0].get_attr("NFTA_GEN_ID"))
+    finally:
+        sock.close()
+
+
+def iptables_is_nft(version_output: str) -> bool:
+    """`iptables -V` output -> whether it is the nf_tables flavour."""
+    return "nf_tables" in version_output
