@@ -60,21 +60,29 @@ def interface_sysctls(state: InterfaceState) -> list[tuple[str, str]]:
 
 
 def _write_sysctls(items: list[tuple[str, list[tuple[str, str]]]]) -> tuple[set[str], list[str]]:
-    """Write settings per interface; return (missing interfaces, error descriptions)."""
+    """Write settings per interface; return (missing interfaces, error descriptions).
+
+    Reads first and writes only what differs. Plain os.open/os.read (no file objects):
+    a refresh checks five settings of every interface, 50,000 files at 10,000 endpoints."""
     missing: set[str] = set()
     errors: list[str] = []
     for ifname, settings in items:
         for path, value in settings:
             try:
-                with open(path, "r+") as f:
-                    if f.read().strip() != value:
-                        f.seek(0)
-                        f.write(value)
+                fd = os.open(path, os.O_RDWR)
             except FileNotFoundError:
                 missing.add(ifname)
                 break
             except OSError as exc:
                 errors.append(f"{path}={value}: {exc.strerror}")
+                continue
+            try:
+                if os.read(fd, 64).strip() != value.encode():
+                    os.pwrite(fd, value.encode(), 0)
+            except OSError as exc:
+                errors.append(f"{path}={value}: {exc.strerror}")
+            finally:
+                os.close(fd)
     return missing, errors
 
 
