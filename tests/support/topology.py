@@ -71,7 +71,10 @@ class Topology:
         self.dir = Path(tempfile.mkdtemp(prefix=f"{prefix}-topo-"))
         try:
             self.fabric = Namespace(f"{prefix}-fab")
-            self.fabric.ip("link", "add", "br0", "type", "bridge")
+            # A fixed MAC: a bridge otherwise takes the lowest MAC of its ports, so adding
+            # a host could change it and strand the hosts' ARP entries for etcd's address.
+            self.fabric.ip("link", "add", "br0", "address", "02:00:c6:12:00:fe", "type",
+                           "bridge")
             self.fabric.ip("link", "set", "br0", "up")
             if etcd:
                 self.fabric.ip("addr", "add", f"{ETCD_IP}/{FABRIC_PLEN}", "dev", "br0")
