@@ -74,11 +74,12 @@ def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 def run_node(ip: str | None, ip6: str | None, as_num: str | None, name: str | None,
              log_dir: str, run_dir: str, runtime: str, backend: str, detach: bool,
              timeout: float) -> None:
-    from libcalico.model import Node
+    from libcalico.model import Node, parse_as_num
     from libcalico.nodestart import detect_addresses, initialise_cluster, register_node
 
     host = this_hostname(name)
-    Node(host, ipv4=ip, ipv6=ip6, as_num=as_num)  # validates before anything happens
+    asn = parse_as_num("as_num", as_num) if as_num is not None else None
+    Node(host, ipv4=ip, ipv6=ip6, as_num=asn)  # validates before anything happens
     if ip is None:
         ip = detect_addresses((4,))[4]
         if ip is None:
@@ -99,7 +100,7 @@ def run_node(ip: str | None, ip6: str | None, as_num: str | None, name: str | No
     created = initialise_cluster(client, default_pools=not os.environ.get("NO_DEFAULT_POOLS"))
     for what in created.created:
         click.echo(f"Initialised the cluster: {what}")
-    register_node(client, host, ip, ip6, as_num)
+    register_node(client, host, ip, ip6, asn)
     click.echo(f"Registered node {host} (IPv4 {ip}" + (f", IPv6 {ip6}" if ip6 else "") + ")")
     paths.run_dir.mkdir(parents=True, exist_ok=True)
     paths.log_dir.mkdir(parents=True, exist_ok=True)

@@ -67,7 +67,7 @@ def initialise_cluster(client: CalicoClient, default_pools: bool = True) -> Clus
 
 
 def register_node(client: CalicoClient, hostname: str, ipv4: str | None, ipv6: str | None,
-                  as_num: int | str | None) -> Node:
+                  as_num: int | None) -> Node:
     """Write this node's BGP identity; refuse clashes with other nodes' identities.
 
     A name that exists with a different IPv4 address is refused (another host has it);
@@ -95,7 +95,8 @@ def _global_addresses(data: Iterable[dict[str, object]], version: int) -> list[s
     out = []
     for link in data:
         name = str(link.get("ifname", ""))
-        if name.startswith(_SKIP_IFACES) or "UP" not in (link.get("flags") or []):
+        flags = link.get("flags") or []
+        if name.startswith(_SKIP_IFACES) or "UP" not in flags:  # type: ignore[operator]
             continue
         for info in link.get("addr_info") or []:  # type: ignore[attr-defined]
             if info.get("family") != family or info.get("scope") != "global":
