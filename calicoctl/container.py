@@ -2,9 +2,9 @@
 interface and addresses, change them, and take them away.
 
 Owns: resolving CONTAINER (a namespace name under /run/netns, an absolute namespace
-path, or, when a Docker engine runs, a container id or name via `docker inspect`) into
-an orchestrator ("netns" or "docker"), a workload id and a namespace path; and the
-command words:
+path, or, when a Docker engine runs, a container id or name via `docker inspect` on
+the engine DOCKER_HOST names, default /var/run/docker.sock) into an orchestrator
+("netns" or "docker"), a workload id and a namespace path; and the command words:
   container add CONTAINER (IP|ipv4|ipv6|POOL_CIDR) [--interface=eth1]
   container remove CONTAINER
   container CONTAINER ip (add|remove) IP [--interface=eth1]
@@ -52,9 +52,22 @@ def resolve_container(container: str) -> tuple[str, str, str]:
     raise NotFound(f"no network namespace or Docker container named {container}")
 
 
+def _docker_engine_present() -> bool:
+    """Whether a Docker engine may be listening: the docker client is installed and the
+    engine's socket (DOCKER_HOST, else /var/run/docker.sock) exists. A non-unix
+    DOCKER_HOST (tcp://, ssh://) is left to `docker inspect` to try."""
+    if shutil.which("docker") is None:
+        return False
+    host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    if host.startswith("unix://"):
+        return os.path.exists(host.removeprefix("unix://"))
+    return True
+
+
 def _docker_inspect(container: str) -> tuple[str, str, str] | None:
-    """Docker's view of the container, or None when Docker is absent or does not know it."""
-    if shutil.which("docker") is None or not os.path.exists("/var/run/docker.sock"):
+    """Docker's view of the container, or None when Docker is absent or does not know it.
+    The docker client talks to the engine DOCKER_HOST names, as the docker CLI does."""
+    if not _docker_engine_present():
         return None
     try:
         proc = subprocess.run(["docker", "inspect", "--type", "container", "--format",

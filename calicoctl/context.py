@@ -11,7 +11,6 @@ Leaves to others: the connection itself (`libcalico.datastore`), the operations
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +18,7 @@ import click
 
 if TYPE_CHECKING:
     from libcalico.client import CalicoClient
+    from libcalico.client.network import NetworkClient
     from libcalico.datastore import Datastore
 
 
@@ -52,6 +52,16 @@ class CtlContext:
             self._client = CalicoClient(self.store)
         return self._client
 
+    @property
+    def network(self) -> NetworkClient:
+        """The pool/node/BGP/config part of the client alone: cheaper to import, for
+        commands that use nothing else."""
+        if self._client is not None:
+            return self._client
+        from libcalico.client.network import NetworkClient
+
+        return NetworkClient(self.store)
+
     def close(self) -> None:
         if self._store is not None:
             self._store.close()
@@ -70,7 +80,7 @@ def ctl() -> CtlContext:
 
 def this_hostname(explicit: str | None = None) -> str:
     """This node's name: --hostname, else $HOSTNAME, else the kernel's hostname."""
-    return explicit or os.environ.get("HOSTNAME") or socket.gethostname()
+    return explicit or os.environ.get("HOSTNAME") or os.uname().nodename
 
 
 hostname_option = click.option(

@@ -16,7 +16,6 @@ Leaves to others: raising the right exception (the library), parsing (click).
 from __future__ import annotations
 
 import sys
-import traceback
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -61,6 +60,8 @@ def exit_code_for(exc: BaseException) -> int:
 def report(exc: BaseException, debug: bool) -> int:
     """Print the error and return its exit code."""
     if debug:
+        import traceback
+
         traceback.print_exception(exc, file=sys.stderr)
     message = str(exc) or type(exc).__name__
     print(f"Error: {message.splitlines()[0] if message else message}", file=sys.stderr)

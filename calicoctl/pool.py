@@ -115,7 +115,7 @@ def _options(p: object) -> str:
 @output_option
 def pool_show(version: int | None, output: str) -> None:
     """Show the configured pools."""
-    pools = ctl().client.list_pools(version)
+    pools = ctl().network.list_pools(version)
     data = [p.to_resource() for p in pools]
     if output in ("json", "yaml"):
         emit(output, data, [], [])

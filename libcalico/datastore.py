@@ -44,11 +44,13 @@ DEFAULT_TIMEOUT = 5.0
 # that protobuf<4 gives on Python 3.11, decoding dominates, and every page is a round trip
 # in which etcd 3.4 also re-walks its index over the rest of the range (bench/syncer.py).
 PAGE_SIZE = 10000
-# Keepalive pings let a watch notice a dead peer (etcd killed, host gone) quickly.
+# Keepalive pings let a watch notice a dead peer (etcd killed, host gone) quickly. Only
+# while a call (a watch) is open: etcd's server refuses pings on an idle connection and
+# answers them with GOAWAY "too_many_pings".
 _GRPC_OPTIONS = [
     ("grpc.keepalive_time_ms", 30000),
     ("grpc.keepalive_timeout_ms", 5000),
-    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.keepalive_permit_without_calls", 0),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.initial_reconnect_backoff_ms", 200),
@@ -374,10 +376,6 @@ class Datastore:
             rq.range_end = range_end
         return conn.client.kvstub.Range(rq, self.settings.timeout)
 
-    def _page(self, conn: _Conn, key: bytes, range_end: bytes, revision: int,
-              keys_only: bool = False) -> Any:
-        return self._range(conn, key, range_end, revision, PAGE_SIZE, keys_only)
-
     def _pages(self, prefix: str, revision: int, keys_only: bool = False) -> Iterator[Any]:
         """The range responses covering `prefix`, PAGE_SIZE keys each, all read at the
         first response's revision unless `revision` is given."""
@@ -385,11 +383,12 @@ class Datastore:
         end = _prefix_end(start)
         while True:
             resp = self._call(functools.partial(
-                self._page, key=start, range_end=end, revision=revision, keys_only=keys_only))
+                self._range, key=start, range_end=end, revision=revision, limit=PAGE_SIZE,
+                keys_only=keys_only))
             revision = revision or resp.header.revision
             yield resp
             if not resp.more or not resp.kvs:
-                break
+                return
             start = resp.kvs[-1].key + b"\0"
 
     @staticmethod
@@ -427,7 +426,7 @@ class Datastore:
 
     def list_keys(self, prefix: str, revision: int = 0) -> tuple[builtins.list[str], int]:
         """The keys below `prefix`, without their values, as one consistent read;
-        returns (keys, revision). For listings that need only names."""
+        returns (keys, revision). For listings that need only names: etcd sends no values."""
         out: builtins.list[str] = []
         for resp in self._pages(prefix, revision, keys_only=True):
             revision = revision or resp.header.revision

@@ -5,8 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# docker.io and busybox-static serve the tests that run a real Docker container (each test
+# starts its own dockerd with a private socket; the packaged service is not started).
 DEBS=(etcd-server etcd-client bird2 iptables ipset iproute2 conntrack supervisor
-      iputils-ping netcat-openbsd tcpdump openssl procps kmod python3 python3-venv python3-pip)
+      iputils-ping netcat-openbsd tcpdump openssl procps kmod python3 python3-venv python3-pip
+      docker.io busybox-static)
 
 if [ "$(id -u)" != 0 ]; then
     echo "bootstrap: run as root (it installs Debian packages and creates namespaces)" >&2
@@ -19,10 +22,20 @@ for p in "${DEBS[@]}"; do
 done
 if [ ${#missing[@]} -gt 0 ]; then
     echo "bootstrap: installing Debian packages: ${missing[*]}"
+    # Packaged services (etcd, bird, docker) must not start on the host: tests and the
+    # demo start their own, in namespaces. policy-rc.d stops invoke-rc.d from starting
+    # them during the install (a Docker engine would rewrite the host's iptables).
+    own_policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        own_policy=/usr/sbin/policy-rc.d
+        printf '#!/bin/sh\nexit 101\n' >"$own_policy"
+        chmod 755 "$own_policy"
+        trap 'rm -f "$own_policy"' EXIT
+    fi
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-    # The packaged services must not run on the host: tests and the demo start their own.
-    for svc in etcd bird; do
+    [ -z "$own_policy" ] || rm -f "$own_policy"
+    for svc in etcd bird docker containerd; do
         if command -v systemctl >/dev/null && systemctl is-active -q "$svc" 2>/dev/null; then
             systemctl disable --now "$svc" >/dev/null 2>&1 || true
         fi
@@ -42,3 +55,6 @@ if [ ! -f "$stamp" ]; then
     rm -f .venv/.installed-*
     touch "$stamp"
 fi
+# Bytecode for the project's own modules: an editable install writes none, and with
+# PYTHONDONTWRITEBYTECODE set every calicoctl run would compile them again (~30 ms).
+.venv/bin/python -m compileall -q -j 0 libcalico calicoctl felix confd >/dev/null

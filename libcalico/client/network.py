@@ -50,7 +50,13 @@ def pools_overlapping(pool: IPPool, others: list[IPPool]) -> list[IPPool]:
 
 
 class NetworkClient:
+    """Pools, nodes, BGP and config. Self-contained: `NetworkClient(store)` serves
+    callers that need nothing else without importing the policy and endpoint model."""
+
     store: Datastore
+
+    def __init__(self, store: Datastore) -> None:
+        self.store = store
 
     # --- IP pools ---------------------------------------------------------------------------
 

@@ -6,28 +6,58 @@ Owns: selectors (`selector`), the rule grammar (`rules`), policy resources
 I/O: the keys values are stored under belong to `libcalico.keyspace`, reading and
 writing to `libcalico.datastore`. Invalid input raises
 `libcalico.errors.ValidationError` naming the field and the value.
+
+The names below are imported from their submodule on first use, so a caller that needs
+only pools (say) does not pay for importing policies, rules and endpoints.
 """
 
-from libcalico.model._common import Resource
-from libcalico.model.endpoints import (
-    HostEndpoint,
-    HostEndpointId,
-    WorkloadEndpoint,
-    WorkloadEndpointId,
-)
-from libcalico.model.network import (
-    BGPGlobalConfig,
-    BGPPeer,
-    FelixConfig,
-    IPAMConfig,
-    IPPool,
-    Node,
-    parse_as_num,
-)
-from libcalico.model.policy import Policy, Profile, Tier, policy_sort_key
-from libcalico.model.resources import RESOURCE_KINDS, parse_resource, resource_class
-from libcalico.model.rules import PortRange, Rule, Rules, parse_ports
-from libcalico.model.selector import Selector, SelectorSyntaxError, parse_selector
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from libcalico.model._common import Resource
+    from libcalico.model.endpoints import (
+        HostEndpoint,
+        HostEndpointId,
+        WorkloadEndpoint,
+        WorkloadEndpointId,
+    )
+    from libcalico.model.network import (
+        BGPGlobalConfig,
+        BGPPeer,
+        FelixConfig,
+        IPAMConfig,
+        IPPool,
+        Node,
+        parse_as_num,
+    )
+    from libcalico.model.policy import Policy, Profile, Tier, policy_sort_key
+    from libcalico.model.resources import RESOURCE_KINDS, parse_resource, resource_class
+    from libcalico.model.rules import PortRange, Rule, Rules, parse_ports
+    from libcalico.model.selector import Selector, SelectorSyntaxError, parse_selector
+
+_HOMES = {
+    "_common": ("Resource",),
+    "endpoints": ("HostEndpoint", "HostEndpointId", "WorkloadEndpoint", "WorkloadEndpointId"),
+    "network": ("BGPGlobalConfig", "BGPPeer", "FelixConfig", "IPAMConfig", "IPPool", "Node",
+                "parse_as_num"),
+    "policy": ("Policy", "Profile", "Tier", "policy_sort_key"),
+    "resources": ("RESOURCE_KINDS", "parse_resource", "resource_class"),
+    "rules": ("PortRange", "Rule", "Rules", "parse_ports"),
+    "selector": ("Selector", "SelectorSyntaxError", "parse_selector"),
+}
+_HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    module = _HOME_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
 
 __all__ = [
     "RESOURCE_KINDS",

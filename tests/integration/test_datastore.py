@@ -91,9 +91,8 @@ def test_list_pages_at_one_revision(datastore: Datastore, etcd_server: EtcdServe
     pages: list[int] = []
     real_range = datastore._range
 
-    def range_then_write(conn: Any, key: bytes, range_end: bytes | None, revision: int = 0,
-                         limit: int = 0) -> Any:
-        resp = real_range(conn, key, range_end, revision, limit)
+    def range_then_write(conn: Any, **kwargs: Any) -> Any:
+        resp = real_range(conn, **kwargs)
         pages.append(len(resp.kvs))
         if len(pages) == 1:  # between the first and the second page
             other.put(f"{P}big/{n + 5:06d}", "added later")  # would land on the last page

@@ -138,6 +138,52 @@ def test_help_everywhere():
         assert "Usage:" in ctl(*args).out, args
 
 
+def test_command_table_matches_the_commands():
+    """main.COMMAND_TABLE (what `--help` lists without importing) names every command of
+    every command module, in the right module, with the first paragraph of its help."""
+    import importlib
+    import pkgutil
+
+    import calicoctl
+    from calicoctl.main import COMMAND_TABLE, load_command
+
+    found = {}
+    for info in pkgutil.iter_modules(calicoctl.__path__):
+        module = importlib.import_module(f"calicoctl.{info.name}")
+        for command in getattr(module, "COMMANDS", []):
+            first = (command.help or "").split("\n\n")[0]
+            found[command.name] = (info.name, " ".join(first.split()))
+    assert found == COMMAND_TABLE
+    assert all(load_command(name).name == name for name in COMMAND_TABLE)
+    assert load_command("nonsense") is None
+    ctl = Ctl({})
+    ctl("nonsense", code=2)
+    listing = ctl("--help").out.split("Commands:\n")[1].splitlines()
+    names = [line.split()[0] for line in listing if line.startswith("  ") and
+             not line.startswith("   ")]
+    assert names == sorted(COMMAND_TABLE)
+
+
+def test_data_command_imports_stay_narrow():
+    """`profile show` lists names without importing the model; `pool show` imports the
+    network model only (bench/calicoctl.py measures what this buys)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "import libcalico.client.names\n"
+            "print('NAMES', sorted(m for m in sys.modules if m.startswith('libcalico.model')))\n"
+            "from libcalico.client.network import NetworkClient\n"
+            "print('NETWORK', sorted(m for m in sys.modules if m.startswith('libcalico.')))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    names, network = out.splitlines()
+    assert names == "NAMES []", out
+    for heavy in ("libcalico.model.policy", "libcalico.model.rules", "libcalico.model.endpoints",
+                  "libcalico.client.resources", "libcalico.ipam"):
+        assert f"'{heavy}" not in network, (heavy, network)
+
+
 def test_startup_imports_stay_light():
     """`version` and `--help` must not import etcd3/grpc/yaml/pyroute2 or the datastore."""
     import subprocess
@@ -148,7 +194,8 @@ def test_startup_imports_stay_light():
             "    try:\n        cli(args, prog_name='calicoctl')\n"
             "    except SystemExit:\n        pass\n"
             "heavy = ['etcd3', 'grpc', 'yaml', 'pyroute2', 'libcalico.datastore',\n"
-            "         'libcalico.model', 'libcalico.ipam']\n"
+            "         'libcalico.model', 'libcalico.ipam', 'calicoctl.diags',\n"
+            "         'calicoctl.container', 'calicoctl.profile']\n"
             "print('LOADED', [m for m in heavy if m in sys.modules])\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout

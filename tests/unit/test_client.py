@@ -144,30 +144,33 @@ def test_tiers_policies_endpoints_nodes_peers_config(client, datastore):
     assert client.get_ipam_config() == IPAMConfig(strict_affinity=True)
 
 
-def test_apply_batch_all_or_nothing_and_partial_report(client, datastore, monkeypatch):
+def test_apply_batch_all_or_nothing_and_partial_report(client, datastore):
     docs = [Profile(f"p{i}") for i in range(5)] + [IPPool("198.18.0.0/24"),
                                                    IPPool("198.18.0.128/25")]
     with pytest.raises(ValidationError):
         client.apply_resources(docs)
     assert datastore.list("/calico/")[0] == []
-    # A batch bigger than one transaction that fails in its second chunk says what stuck.
-    import libcalico.client.resources as res
 
-    monkeypatch.setattr(res, "MAX_TXN_OPS", 6)
-    many = [Profile(f"q{i}") for i in range(4)]
-    real_txn = datastore.txn
-    calls = []
+    # A batch bigger than one etcd transaction (MAX_TXN_OPS operations, etcd's default
+    # --max-txn-ops) is committed in document-aligned chunks. Here the second chunk fails
+    # for real: one profile carries ~1.8 MB of tags, over etcd's 1.5 MiB
+    # --max-request-bytes, so etcd refuses that transaction. The error names exactly the
+    # documents already written, and the datastore holds exactly those.
+    from libcalico.client.resources import MAX_TXN_OPS
 
-    def txn(compares, success, failure):
-        calls.append(len(success))
-        if len(calls) == 2:
-            from libcalico.errors import DatastoreUnavailable
-            raise DatastoreUnavailable("etcd went away")
-        return real_txn(compares, success, failure)
-
-    monkeypatch.setattr(datastore, "txn", txn)
+    per_chunk = MAX_TXN_OPS // len(client.profile_ops(Profile("x")))
+    small = [Profile(f"q{i:03d}", tags=(f"t{i}",)) for i in range(per_chunk + 2)]
+    huge = Profile("q-huge", tags=tuple(f"t{i:04d}-{'x' * 245}" for i in range(7000)))
     with pytest.raises(PartialApply) as err:
-        client.apply_resources(many)
-    assert err.value.applied == [0, 1]
-    assert "documents already written: 1, 2" in str(err.value)
-    assert client.list_profile_names() == ["q0", "q1"]
+        client.apply_resources([*small, huge])
+    assert err.value.applied == list(range(per_chunk))
+    assert "request is too large" in str(err.value)
+    assert str(err.value).endswith("(documents already written: "
+                                   f"{', '.join(str(i + 1) for i in range(per_chunk))})")
+    assert client.list_profile_names() == [p.name for p in small[:per_chunk]]
+    assert [client.get_profile(p.name) for p in small[:per_chunk]] == small[:per_chunk]
+    for missing in (*small[per_chunk:], huge):
+        with pytest.raises(NotFound):
+            client.get_profile(missing.name)
+    kvs, _ = datastore.list(ks.PROFILE_DIR)
+    assert len(kvs) == 3 * per_chunk
