@@ -26,11 +26,6 @@ GOAL_STARTUP_MS = 150.0
 GOAL_DATA_MS = 400.0
 
 
-def calicoctl_path() -> str:
-    here = os.path.join(os.path.dirname(sys.executable), "calicoctl")
-    return here if os.path.exists(here) else shutil.which("calicoctl") or "calicoctl"
-
-
 def wall_ms(cmd: Sequence[str], env: dict[str, str], reps: int) -> float:
     """Median wall time of `cmd` over `reps` runs (after one warm-up), in ms."""
     times = []
@@ -70,6 +65,7 @@ def main() -> None:
     profiles = 100 if args.quick else 1000
     reps = 3 if args.quick else 7
     from tests.support.etcd import EtcdServer
+    from tests.support.topology import calicoctl_path
 
     data_dir = tempfile.mkdtemp(prefix="ctl-bench-etcd-", dir="/dev/shm")
     with EtcdServer(data_dir=data_dir) as server:

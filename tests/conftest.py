@@ -1,4 +1,5 @@
-"""Shared pytest fixtures: a real etcd for the session, a clean datastore per test."""
+"""Shared pytest fixtures: a real etcd for the session, a clean datastore per test, and an
+etcd on a unix socket for CLIs run inside other network namespaces."""
 
 from __future__ import annotations
 
@@ -37,6 +38,18 @@ def datastore(etcd_server: EtcdServer) -> Iterator[Datastore]:
 def own_etcd() -> Iterator[EtcdServer]:
     """A private etcd that the test may stop, kill, restart and compact."""
     server = EtcdServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def unix_etcd() -> Iterator[EtcdServer]:
+    """One etcd for the session that listens on a unix socket, which a process in any
+    network namespace can reach (calicoctl run inside a simulated host)."""
+    server = EtcdServer(unix_socket=True)
     try:
         server.start()
         yield server

@@ -11,32 +11,14 @@ import subprocess
 import pytest
 
 from libcalico import keyspace as ks
-from tests.support.etcd import EtcdServer
 from tests.support.netns import Namespace
+from tests.support.topology import calicoctl_path
 
 pytestmark = [pytest.mark.etcd, pytest.mark.root, pytest.mark.slow]
 
-def _calicoctl_path() -> str:
-    import shutil
-    import sys
-
-    here = os.path.join(os.path.dirname(sys.executable), "calicoctl")
-    return here if os.path.exists(here) else shutil.which("calicoctl") or "calicoctl"
-
-
-@pytest.fixture(scope="module")
-def etcd():
-    server = EtcdServer(unix_socket=True)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.cleanup()
-
-
 @pytest.fixture
-def env(etcd):
-    store = etcd.client()
+def env(unix_etcd):
+    store = unix_etcd.client()
     store.delete_prefix("/calico/")
     store.put(ks.pool_key("198.18.64.0/24"), json.dumps({"cidr": "198.18.64.0/24"}))
     store.put(ks.pool_key("fd00:64::/120"), json.dumps({"cidr": "fd00:64::/120",
@@ -52,9 +34,9 @@ def env(etcd):
         store.close()
 
 
-def ctl(etcd, host, *args, code=0):
-    cmd = ["ip", "netns", "exec", host.name, _calicoctl_path(), *args]
-    env = {**os.environ, **etcd.env(), "HOSTNAME": "ctl-node"}
+def ctl(unix_etcd, host, *args, code=0):
+    cmd = ["ip", "netns", "exec", host.name, calicoctl_path(), *args]
+    env = {**os.environ, **unix_etcd.env(), "HOSTNAME": "ctl-node"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     assert proc.returncode == code, (args, proc.returncode, proc.stdout, proc.stderr)
     return proc
@@ -71,9 +53,9 @@ def _allocated(store):
     return sum(u.allocated for u in IPAMClient(store).usage())
 
 
-def test_container_add_remove_netns(etcd, env):
+def test_container_add_remove_netns(unix_etcd, env):
     store, host, wl1, wl2 = env
-    out = ctl(etcd, host, "container", "add", wl1.name, "ipv4").stdout
+    out = ctl(unix_etcd, host, "container", "add", wl1.name, "ipv4").stdout
     assert "198.18.64." in out
     eps = _endpoints(store)
     assert len(eps) == 1
@@ -100,44 +82,44 @@ def test_container_add_remove_netns(etcd, env):
     assert info.handle_id == wl1.name and info.attributes["endpoint_id"] == parsed.endpoint_id
 
     # Second address (IPv6 from a pool CIDR), then remove it again.
-    ctl(etcd, host, "container", wl1.name, "ip", "add", "fd00:64::/120")
+    ctl(unix_etcd, host, "container", wl1.name, "ip", "add", "fd00:64::/120")
     ep = next(iter(_endpoints(store).values()))
     ip6 = ep["ipv6_nets"][0].split("/")[0]
     assert ep["ipv6_gateway"] == "fe80::1"
     assert ip6 in wl1.ip("-6", "addr", "show", "eth1").stdout
     assert "default via fe80::1" in wl1.ip("-6", "route").stdout
-    out = ctl(etcd, host, "container", wl1.name, "endpoint", "show").stdout
+    out = ctl(unix_etcd, host, "container", wl1.name, "endpoint", "show").stdout
     assert ip6 in out and ip in out
-    ctl(etcd, host, "container", wl1.name, "ip", "remove", ip6)
+    ctl(unix_etcd, host, "container", wl1.name, "ip", "remove", ip6)
     assert _endpoints(store)[key]["ipv6_nets"] == []
     assert ip6 not in wl1.ip("-6", "addr", "show", "eth1").stdout
     assert _allocated(store) == 1
 
     # Profiles on the container's endpoint.
-    ctl(etcd, host, "profile", "add", "ctlprof")
-    ctl(etcd, host, "container", wl1.name, "profile", "append", "ctlprof")
+    ctl(unix_etcd, host, "profile", "add", "ctlprof")
+    ctl(unix_etcd, host, "container", wl1.name, "profile", "append", "ctlprof")
     assert _endpoints(store)[key]["profile_ids"] == ["ctlprof"]
-    ctl(etcd, host, "container", wl1.name, "profile", "set", "nosuch", code=2)
-    ctl(etcd, host, "container", wl1.name, "profile", "remove", "ctlprof")
+    ctl(unix_etcd, host, "container", wl1.name, "profile", "set", "nosuch", code=2)
+    ctl(unix_etcd, host, "container", wl1.name, "profile", "remove", "ctlprof")
 
     # Adding twice is refused; a specific address that is taken too.
-    ctl(etcd, host, "container", "add", wl1.name, "ipv4", code=3)
-    ctl(etcd, host, "container", "add", wl2.name, ip, code=3)
+    ctl(unix_etcd, host, "container", "add", wl1.name, "ipv4", code=3)
+    ctl(unix_etcd, host, "container", "add", wl2.name, ip, code=3)
     assert _allocated(store) == 1 and len(_endpoints(store)) == 1
 
     # Remove leaves nothing: no veth, no endpoint, no allocation.
-    ctl(etcd, host, "container", "remove", f"/run/netns/{wl1.name}")
+    ctl(unix_etcd, host, "container", "remove", f"/run/netns/{wl1.name}")
     assert _endpoints(store) == {}
     assert _allocated(store) == 0
     assert "cali" not in host.ip("link").stdout
     assert "eth1" not in wl1.ip("link").stdout
-    ctl(etcd, host, "container", "remove", wl1.name, code=3)
+    ctl(unix_etcd, host, "container", "remove", wl1.name, code=3)
 
 
-def test_container_add_failure_leaves_nothing(etcd, env):
+def test_container_add_failure_leaves_nothing(unix_etcd, env):
     store, host, wl1, _ = env
     wl1.ip("link", "add", "eth1", "type", "veth", "peer", "name", "ctl-peer")  # name taken
-    res = ctl(etcd, host, "container", "add", wl1.name, "198.18.64.7", code=3)
+    res = ctl(unix_etcd, host, "container", "add", wl1.name, "198.18.64.7", code=3)
     assert "eth1" in res.stderr and "Traceback" not in res.stderr
     assert _endpoints(store) == {}
     assert _allocated(store) == 0
@@ -145,13 +127,13 @@ def test_container_add_failure_leaves_nothing(etcd, env):
     assert "tmp" not in wl1.ip("link").stdout
     wl1.ip("link", "del", "eth1")
     # Bad requests fail before anything is created.
-    ctl(etcd, host, "container", "add", wl1.name, "198.19.0.1", code=2)  # in no pool
-    ctl(etcd, host, "container", "add", wl1.name, "198.18.0.0/16", code=2)  # not a pool
-    ctl(etcd, host, "container", "add", wl1.name, "banana", code=2)
-    ctl(etcd, host, "container", "add", "ctl-no-such-ns", "ipv4", code=3)
+    ctl(unix_etcd, host, "container", "add", wl1.name, "198.19.0.1", code=2)  # in no pool
+    ctl(unix_etcd, host, "container", "add", wl1.name, "198.18.0.0/16", code=2)  # not a pool
+    ctl(unix_etcd, host, "container", "add", wl1.name, "banana", code=2)
+    ctl(unix_etcd, host, "container", "add", "ctl-no-such-ns", "ipv4", code=3)
     assert _allocated(store) == 0 and _endpoints(store) == {}
     # With a free name it works, on a specific address.
-    ctl(etcd, host, "container", "add", wl1.name, "198.18.64.7", "--interface", "eth7")
+    ctl(unix_etcd, host, "container", "add", wl1.name, "198.18.64.7", "--interface", "eth7")
     assert "198.18.64.7/32" in wl1.ip("addr", "show", "eth7").stdout
-    ctl(etcd, host, "container", "remove", wl1.name)
+    ctl(unix_etcd, host, "container", "remove", wl1.name)
     assert _allocated(store) == 0

@@ -30,19 +30,13 @@ import pytest
 from libcalico import keyspace as ks
 from tests.support.etcd import EtcdServer, wait_for
 from tests.support.netns import Namespace, unique_name
+from tests.support.topology import calicoctl_path
 
 pytestmark = [pytest.mark.etcd, pytest.mark.root, pytest.mark.slow]
 
 POOL = "198.18.66.0/24"
 BUSYBOX = "/bin/busybox"  # Debian busybox-static: runs in an otherwise empty image
 APPLETS = ("sh", "sleep", "ip", "cat")
-
-
-def _calicoctl_path() -> str:
-    import sys
-
-    here = os.path.join(os.path.dirname(sys.executable), "calicoctl")
-    return here if os.path.exists(here) else shutil.which("calicoctl") or "calicoctl"
 
 
 @dataclass
@@ -177,16 +171,6 @@ def image(engine: Engine) -> Iterator[str]:
         engine.docker("rmi", "-f", name, check=False)
 
 
-@pytest.fixture(scope="module")
-def etcd() -> Iterator[EtcdServer]:
-    server = EtcdServer(unix_socket=True)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.cleanup()
-
-
 @dataclass
 class Container:
     name: str
@@ -200,8 +184,8 @@ class Container:
 
 
 @pytest.fixture
-def setup(engine: Engine, image: str, etcd: EtcdServer):
-    store = etcd.client()
+def setup(engine: Engine, image: str, unix_etcd: EtcdServer):
+    store = unix_etcd.client()
     store.delete_prefix("/calico/")
     store.put(ks.pool_key(POOL), json.dumps({"cidr": POOL}))
     host = Namespace("ctl-h")
@@ -218,10 +202,10 @@ def setup(engine: Engine, image: str, etcd: EtcdServer):
         store.close()
 
 
-def ctl(engine: Engine, etcd: EtcdServer, host: Namespace, *args: str,
+def ctl(engine: Engine, unix_etcd: EtcdServer, host: Namespace, *args: str,
         code: int = 0) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **etcd.env(), "HOSTNAME": "ctl-node", "DOCKER_HOST": engine.host}
-    proc = subprocess.run(["ip", "netns", "exec", host.name, _calicoctl_path(), *args],
+    env = {**os.environ, **unix_etcd.env(), "HOSTNAME": "ctl-node", "DOCKER_HOST": engine.host}
+    proc = subprocess.run(["ip", "netns", "exec", host.name, calicoctl_path(), *args],
                           capture_output=True, text=True, env=env, check=False)
     assert proc.returncode == code, (args, proc.returncode, proc.stdout, proc.stderr)
     return proc
@@ -243,9 +227,9 @@ def _addresses(c: Container, ifname: str) -> list[str]:
     return [f"{a['local']}/{a['prefixlen']}" for a in link["addr_info"]]
 
 
-def test_container_add_remove_docker(engine: Engine, etcd: EtcdServer, setup) -> None:
+def test_container_add_remove_docker(engine: Engine, unix_etcd: EtcdServer, setup) -> None:
     store, host, c = setup
-    out = ctl(engine, etcd, host, "container", "add", c.name, "198.18.66.10").stdout
+    out = ctl(engine, unix_etcd, host, "container", "add", c.name, "198.18.66.10").stdout
     assert "198.18.66.10/32" in out
 
     # The endpoint: orchestrator docker, the container's full id as workload.
@@ -276,39 +260,39 @@ def test_container_add_remove_docker(engine: Engine, etcd: EtcdServer, setup) ->
     assert _allocated(store) == 1
 
     # The container's endpoint, named by its short id this time.
-    shown = ctl(engine, etcd, host, "container", c.id[:12], "endpoint", "show").stdout
+    shown = ctl(engine, unix_etcd, host, "container", c.id[:12], "endpoint", "show").stdout
     assert c.id in shown and "docker" in shown and "198.18.66.10/32" in shown
-    as_json = json.loads(ctl(engine, etcd, host, "container", c.name, "endpoint", "show",
+    as_json = json.loads(ctl(engine, unix_etcd, host, "container", c.name, "endpoint", "show",
                              "-o", "json").stdout)
     assert as_json[0]["metadata"]["workload"] == c.id
 
     # A second address, and taking it away again.
-    ctl(engine, etcd, host, "container", c.name, "ip", "add", "198.18.66.11")
+    ctl(engine, unix_etcd, host, "container", c.name, "ip", "add", "198.18.66.11")
     assert _endpoints(store)[key]["ipv4_nets"] == ["198.18.66.10/32", "198.18.66.11/32"]
     assert sorted(_addresses(c, "eth1")) == ["198.18.66.10/32", "198.18.66.11/32"]
     assert _allocated(store) == 2
-    ctl(engine, etcd, host, "container", c.name, "ip", "remove", "198.18.66.11")
+    ctl(engine, unix_etcd, host, "container", c.name, "ip", "remove", "198.18.66.11")
     assert _endpoints(store)[key]["ipv4_nets"] == ["198.18.66.10/32"]
     assert _addresses(c, "eth1") == ["198.18.66.10/32"]
     assert _allocated(store) == 1
 
     # Adding the container again is refused and changes nothing.
-    ctl(engine, etcd, host, "container", "add", c.name, "ipv4", code=3)
+    ctl(engine, unix_etcd, host, "container", "add", c.name, "ipv4", code=3)
     assert len(_endpoints(store)) == 1 and _allocated(store) == 1
 
     # Remove undoes everything: endpoint, both veth ends, the allocation.
-    ctl(engine, etcd, host, "container", "remove", c.name)
+    ctl(engine, unix_etcd, host, "container", "remove", c.name)
     assert _endpoints(store) == {}
     assert _allocated(store) == 0
     assert "cali" not in host.ip("link").stdout
     assert "eth1" not in c.ip("link")
-    ctl(engine, etcd, host, "container", c.name, "endpoint", "show", code=3)
+    ctl(engine, unix_etcd, host, "container", c.name, "endpoint", "show", code=3)
 
 
-def test_unknown_docker_container_is_not_found(engine: Engine, etcd: EtcdServer,
+def test_unknown_docker_container_is_not_found(engine: Engine, unix_etcd: EtcdServer,
                                                setup) -> None:
     store, host, _ = setup
-    res = ctl(engine, etcd, host, "container", "add", "ctl-no-such-container", "ipv4",
+    res = ctl(engine, unix_etcd, host, "container", "add", "ctl-no-such-container", "ipv4",
               code=3)
     assert "ctl-no-such-container" in res.stderr
     assert _endpoints(store) == {} and _allocated(store) == 0

@@ -164,19 +164,24 @@ def test_command_table_matches_the_commands():
     assert names == sorted(COMMAND_TABLE)
 
 
-def test_data_command_imports_stay_narrow():
-    """`profile show` lists names without importing the model; `pool show` imports the
-    network model only (bench/calicoctl.py measures what this buys)."""
+def _fresh_python(code: str) -> str:
+    """stdout of `code` run in a fresh interpreter (nothing imported beforehand)."""
     import subprocess
     import sys
 
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def test_data_command_imports_stay_narrow():
+    """`profile show` lists names without importing the model; `pool show` imports the
+    network model only (bench/calicoctl.py measures what this buys)."""
     code = ("import sys\n"
             "import libcalico.client.names\n"
             "print('NAMES', sorted(m for m in sys.modules if m.startswith('libcalico.model')))\n"
             "from libcalico.client.network import NetworkClient\n"
             "print('NETWORK', sorted(m for m in sys.modules if m.startswith('libcalico.')))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout
+    out = _fresh_python(code)
     names, network = out.splitlines()
     assert names == "NAMES []", out
     for heavy in ("libcalico.model.policy", "libcalico.model.rules", "libcalico.model.endpoints",
@@ -186,9 +191,6 @@ def test_data_command_imports_stay_narrow():
 
 def test_startup_imports_stay_light():
     """`version` and `--help` must not import etcd3/grpc/yaml/pyroute2 or the datastore."""
-    import subprocess
-    import sys
-
     code = ("import sys\nfrom calicoctl.main import cli\n"
             "for args in (['version'], ['--help'], ['pool', '--help']):\n"
             "    try:\n        cli(args, prog_name='calicoctl')\n"
@@ -197,6 +199,5 @@ def test_startup_imports_stay_light():
             "         'libcalico.model', 'libcalico.ipam', 'calicoctl.diags',\n"
             "         'calicoctl.container', 'calicoctl.profile']\n"
             "print('LOADED', [m for m in heavy if m in sys.modules])\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout
+    out = _fresh_python(code)
     assert "LOADED []" in out, out

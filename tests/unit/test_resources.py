@@ -490,3 +490,18 @@ def test_from_resource_checks_kind() -> None:
 def test_parse_resource_non_mapping() -> None:
     with pytest.raises(ValidationError, match="invalid resource"):
         parse_resource(["x"])  # type: ignore[arg-type]
+
+
+def test_model_package_exports_every_lazy_name():
+    """libcalico.model lists its names three times (typing imports, where each lives,
+    __all__): every exported name resolves, from the submodule it names."""
+    import importlib
+
+    import libcalico.model as model
+
+    assert sorted(model.__all__) == sorted(model._HOME_OF)
+    for name in model.__all__:
+        home = importlib.import_module(f"libcalico.model.{model._HOME_OF[name]}")
+        assert getattr(model, name) is getattr(home, name)
+    with pytest.raises(AttributeError):
+        model.NoSuchThing  # noqa: B018
