@@ -43,6 +43,7 @@ def populate(url: str, profiles: int) -> None:
     from libcalico.client import CalicoClient
     from libcalico.datastore import Datastore, EtcdSettings
     from libcalico.model import IPPool, Profile, Rule, Rules
+    from libcalico.model.rules import parse_ports
 
     store = Datastore(EtcdSettings.from_env({"ETCD_ENDPOINTS": url}))
     try:
@@ -52,7 +53,8 @@ def populate(url: str, profiles: int) -> None:
         for i in range(profiles):
             name = f"bench-profile-{i:05d}"
             rules = Rules((Rule(action="allow", src_tag=name),
-                           Rule(action="deny", protocol="tcp", dst_ports="22")),
+                           Rule(action="deny", protocol="tcp",
+                                dst_ports=parse_ports("dst_ports", "22"))),
                           (Rule(action="allow"),))
             batch.append(Profile(name, rules, (name,), {"app": f"a{i % 10}"}))
         client.apply_resources(batch, "apply")

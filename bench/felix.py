@@ -263,9 +263,11 @@ def shared_profile_rule(n: int, additions: int) -> dict[str, Any]:
             t0 = time.perf_counter()
             store.put(keyspace.profile_key("shared", "rules"),
                       json.dumps({"inbound_rules": rules, "outbound_rules": []}))
-            wait_for(lambda p=port: f"--dports {p} " in host.ns.exec(
-                "iptables", "-w", "5", "-S", "felix-p-shared-i").stdout, 30, interval=0.005,
-                     message=f"rule for port {port}")
+            def has_rule(p: int = port) -> bool:
+                return f"--dports {p} " in host.ns.exec(
+                    "iptables", "-w", "5", "-S", "felix-p-shared-i").stdout
+
+            wait_for(has_rule, 30, interval=0.005, message=f"rule for port {port}")
             samples.append(time.perf_counter() - t0)
         topo.stop_process(felix.proc)
         store.close()

@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import enum
 import logging
-import random
 import threading
 from collections.abc import Sequence
 from typing import Protocol
 
 from libcalico.datastore import Datastore, WatchEvent, WatchStream
 from libcalico.errors import DatastoreError, DatastoreUnavailable
+from libcalico.retry import Backoff
 
 _log = logging.getLogger(__name__)
 
@@ -99,29 +99,28 @@ class Syncer:
     # --- the loop ----------------------------------------------------------------------------
 
     def run(self) -> None:
-        backoff = self._min_backoff
+        backoff = Backoff(self._min_backoff, self._max_backoff)
         while not self._stop.is_set():
             try:
                 revision = self._resync()
-                backoff = self._min_backoff
+                backoff.reset()
                 self._follow(revision)
             except Exception as exc:  # noqa: BLE001 - the thread must outlive any failure
                 if self._stop.is_set():
                     break
                 if isinstance(exc, DatastoreError):
                     _log.warning("%s: datastore error (%s); resyncing in %.1fs",
-                                 self._name, exc, backoff)
+                                 self._name, exc, backoff.current)
                 else:
                     # The consumer failed part-way through a delivery: what it holds is
                     # unknown, so the next snapshot is delivered in full.
                     _log.exception("%s: the consumer failed; redelivering everything in "
-                                   "%.1fs", self._name, backoff)
+                                   "%.1fs", self._name, backoff.current)
                     self._redeliver = True
                 self._in_sync.clear()
                 if self.status is SyncStatus.IN_SYNC:
                     self._set_status(SyncStatus.RESYNC)
-                self._stop.wait(backoff * (0.5 + random.random()))
-                backoff = min(backoff * 2, self._max_backoff)
+                self._stop.wait(backoff.next())
 
     def _set_status(self, status: SyncStatus) -> None:
         self.status = status

@@ -2,7 +2,7 @@
 stored values as absent, and bounded compare-and-swap retry loops.
 
 Owns: `decode` (json text -> validated model value or None, logging each bad key once),
-`encode` (canonical JSON text), `cas_update` (read-modify-write of one key) and
+`cas_update` (read-modify-write of one key) and
 `cas_txn` (read-modify-write of several keys in one etcd transaction).
 
 Leaves to others: which keys and models (the per-resource modules), the etcd calls
@@ -16,22 +16,17 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from libcalico.errors import CalicoError, Conflict
+from libcalico.errors import CalicoError
+from libcalico.retry import RETRIES, retry_cas
 
 if TYPE_CHECKING:
     from libcalico.datastore import KV, Datastore, Op
 
 _log = logging.getLogger(__name__)
 
-RETRIES = 20
 T = TypeVar("T")
 
 _warned: set[str] = set()
-
-
-def encode(value: Any) -> str:
-    """Canonical JSON text for a stored value (sorted keys, compact)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 def decode(key: str, text: str | None, parse: Callable[[Any], T], *,
@@ -59,7 +54,8 @@ def cas_update(store: Datastore, key: str,
     `change` returns the new text, None to delete the key, or False to leave it as it is.
     Returns whether anything was written; raises `Conflict` when retries run out.
     """
-    for _ in range(retries):
+
+    def step() -> bool | None:
         kv = store.get(key)
         new = change(kv)
         if new is False:
@@ -67,11 +63,11 @@ def cas_update(store: Datastore, key: str,
         if new is None:
             if kv is None or store.cas_delete(key, kv.mod_revision):
                 return kv is not None
-            continue
+            return None
         assert isinstance(new, str)
-        if store.cas(key, new, kv.mod_revision if kv else 0):
-            return True
-    raise Conflict(f"{key} kept changing; gave up after {retries} attempts")
+        return True if store.cas(key, new, kv.mod_revision if kv else 0) else None
+
+    return retry_cas(key, step, retries)
 
 
 def cas_txn(store: Datastore, keys: Sequence[str],
@@ -81,12 +77,12 @@ def cas_txn(store: Datastore, keys: Sequence[str],
     of the keys changed meanwhile. `change` returns None for "nothing to do"."""
     from libcalico.datastore import ModRevisionIs
 
-    for _ in range(retries):
+    def step() -> bool | None:
         current = {k: store.get(k) for k in keys}
         ops = change(current)
         if ops is None:
             return False
         compares = [ModRevisionIs(k, kv.mod_revision if kv else 0) for k, kv in current.items()]
-        if store.txn(compares, list(ops), []):
-            return True
-    raise Conflict(f"{', '.join(keys)} kept changing; gave up after {retries} attempts")
+        return True if store.txn(compares, list(ops), []) else None
+
+    return retry_cas(", ".join(keys), step, retries)

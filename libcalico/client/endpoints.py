@@ -16,7 +16,8 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from libcalico import keyspace as ks
-from libcalico.client._base import cas_update, decode, encode
+from libcalico.client._base import cas_update, decode
+from libcalico.codec import dumps as encode
 from libcalico.errors import AlreadyExists, NotFound
 from libcalico.model import HostEndpoint, HostEndpointId, WorkloadEndpoint, WorkloadEndpointId
 

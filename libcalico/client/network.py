@@ -18,7 +18,8 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from libcalico import keyspace as ks
-from libcalico.client._base import cas_update, decode, encode
+from libcalico.client._base import cas_update, decode
+from libcalico.codec import dumps as encode
 from libcalico.errors import AlreadyExists, Conflict, NotFound, ValidationError
 from libcalico.model import (
     BGPGlobalConfig,

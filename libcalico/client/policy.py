@@ -16,8 +16,9 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from libcalico import keyspace as ks
-from libcalico.client._base import cas_txn, decode, encode
+from libcalico.client._base import cas_txn, decode
 from libcalico.client.names import profile_names
+from libcalico.codec import dumps as encode
 from libcalico.errors import AlreadyExists, NotFound
 from libcalico.model import Policy, Profile, Tier, policy_sort_key
 

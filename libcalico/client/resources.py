@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from libcalico import keyspace as ks
-from libcalico.client._base import encode
 from libcalico.client.endpoints import EndpointClient, wep_key
 from libcalico.client.network import NetworkClient, pools_overlapping
 from libcalico.client.policy import PolicyClient
+from libcalico.codec import dumps as encode
 from libcalico.errors import AlreadyExists, CalicoError, Conflict, NotFound, ValidationError
 from libcalico.model import (
     BGPGlobalConfig,

@@ -16,10 +16,14 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from libcalico.datastore import Datastore, EtcdSettings
+
+T = TypeVar("T")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -28,7 +32,8 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(condition, timeout: float, interval: float = 0.05, message: str = "condition"):
+def wait_for(condition: Callable[[], T], timeout: float, interval: float = 0.05,
+             message: str = "condition") -> T:
     """Poll `condition` until it returns a truthy value or `timeout` passes."""
     deadline = time.monotonic() + timeout
     last_exc: Exception | None = None
