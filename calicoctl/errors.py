@@ -6,8 +6,8 @@ onto them; printing one line (or, with --debug, the traceback) on stderr.
   0  success
   1  generic failure (a command failed, e.g. a checksystem check, a subprocess)
   2  bad usage or invalid input (click's own usage errors are 2 too)
-  3  not found, already exists, or conflict (also: address in use, pool in use,
-     pools exhausted)
+  3  not found, already exists, or conflict (also IPAM's conflicts: address in use,
+     pool in use, pools exhausted - `libcalico.errors` subclasses of `Conflict`)
   4  the datastore is unreachable
 
 Leaves to others: raising the right exception (the library), parsing (click).
@@ -22,11 +22,6 @@ EXIT_FAILURE = 1
 EXIT_INVALID = 2
 EXIT_NOT_FOUND = 3
 EXIT_UNAVAILABLE = 4
-
-
-# IPAM's own conflict-like errors, matched by name so that importing this module (on
-# every error) does not import IPAM.
-_CONFLICTS = ("PoolInUse", "AddressInUse", "PoolsExhausted")
 
 
 class CommandFailed(Exception):
@@ -50,7 +45,7 @@ def exit_code_for(exc: BaseException) -> int:
         return exc.code
     if isinstance(exc, ValidationError):
         return EXIT_INVALID
-    if isinstance(exc, NotFound | AlreadyExists | Conflict) or type(exc).__name__ in _CONFLICTS:
+    if isinstance(exc, NotFound | AlreadyExists | Conflict):
         return EXIT_NOT_FOUND
     if isinstance(exc, DatastoreUnavailable):
         return EXIT_UNAVAILABLE

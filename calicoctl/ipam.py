@@ -1,7 +1,8 @@
 """`calicoctl ipam`: release and inspect addresses, show usage, check and repair.
 
 Owns: `ipam release IP`, `ipam info IP`, `ipam show [--blocks]` and
-`ipam check [--fix]` (non-zero exit when problems remain).
+`ipam check [--fix] [--grace-period SECONDS]` (non-zero exit when problems remain;
+allocations younger than the grace period are listed as in progress, never as leaks).
 
 Leaves to others: everything IPAM (`libcalico.ipam`).
 """
@@ -93,16 +94,23 @@ def ipam_show(blocks: bool, output: str) -> None:
 
 @ipam.command("check")
 @click.option("--fix", is_flag=True, help="Repair what the check finds.")
-def ipam_check(fix: bool) -> None:
+@click.option("--grace-period", type=click.FloatRange(min=0), default=60.0, show_default=True,
+              metavar="SECONDS",
+              help="An allocation without an endpoint is a leak only once it is this old; "
+                   "younger ones are set-ups in progress and never released (0: no grace).")
+def ipam_check(fix: bool, grace_period: float) -> None:
     """Check IPAM against the endpoints (leaks, missing allocations, stale affinities,
     handle mismatches, duplicates); exit 1 if problems are found and not fixed."""
     from calicoctl.errors import CommandFailed
     from libcalico.ipam import check, repair
 
     store = ctl().store
-    report = check(store)
+    report = check(store, grace_period)
     click.echo(f"Checked {report.allocated} allocations and {report.endpoint_addresses} "
                "endpoint addresses")
+    for busy in report.in_progress:
+        click.echo(f"  in progress: {busy.ip} (handle {busy.handle_id}, block {busy.block}, "
+                   f"allocated {max(busy.age, 0):.0f}s ago, no endpoint yet)")
     for leak in report.leaks:
         click.echo(f"  leaked: {leak.ip} (handle {leak.handle_id}, block {leak.block})")
     for miss in report.missing:
@@ -125,7 +133,7 @@ def ipam_check(fix: bool) -> None:
                f"{len(result.handles_fixed)}")
     for skipped in result.skipped:
         click.echo(f"  skipped {skipped}")
-    if not check(store).ok:
+    if not check(store, grace_period).ok:
         raise CommandFailed("IPAM problems remain after repair")
 
 

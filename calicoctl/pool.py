@@ -2,8 +2,9 @@
 
 Owns: the pool command words and their output. Validation is the model's (`IPPool`:
 CIDR, IPIP only for IPv4, block size); overlap checks and the write are the client's
-(`CalicoClient.apply_resources`, one transaction for all CIDRs given); removing a
-pool with allocations is IPAM's (`IPAMClient.remove_pool`).
+(`CalicoClient.apply_resources`, one transaction for all CIDRs given); removing pools
+is IPAM's (`IPAMClient.remove_pools`: all or nothing, refused while any has allocations
+unless forced).
 """
 
 from __future__ import annotations
@@ -80,8 +81,10 @@ def pool_range_add(start_ip: str, end_ip: str, ipip: bool, nat_outgoing: bool) -
 @click.option("--force", is_flag=True,
               help="Remove even if addresses are still allocated from the pool.")
 def pool_remove(cidrs: tuple[str, ...], force: bool) -> None:
-    """Remove one or more pools (refused while addresses are allocated, unless --force)."""
+    """Remove one or more pools, all or nothing: none is removed while any of them does
+    not exist or has allocated addresses (unless --force, which releases them)."""
     from libcalico.errors import NotFound
+    from libcalico.ipam import IPAMClient
     from libcalico.model._common import canonical_net
 
     client = ctl().client
@@ -89,18 +92,7 @@ def pool_remove(cidrs: tuple[str, ...], force: bool) -> None:
     for net in nets:
         if client.get_pool(net) is None:
             raise NotFound(f"pool {net} does not exist")
-    for net in nets:
-        remove_pool(net, force)
-
-
-def remove_pool(cidr: str, force: bool) -> None:
-    """Through IPAM when it is available (it checks and frees allocations)."""
-    try:
-        from libcalico.ipam import IPAMClient
-    except ImportError:  # pragma: no cover - IPAM is part of the project
-        ctl().client.remove_pool_key(cidr)
-        return
-    IPAMClient(ctl().store).remove_pool(cidr, force=force)
+    IPAMClient(ctl().store).remove_pools(nets, force=force)
 
 
 def _options(p: object) -> str:

@@ -3,8 +3,10 @@
 Owns: the exceptions that cross module boundaries. Datastore failures are mapped
 onto `DatastoreError` subclasses by `libcalico.datastore`, so no etcd3 or grpc
 exception escapes the library; invalid user input raises `ValidationError`, which
-names the field and the offending value. Presentation (exit codes, one-line
-messages) is left to the command-line shells.
+names the field and the offending value; IPAM's refusals (`AddressInUse`, `PoolInUse`,
+`PoolsExhausted`) are `Conflict`s, so a caller tells them apart by class, never by
+name or message text. Presentation (exit codes, one-line messages) is left to the
+command-line shells.
 """
 
 from __future__ import annotations
@@ -44,3 +46,27 @@ class AlreadyExists(DatastoreError):
 
 class Conflict(DatastoreError):
     """A compare-and-swap lost, or retries ran out under contention."""
+
+
+# --- IPAM refusals: conflicts with what is already allocated (libcalico.ipam raises them) ---
+
+class AddressInUse(Conflict):
+    """The address asked for is already allocated (to `handle_id`)."""
+
+    def __init__(self, ip: str, handle_id: str | None) -> None:
+        self.ip = ip
+        self.handle_id = handle_id
+        super().__init__(f"address {ip} is already in use (handle {handle_id})")
+
+
+class PoolInUse(Conflict):
+    """A pool still has allocated addresses and its removal was not forced. `in_use`
+    maps each such pool's CIDR to its number of allocated addresses."""
+
+    def __init__(self, message: str, in_use: dict[str, int] | None = None) -> None:
+        self.in_use = dict(in_use or {})
+        super().__init__(message)
+
+
+class PoolsExhausted(Conflict):
+    """Fewer addresses were available than were asked for."""

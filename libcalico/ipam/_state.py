@@ -2,12 +2,15 @@
 
 Owns: reading blocks, handles, pools and the IPAM config from etcd into typed values
 with their mod_revision (0 = absent), the per-client caches that let the allocator skip
-reads (block contents and revisions, host affinities, pools), and refreshing those caches
-from the values a lost compare-and-swap returns. Stale cache entries are harmless: every
-write compares the revisions it was computed from, and a lost compare refreshes them.
+reads (block contents and revisions, host affinities, pools), refreshing those caches
+from the values a lost compare-and-swap returns, and the small pure helpers every IPAM
+module shares (address and CIDR parsing, which host a call is for). Stale cache entries
+are harmless: every write compares the revisions it was computed from, and a lost compare
+refreshes them.
 
-Leaves to others: the allocation policy and the transactions (`libcalico.ipam.client`),
-the block arithmetic (`libcalico.ipam.block`), key names (`libcalico.keyspace`).
+Leaves to others: writes, and the cache updates that follow them (`libcalico.ipam.commit`),
+the allocation policy (`libcalico.ipam.client`), the block arithmetic
+(`libcalico.ipam.block`), key names (`libcalico.keyspace`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import functools
 import ipaddress
 import json
 import logging
+import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -45,10 +49,6 @@ block_key = functools.lru_cache(maxsize=16384)(keyspace.block_key)
 pool_key = functools.lru_cache(maxsize=1024)(keyspace.pool_key)
 
 
-def encode(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"))
-
-
 def _decode_json(kv: KV | None, parse: Callable[[Any], T], what: str) -> Versioned[T]:
     if kv is None:
         return Versioned(None, 0)
@@ -76,6 +76,13 @@ def parse_ip(ip: object) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
         return ipaddress.ip_address(str(ip).split("/")[0] if isinstance(ip, str) else ip)  # type: ignore[arg-type]
     except ValueError:
         raise ValidationError("ip", ip, "not an IP address") from None
+
+
+def resolve_host(host: str | None) -> str:
+    """The host a call is for: `host`, else this machine's hostname (validated)."""
+    host = host or socket.gethostname()
+    keyspace.affinity_dir(host)  # validates the name
+    return host
 
 
 def pool_usable(pool: IPPool | None) -> bool:

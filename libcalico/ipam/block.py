@@ -1,18 +1,22 @@
 """Allocation blocks and handles: the pure bookkeeping of IPAM.
 
 Owns: `AllocationBlock`, one block of a pool (by default 64 addresses: a /26 or a /122)
-in Calico's v1 JSON shape, with allocation, assignment of a given address, release and
-the ordinal <-> address arithmetic; and `IPAMHandle`, the per-handle count of addresses
-in each block. Both are plain values: no I/O, no clock, no randomness.
+in Calico's v1 JSON shape, with allocation, assignment of a given address, release, the
+time each address was allocated (so a check can tell an allocation whose endpoint is still
+being written from a leak) and the ordinal <-> address arithmetic; and `IPAMHandle`, the
+per-handle count of addresses in each block. Both are plain values: no I/O, no clock (the
+caller passes the time), no randomness.
 
 Leaves to others: storing them and making every change a compare-and-swap
-(`libcalico.ipam.client`), deciding which block to use (the client's auto-assign order),
+(`libcalico.ipam.commit`), deciding which block to use (the client's auto-assign order),
 and the keys they live under (`libcalico.keyspace`).
 
 Block JSON (`libcalico block.py` in Calico v1):
 `{"cidr", "affinity": "host:<h>"|null, "strict_affinity", "allocations": [null|attr index
 per ordinal], "unallocated": [free ordinals, next to hand out first], "attributes":
-[{"handle_id", "secondary"}]}`.
+[{"handle_id", "secondary"}], "allocated_at": {"<ordinal>": <unix seconds>}}`;
+`allocated_at` is ours (absent when empty; an allocation without an entry - written
+before it existed, or given no time - has no known age).
 """
 
 from __future__ import annotations
@@ -24,21 +28,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from libcalico.errors import CalicoError, ValidationError
+from libcalico.errors import AddressInUse, ValidationError
 
 AFFINITY_PREFIX = "host:"
 DEFAULT_BLOCK_SIZE = {4: 26, 6: 122}
 
 Attributes = Mapping[str, Any] | None
-
-
-class AddressInUse(CalicoError):
-    """The address asked for is already allocated."""
-
-    def __init__(self, ip: str, handle_id: str | None) -> None:
-        self.ip = ip
-        self.handle_id = handle_id
-        super().__init__(f"address {ip} is already in use (handle {handle_id})")
 
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -63,7 +58,8 @@ class AllocationBlock:
     """One block. State: `allocations[ordinal]` is None (free) or an index into
     `attributes`; `unallocated` lists the free ordinals in hand-out order (released ones
     go to the back, so an address is not reused at once); `attributes` holds one entry
-    per distinct (handle, secondary attributes) in use."""
+    per distinct (handle, secondary attributes) in use; `allocated_at[ordinal]` is when
+    an allocated address was handed out (unix seconds, from the caller's clock)."""
 
     cidr: str
     affinity: str | None = None
@@ -71,6 +67,7 @@ class AllocationBlock:
     allocations: list[int | None] = field(default_factory=list)
     unallocated: list[int] = field(default_factory=list)
     attributes: list[dict[str, Any]] = field(default_factory=list)
+    allocated_at: dict[int, int] = field(default_factory=dict)
 
     # --- construction and JSON -----------------------------------------------------------
 
@@ -104,17 +101,23 @@ class AllocationBlock:
         if affinity is not None and not str(affinity).startswith(AFFINITY_PREFIX):
             raise ValueError(f"block {net}: bad affinity {affinity!r}")
         return cls(str(net), affinity, bool(data.get("strict_affinity", False)),
-                   allocations, unallocated, attributes)
+                   allocations, unallocated, attributes,
+                   _parse_times(data.get("allocated_at"), allocations))
 
     def to_json(self) -> dict[str, Any]:
-        return {"cidr": self.cidr, "affinity": self.affinity,
-                "strict_affinity": self.strict_affinity, "allocations": self.allocations,
-                "unallocated": self.unallocated, "attributes": self.attributes}
+        data: dict[str, Any] = {"cidr": self.cidr, "affinity": self.affinity,
+                                "strict_affinity": self.strict_affinity,
+                                "allocations": self.allocations,
+                                "unallocated": self.unallocated,
+                                "attributes": self.attributes}
+        if self.allocated_at:
+            data["allocated_at"] = {str(o): t for o, t in sorted(self.allocated_at.items())}
+        return data
 
     def copy(self) -> AllocationBlock:
         return AllocationBlock(self.cidr, self.affinity, self.strict_affinity,
                                list(self.allocations), list(self.unallocated),
-                               [dict(a) for a in self.attributes])
+                               [dict(a) for a in self.attributes], dict(self.allocated_at))
 
     # --- addresses -------------------------------------------------------------------------
 
@@ -178,6 +181,11 @@ class AllocationBlock:
         return {self.address(o): self.attributes[a].get("handle_id")
                 for o, a in enumerate(self.allocations) if a is not None}
 
+    def allocated_at_of(self, ip: str | IPAddress) -> int | None:
+        """When an allocated address was handed out (unix seconds); None if that is not
+        recorded or the address is free."""
+        return self.allocated_at.get(self.ordinal(ip))
+
     def handle_counts(self) -> Counter[str]:
         """How many addresses each handle holds here (allocations without handle skipped)."""
         counts: Counter[str] = Counter()
@@ -196,9 +204,10 @@ class AllocationBlock:
         return not self.strict_affinity or self.affinity is None or self.host == host
 
     def allocate(self, num: int, handle_id: str | None, attributes: Attributes = None,
-                 host: str | None = None) -> list[str]:
-        """Take up to `num` free addresses for `handle_id`; returns those taken (maybe
-        fewer, or none when the block is full or strictly another host's)."""
+                 host: str | None = None, now: int | None = None) -> list[str]:
+        """Take up to `num` free addresses for `handle_id` at time `now` (unix seconds;
+        None: not recorded); returns those taken (maybe fewer, or none when the block is
+        full or strictly another host's)."""
         if num <= 0 or not self.may_allocate(host):
             return []
         take = self.unallocated[:num]
@@ -208,17 +217,22 @@ class AllocationBlock:
         index = self._attr_index(handle_id, attributes)
         for o in take:
             self.allocations[o] = index
+            if now is not None:
+                self.allocated_at[o] = now
         return [self.address(o) for o in take]
 
     def assign(self, ip: str | IPAddress, handle_id: str | None,
-               attributes: Attributes = None) -> str:
-        """Allocate one given address; raises `AddressInUse` if it is taken."""
+               attributes: Attributes = None, now: int | None = None) -> str:
+        """Allocate one given address at time `now` (as for `allocate`); raises
+        `AddressInUse` if it is taken."""
         o = self.ordinal(ip)
         current = self.allocations[o]
         if current is not None:
             raise AddressInUse(self.address(o), self.attributes[current].get("handle_id"))
         self.unallocated.remove(o)
         self.allocations[o] = self._attr_index(handle_id, attributes)
+        if now is not None:
+            self.allocated_at[o] = now
         return self.address(o)
 
     def release(self, ips: Iterable[str | IPAddress]
@@ -241,6 +255,7 @@ class AllocationBlock:
             if handle is not None:
                 handles[handle] += 1
             self.allocations[o] = None
+            self.allocated_at.pop(o, None)
             self.unallocated.append(o)
             released.append(self.address(o))
         self._drop_unused_attributes()
@@ -269,6 +284,23 @@ class AllocationBlock:
         remap = {old: new for new, old in enumerate(used)}
         self.attributes = [self.attributes[i] for i in used]
         self.allocations = [None if a is None else remap[a] for a in self.allocations]
+
+
+def _parse_times(data: Any, allocations: list[int | None]) -> dict[int, int]:
+    """`allocated_at` as stored, keeping only integer times of allocated ordinals (a bad
+    entry only loses that address's age: it then counts as old)."""
+    out: dict[int, int] = {}
+    if not isinstance(data, dict):
+        return out
+    for key, value in data.items():
+        try:
+            o = int(key)
+        except (TypeError, ValueError):
+            continue
+        if (0 <= o < len(allocations) and allocations[o] is not None
+                and isinstance(value, int) and not isinstance(value, bool)):
+            out[o] = value
+    return out
 
 
 @dataclass

@@ -2,7 +2,11 @@
 
 Owns: `check`, which reads blocks, handles, affinities, pools, workload endpoints and
 hosts at ONE revision and reports, as typed findings:
-- leaks: allocated addresses that no workload endpoint uses;
+- leaks: allocated addresses that no workload endpoint uses and that were allocated at
+  least `grace_period` seconds ago (or at an unrecorded time);
+- in progress: allocations without an endpoint that are younger than that - a workload
+  being set up assigns its address before it writes its endpoint, so these are work in
+  progress, never leaks, and nothing repairs them;
 - missing allocations: endpoint addresses with no allocation;
 - stale affinities: blocks (or affinity keys) naming a host that no longer exists (a host
   exists while it has any key under /calico/v1/host/<h>/ or /calico/bgp/v1/host/<h>/);
@@ -10,16 +14,18 @@ hosts at ONE revision and reports, as typed findings:
 - duplicates: one address used by several endpoints (reported, not repaired);
 and `repair`, which fixes those findings while allocations go on. Every step re-reads and
 re-verifies under compare-and-swap: a leak is released only if, at repair time, no
-endpoint uses the address and it still belongs to the handle it was reported with (an
-address released and re-allocated after the report is left alone); a missing
-allocation is recorded with `assign_ip` (the endpoint's workload id is the handle); a
-stale affinity is dropped only if the host is still gone.
+endpoint uses the address, it still belongs to the handle it was reported with and it
+is still older than the grace period (an address released and re-allocated after the
+report is young again, and left alone); a missing allocation is recorded with
+`assign_ip` (the endpoint's workload id is the handle); a stale affinity is dropped only
+if the host is still gone.
 
-A freshly allocated address whose endpoint is not written yet looks like a leak; the
-time between `check` and `repair` is its grace period, so run repair on a report that is
-at least as old as the slowest workload set-up.
+The age of an allocation is the stamp its writer's clock put in the block
+(`AllocationBlock.allocated_at`) against this process's clock, so the grace period also
+absorbs clock skew between hosts; a stamp in the future counts as in progress.
 
-Leaves to others: the block transactions (`libcalico.ipam.client`), presenting reports
+Leaves to others: the transactions (`libcalico.ipam.commit`), releasing
+(`libcalico.ipam.release`), allocation (`libcalico.ipam.client`), presenting reports
 (`calicoctl ipam check`).
 """
 
@@ -28,18 +34,26 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from libcalico import keyspace
-from libcalico.datastore import Datastore, Delete, ModRevisionIs, Put
-from libcalico.errors import CalicoError, Conflict
-from libcalico.ipam._state import decode_block, decode_handle, decode_pool, encode, net_of
-from libcalico.ipam.block import AddressInUse, AllocationBlock, IPAMHandle
+from libcalico.datastore import Datastore
+from libcalico.errors import AddressInUse, CalicoError, ValidationError
+from libcalico.ipam._state import decode_block, decode_handle, decode_pool, net_of
+from libcalico.ipam.block import AllocationBlock, IPAMHandle
 from libcalico.ipam.client import IPAMClient
+from libcalico.ipam.release import release_in_block
 from libcalico.model import IPPool
 
 _log = logging.getLogger(__name__)
+
+# Seconds an allocation without an endpoint counts as work in progress, not as a leak:
+# far longer than a workload set-up takes (assign, veth, endpoint write), as Calico's
+# kube-controllers wait before they garbage-collect a leaked address.
+DEFAULT_GRACE_PERIOD = 60.0
 
 
 @dataclass(frozen=True)
@@ -47,6 +61,17 @@ class Leak:
     ip: str
     handle_id: str | None
     block: str
+    allocated_at: int | None = None  # unix seconds; None: not recorded
+
+
+@dataclass(frozen=True)
+class InProgress:
+    """An allocation without an endpoint, younger than the grace period."""
+
+    ip: str
+    handle_id: str | None
+    block: str
+    age: float  # seconds since it was allocated (negative: its writer's clock is ahead)
 
 
 @dataclass(frozen=True)
@@ -78,6 +103,8 @@ class DuplicateAddress:
 
 @dataclass(frozen=True)
 class CheckReport:
+    """Findings at `revision`; `in_progress` are not problems (`ok` ignores them)."""
+
     revision: int
     leaks: tuple[Leak, ...] = ()
     missing: tuple[MissingAllocation, ...] = ()
@@ -86,6 +113,8 @@ class CheckReport:
     duplicates: tuple[DuplicateAddress, ...] = ()
     allocated: int = 0
     endpoint_addresses: int = 0
+    in_progress: tuple[InProgress, ...] = ()
+    grace_period: float = DEFAULT_GRACE_PERIOD
 
     @property
     def ok(self) -> bool:
@@ -154,18 +183,37 @@ def _snapshot(store: Datastore) -> _Snapshot:
     return snap
 
 
-def check(store: Datastore) -> CheckReport:
-    """Compare IPAM's records with the endpoints and hosts, at one revision."""
+def _validate_grace(grace_period: float) -> float:
+    if not isinstance(grace_period, int | float) or grace_period < 0:
+        raise ValidationError("grace_period", grace_period,
+                              "must be a non-negative number of seconds")
+    return float(grace_period)
+
+
+def check(store: Datastore, grace_period: float = DEFAULT_GRACE_PERIOD,
+          clock: Callable[[], float] = time.time) -> CheckReport:
+    """Compare IPAM's records with the endpoints and hosts, at one revision. An
+    allocation without an endpoint is a leak once it is `grace_period` seconds old (by
+    `clock`), work in progress before (0: every one is a leak)."""
+    grace_period = _validate_grace(grace_period)
     snap = _snapshot(store)
+    now = clock()
     allocated: dict[str, tuple[str | None, str]] = {}
     actual: dict[str, Counter[str]] = {}
+    leaks: list[Leak] = []
+    in_progress: list[InProgress] = []
     for cidr, block in snap.blocks.items():
         for ip, handle_id in block.allocated().items():
             allocated[ip] = (handle_id, cidr)
             if handle_id is not None:
                 actual.setdefault(handle_id, Counter())[cidr] += 1
-    leaks = tuple(Leak(ip, h, c) for ip, (h, c) in sorted(allocated.items())
-                  if ip not in snap.endpoints)
+            if ip in snap.endpoints:
+                continue
+            when = block.allocated_at_of(ip)
+            if grace_period and when is not None and now - when < grace_period:
+                in_progress.append(InProgress(ip, handle_id, cidr, now - when))
+            else:
+                leaks.append(Leak(ip, handle_id, cidr, when))
     pool_nets = [net_of(p.cidr) for p in snap.pools]
     missing = []
     duplicates = []
@@ -186,18 +234,20 @@ def check(store: Datastore) -> CheckReport:
         counted = dict(actual.get(handle_id, {}))
         if recorded != counted:
             mismatches.append(HandleMismatch(handle_id, recorded, counted))
-    return CheckReport(snap.revision, leaks, tuple(missing), tuple(stale), tuple(mismatches),
-                       tuple(duplicates), len(allocated),
-                       sum(len(e) for e in snap.endpoints.values()))
+    return CheckReport(snap.revision, tuple(sorted(leaks, key=lambda lk: lk.ip)),
+                       tuple(missing), tuple(stale), tuple(mismatches), tuple(duplicates),
+                       len(allocated), sum(len(e) for e in snap.endpoints.values()),
+                       tuple(sorted(in_progress, key=lambda p: p.ip)), grace_period)
 
 
-def repair(store: Datastore, report: CheckReport, client: IPAMClient | None = None
-           ) -> RepairResult:
-    """Fix the findings of `report`, re-verifying each one against the current state."""
+def repair(store: Datastore, report: CheckReport, client: IPAMClient | None = None,
+           clock: Callable[[], float] = time.time) -> RepairResult:
+    """Fix the findings of `report`, re-verifying each one against the current state (a
+    leak must still be older than the report's grace period by `clock`)."""
     client = client or IPAMClient(store)
     now = _snapshot(store)
     result = RepairResult()
-    _repair_leaks(client, report, now, result)
+    _repair_leaks(client, report, now, result, clock)
     _repair_missing(client, report, now, result)
     for stale in report.stale_affinities:
         if stale.host in now.hosts:
@@ -213,18 +263,21 @@ def repair(store: Datastore, report: CheckReport, client: IPAMClient | None = No
 
 
 def _repair_leaks(client: IPAMClient, report: CheckReport, now: _Snapshot,
-                  result: RepairResult) -> None:
+                  result: RepairResult, clock: Callable[[], float]) -> None:
     by_block: dict[str, dict[str, str | None]] = {}
     for leak in report.leaks:
         if leak.ip in now.endpoints:
             result.skipped.append(f"leak {leak.ip}: now used by an endpoint")
         else:
             by_block.setdefault(leak.block, {})[leak.ip] = leak.handle_id
+    cutoff = int(clock() - report.grace_period) if report.grace_period else None
     for cidr, expect in by_block.items():
-        kept = client._release_in_block(cidr, sorted(expect), expect=expect)
+        kept = release_in_block(client.txn, cidr, sorted(expect), expect=expect,
+                                allocated_before=cutoff)
         for ip in sorted(expect):
             if ip in kept:
-                result.skipped.append(f"leak {ip}: no longer allocated to {expect[ip]}")
+                result.skipped.append(f"leak {ip}: no longer allocated to {expect[ip]} "
+                                      "before the grace period")
             else:
                 result.released.append(ip)
 
@@ -256,26 +309,23 @@ def _repair_missing(client: IPAMClient, report: CheckReport, now: _Snapshot,
 def _fix_handle(client: IPAMClient, mismatch: HandleMismatch) -> bool:
     """Rewrite a handle from the blocks, guarded by the revisions of the handle and of
     every block it involves. Returns whether a write was needed and made."""
-    hkey = keyspace.handle_key(mismatch.handle_id)
-    for _ in range(client.retries):
-        handle = client.state.read_handle(mismatch.handle_id)
+    state = client.state
+
+    def step() -> bool | None:
+        handle = state.read_handle(mismatch.handle_id)
         cidrs = set(mismatch.recorded) | set(mismatch.actual)
         if handle.value is not None:
             cidrs |= set(handle.value.block)
-        blocks = {c: client.state.read_block(c) for c in sorted(cidrs)}
+        blocks = {c: state.read_block(c) for c in sorted(cidrs)}
         counted = {c: n for c, e in blocks.items() if e.value is not None
                    for h, n in e.value.handle_counts().items() if h == mismatch.handle_id}
         if handle.value is not None and handle.value.block == counted:
             return False
         if handle.value is None and not counted:
             return False
-        compares = [ModRevisionIs(hkey, handle.revision)]
-        compares += [ModRevisionIs(keyspace.block_key(c), e.revision) for c, e in blocks.items()]
-        if counted:
-            ops = [Put(hkey, encode(IPAMHandle(mismatch.handle_id, counted).to_json()))]
-            ok = client.store.txn(compares, ops)
-        else:
-            ok = client.store.txn(compares, [Delete(hkey)])
-        if ok:
+        if client.txn.handle(mismatch.handle_id, handle.revision, counted,
+                             {c: e.revision for c, e in blocks.items()}):
             return True
-    raise Conflict(f"handle {mismatch.handle_id} kept changing; gave up")
+        return None
+
+    return client.txn.retry(f"handle {mismatch.handle_id}", step)

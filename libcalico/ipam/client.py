@@ -2,26 +2,30 @@
 
 Owns: auto-assignment (the host's own blocks, then a newly claimed block, then - unless
 strict affinity is configured - a free address in another host's block; never from a
-disabled pool), assignment of a given address, release by address and by handle, and the
-queries (attributes of an address, the blocks of a host), and `_commit`, the one write
-path. Release (`libcalico.ipam.release`) and pool-wide operations - usage, claims, config,
-pool removal (`libcalico.ipam.pools`) - are functions those modules expose as methods here.
+disabled pool), assignment of a given address, stamping each allocation with the time it
+was made (the client's `clock`; `check` counts an allocation younger than its grace period
+as in progress, never as a leak), and the queries (attributes of an address, the blocks of
+a host). Release (`libcalico.ipam.release`) and pool-wide operations - usage, claims,
+config, pool removal (`libcalico.ipam.pools`) - are exposed as methods here; the client
+holds the caches (`state`) and the write path (`txn`) they share.
 
-Consistency: every change is ONE etcd transaction that compares the mod_revision of the
-block, of each handle it touches and of the pool, and writes the block and the handles
-together (a claim also creates the affinity key; emptying a block deletes it and its
-affinity). So blocks and handles never disagree, even if the process dies at any point,
-and no two allocators can hand out one address. A lost compare returns the current
-values in the same round trip (`Get` in the failure branch); the client recomputes and
-retries up to `retries` times, then raises `Conflict`.
+Consistency: every change is ONE etcd transaction (`libcalico.ipam.commit`) that compares
+the mod_revision of the block, of each handle it touches and of the pool, and writes the
+block and the handles together (a claim also creates the affinity key; emptying a block
+deletes it and its affinity). So blocks and handles never disagree, even if the process
+dies at any point, and no two allocators can hand out one address. A lost compare returns
+the current values in the same round trip (`Get` in the failure branch); the client
+recomputes and retries up to `retries` times (`libcalico.retry.retry_cas`), then raises
+`Conflict`.
 
 Efficiency: the client caches its hosts' affine blocks and their revisions, and the
 pools; a new handle is assumed absent. A single assignment in the steady state is one
 transaction and no reads.
 
-Leaves to others: the block arithmetic (`libcalico.ipam.block`), decoding and caches
-(`libcalico.ipam._state`), keys (`libcalico.keyspace`), the etcd calls
-(`libcalico.datastore`), consistency checks (`libcalico.ipam.check`).
+Leaves to others: the transactions (`libcalico.ipam.commit`), the block arithmetic
+(`libcalico.ipam.block`), decoding and caches (`libcalico.ipam._state`), keys
+(`libcalico.keyspace`), the etcd calls (`libcalico.datastore`), consistency checks
+(`libcalico.ipam.check`).
 """
 
 from __future__ import annotations
@@ -29,45 +33,32 @@ from __future__ import annotations
 import ipaddress
 import logging
 import random
-import socket
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from libcalico import keyspace
-from libcalico.datastore import Datastore, Delete, Get, ModRevisionIs, Op, Put, TxnResult
-from libcalico.errors import CalicoError, Conflict, ValidationError
+from libcalico.datastore import Datastore
+from libcalico.errors import AddressInUse, CalicoError, PoolsExhausted, ValidationError
 from libcalico.ipam import pools, release
 from libcalico.ipam._state import (
     IPAMState,
     Versioned,
-    block_key,
-    decode_handle,
-    encode,
     net_of,
     parse_ip,
-    pool_key,
     pool_usable,
+    resolve_host,
     within,
 )
-from libcalico.ipam.block import (
-    AddressInUse,
-    AllocationBlock,
-    Attributes,
-    IPAMHandle,
-    block_cidr_for,
-)
+from libcalico.ipam.block import AllocationBlock, Attributes, block_cidr_for
+from libcalico.ipam.commit import RETRIES, Committer, HandleStates
 from libcalico.ipam.pools import PoolUsage
 from libcalico.model import IPAMConfig, IPPool
 
 _log = logging.getLogger(__name__)
 
-RETRIES = 100
 # How many random block CIDRs to try in a pool too large to enumerate.
 _SAMPLE_TRIES = 2000
-
-
-class PoolsExhausted(CalicoError):
-    """Fewer addresses were available than were asked for."""
 
 
 @dataclass(frozen=True)
@@ -96,9 +87,6 @@ class Assignment:
     block: str
 
 
-HandleStates = dict[str, Versioned[IPAMHandle]]
-
-
 def _version_name(version: int) -> str:
     return f"IPv{version}"
 
@@ -110,14 +98,27 @@ def _count(field_name: str, value: object) -> int:
 
 
 class IPAMClient:
-    """Allocator on one datastore client. Not thread-safe: one per thread or process."""
+    """Allocator on one datastore client. Not thread-safe: one per thread or process.
 
-    def __init__(self, datastore: Datastore, retries: int = RETRIES) -> None:
+    State: `state` (reads and caches), `txn` (the write path, with the retry budget),
+    `clock` (the time allocations are stamped with, unix seconds), `_hint` (the block
+    each host and IP version was last served from)."""
+
+    def __init__(self, datastore: Datastore, retries: int = RETRIES,
+                 clock: Callable[[], float] = time.time) -> None:
         self.store = datastore
-        self.retries = retries
         self.state = IPAMState(datastore)
+        self.txn = Committer(self.state, retries)
+        self.clock = clock
         self._rng = random.Random()
         self._hint: dict[tuple[str, int], str] = {}  # (host, version) -> block used last
+
+    @property
+    def retries(self) -> int:
+        return self.txn.retries
+
+    def _now(self) -> int:
+        return int(self.clock())
 
     # === auto-assign ==========================================================================
 
@@ -133,7 +134,7 @@ class IPAMClient:
         _count("num_v6", num_v6)
         if handle_id is not None:
             keyspace.handle_key(handle_id)  # validates the id
-        host = self._host(host)
+        host = resolve_host(host)
         wanted = self._requested_pools(pools)
         handles: HandleStates = {}
         got: dict[int, list[str]] = {4: [], 6: []}
@@ -146,12 +147,6 @@ class IPAMClient:
                 if message:
                     messages.append(message)
         return AssignResult(got[4], got[6], tuple(messages))
-
-    @staticmethod
-    def _host(host: str | None) -> str:
-        host = host or socket.gethostname()
-        keyspace.affinity_dir(host)  # validates the name
-        return host
 
     def _requested_pools(self, pools: Sequence[str] | None) -> set[str] | None:
         if pools is None:
@@ -241,8 +236,13 @@ class IPAMClient:
                            attrs: Attributes, host: str, handles: HandleStates,
                            affine: bool) -> list[str]:
         """Take up to `num` addresses from one existing block, by compare-and-swap."""
-        entry = self.state.block(cidr)
-        for _ in range(self.retries):
+        lost = False
+
+        def step() -> list[str] | None:
+            nonlocal lost
+            # The cached block first; after a lost compare, what the failure branch read.
+            entry = (self.state.blocks.get(cidr) or Versioned(None, 0) if lost
+                     else self.state.block(cidr))
             block = entry.value
             if block is None:
                 return []
@@ -255,54 +255,61 @@ class IPAMClient:
             if pool is None or not pool_usable(pool.value):
                 return []
             new = block.copy()
-            ips = new.allocate(num, handle_id, attrs, host)
+            ips = new.allocate(num, handle_id, attrs, host, self._now())
             if not ips:
                 return []
-            assert pool.value is not None
-            result = self._commit(cidr, entry.revision, new, handles,
-                                  {handle_id: len(ips)} if handle_id else {},
-                                  pool=(pool.value.cidr, pool.revision))
-            if result.succeeded:
+            if self.txn.block(cidr, entry.revision, new, handles=handles,
+                              deltas={handle_id: len(ips)} if handle_id else None, pool=pool):
                 return ips
-            entry = self.state.blocks.get(cidr) or Versioned(None, 0)
-        raise Conflict(f"block {cidr} kept changing; gave up after {self.retries} attempts")
+            lost = True
+            return None
+
+        return self.txn.retry(f"block {cidr}", step)
 
     def _claim_and_allocate(self, version: int, num: int, handle_id: str | None,
                             attrs: Attributes, host: str, strict: bool,
                             pools: list[tuple[str, Versioned[IPPool]]],
                             handles: HandleStates) -> list[str]:
-        """Claim a free block for `host` and allocate in it, in one transaction."""
+        """Claim a free block for `host` and allocate in it, in one transaction. Each
+        commit is one attempt: a block somebody else claimed meanwhile moves on to the
+        next free block, a changed handle or pool retries the same block."""
         existing = self.state.list_block_cidrs(version)
-        attempts = 0
-        for pool_cidr, pool_entry in pools:
-            pool = pool_entry.value
-            assert pool is not None and pool.block_size is not None
-            for cidr in self._free_block_cidrs(pool, existing):
-                while attempts < self.retries:
-                    attempts += 1
-                    block = AllocationBlock.new(cidr, host, strict)
-                    ips = block.allocate(num, handle_id, attrs, host)
-                    result = self._commit(
-                        cidr, 0, block, handles, {handle_id: len(ips)} if handle_id else {},
-                        pool=(pool_cidr, pool_entry.revision),
-                        extra_ops=[Put(keyspace.affinity_key(host, cidr), "")])
-                    if result.succeeded:
-                        self.state.add_affinity(host, cidr)
-                        return ips
-                    if cidr in self.state.blocks:  # somebody else claimed it
-                        existing.add(cidr)
-                        break
-                    fresh = self.state.pool_map(version).get(pool_cidr)
-                    if fresh is None or not pool_usable(fresh.value):
-                        break  # pool gone or disabled: next pool
-                    pool_entry = fresh  # the pool or the handle changed: retry
-                else:
-                    raise Conflict(f"could not claim a block for {host}; gave up after "
-                                   f"{self.retries} attempts")
-                fresh = self.state.pool_map(version).get(pool_cidr)
-                if fresh is None or not pool_usable(fresh.value):
+        candidates = self._claim_candidates(version, pools, existing)
+        current = next(candidates, None)
+
+        def step() -> list[str] | None:
+            nonlocal current
+            while current is not None:
+                pool_cidr, cidr = current
+                pool = self.state.pool_map(version).get(pool_cidr)
+                if pool is not None and pool_usable(pool.value) and cidr not in existing:
                     break
-        return []
+                current = next(candidates, None)
+            else:
+                return []  # no free block left in any usable pool
+            block = AllocationBlock.new(cidr, host, strict)
+            ips = block.allocate(num, handle_id, attrs, host, self._now())
+            if self.txn.block(cidr, 0, block, handles=handles,
+                              deltas={handle_id: len(ips)} if handle_id else None, pool=pool,
+                              claim_for=host):
+                return ips
+            if cidr in self.state.blocks:  # somebody else claimed it
+                existing.add(cidr)
+            return None
+
+        return self.txn.retry(f"claim of a block for {host}", step)
+
+    def _claim_candidates(self, version: int, pools: list[tuple[str, Versioned[IPPool]]],
+                          existing: set[str]) -> Iterator[tuple[str, str]]:
+        """(pool CIDR, free block CIDR) to try claiming, pool by pool; a pool that is gone
+        or disabled meanwhile is skipped."""
+        for pool_cidr, entry in pools:
+            assert entry.value is not None
+            for cidr in self._free_block_cidrs(entry.value, existing):
+                current = self.state.pool_map(version).get(pool_cidr)
+                if current is None or not pool_usable(current.value):
+                    break
+                yield pool_cidr, cidr
 
     def _free_block_cidrs(self, pool: IPPool, existing: set[str]) -> Iterator[str]:
         """Unclaimed block CIDRs of `pool`, in random order (hosts rarely collide)."""
@@ -332,70 +339,6 @@ class IPAMClient:
                 if index not in taken:
                     yield cidr_of(index)
 
-    # === the one write path ===================================================================
-
-    def _commit(self, cidr: str, revision: int, new: AllocationBlock | None,
-                handles: HandleStates, deltas: dict[str, int], *,
-                pool: tuple[str, int] | None = None, extra_ops: Sequence[Op] = (),
-                extra_compares: Sequence[ModRevisionIs] = (),
-                old_host: str | None = None) -> TxnResult:
-        """Write block `cidr` (None: delete it and `old_host`'s affinity) and the handle counts in
-        one transaction guarded by the revisions they were computed from.
-
-        `handles` holds the handles' known states (missing: assumed absent); it and the
-        client's caches are updated with the outcome either way.
-        """
-        bkey = block_key(cidr)
-        compares: list[ModRevisionIs] = [ModRevisionIs(bkey, revision), *extra_compares]
-        ops: list[Op] = list(extra_ops)
-        gets = [Get(bkey)]
-        if new is None:
-            ops.append(Delete(bkey))
-            if old_host:
-                ops.append(Delete(keyspace.affinity_key(old_host, cidr)))
-        else:
-            ops.append(Put(bkey, encode(new.to_json())))
-        if pool is not None:
-            compares.append(ModRevisionIs(pool_key(pool[0]), pool[1]))
-        new_handles: dict[str, IPAMHandle | None] = {}
-        for handle_id, delta in deltas.items():
-            hkey = keyspace.handle_key(handle_id)
-            known = handles.get(handle_id, Versioned(None, 0))
-            handle = known.value.copy() if known.value else IPAMHandle(handle_id)
-            handle.add(cidr, delta)
-            compares.append(ModRevisionIs(hkey, known.revision))
-            gets.append(Get(hkey))
-            if handle.is_empty():
-                if known.revision:
-                    ops.append(Delete(hkey))
-                new_handles[handle_id] = None
-            else:
-                ops.append(Put(hkey, encode(handle.to_json())))
-                new_handles[handle_id] = handle
-        result = self.store.txn_result(compares, ops, gets)
-        if result.succeeded:
-            if new is None:
-                self.state.note_block(cidr, Versioned(None, 0))
-            else:
-                self.state.note_block(cidr, Versioned(new, result.revision))
-            for handle_id, written in new_handles.items():
-                handles[handle_id] = Versioned(written, result.revision if written else 0)
-            return result
-        # Lost: learn the current block and handles from the failure branch's reads. If
-        # neither changed, the pool did (disabled, removed, edited): re-list the pools.
-        unchanged = True
-        kv = result.gets[bkey]
-        unchanged &= (kv.mod_revision if kv else 0) == revision
-        self.state.note_block_kv(cidr, kv)
-        for handle_id in deltas:
-            kv = result.gets[keyspace.handle_key(handle_id)]
-            unchanged &= (kv.mod_revision if kv else 0) == handles.get(
-                handle_id, Versioned(None, 0)).revision
-            handles[handle_id] = decode_handle(kv)
-        if unchanged and pool is not None:
-            self.state.pool_map(net_of(pool[0]).version, fresh=True)
-        return result
-
     # === assign a given address =============================================================
 
     def assign_ip(self, ip: str, handle_id: str | None, attributes: Attributes = None,
@@ -406,11 +349,11 @@ class IPAMClient:
         addr = parse_ip(ip)
         if handle_id is not None:
             keyspace.handle_key(handle_id)
-        host = self._host(host)
+        host = resolve_host(host)
         net = ipaddress.ip_network(addr)
         handles: HandleStates = {}
-        deltas = {handle_id: 1} if handle_id else {}
-        for _ in range(self.retries):
+
+        def step() -> str | None:
             pool = self.state.pool_containing(net, fresh=True)
             if pool is None or pool.value is None:
                 raise ValidationError("ip", str(addr), "is not in any IP pool")
@@ -419,7 +362,7 @@ class IPAMClient:
             entry = self.state.read_block(cidr)
             if handle_id:
                 handles[handle_id] = self.state.read_handle(handle_id)
-            extra: list[Op] = []
+            claim = entry.value is None
             if entry.value is None:
                 if entry.revision:
                     raise CalicoError(f"block {cidr} holds invalid data; run the IPAM check")
@@ -427,40 +370,34 @@ class IPAMClient:
                     raise ValidationError("ip", str(addr),
                                           f"is in pool {pool.value.cidr}, which is disabled")
                 block = AllocationBlock.new(cidr, host, self.state.config().strict_affinity)
-                extra.append(Put(keyspace.affinity_key(host, cidr), ""))
             else:
                 block = entry.value.copy()
-            block.assign(addr, handle_id, attributes)
-            result = self._commit(cidr, entry.revision, block, handles, deltas,
-                                  pool=(pool.value.cidr, pool.revision), extra_ops=extra)
-            if result.succeeded:
-                if extra:
-                    self.state.add_affinity(host, cidr)
+            block.assign(addr, handle_id, attributes, self._now())
+            if self.txn.block(cidr, entry.revision, block, handles=handles,
+                              deltas={handle_id: 1} if handle_id else None, pool=pool,
+                              claim_for=host if claim else None):
                 return str(addr)
-        raise Conflict(f"block of {addr} kept changing; gave up after {self.retries} attempts")
+            return None
+
+        return self.txn.retry(f"block of {addr}", step)
 
     # === release (libcalico.ipam.release) =====================================================
 
     def release_ips(self, ips: Iterable[str]) -> set[str]:
         """Release addresses; returns those that were not allocated. Each block emptied
         is deleted together with its affinity, so its addresses can move to other hosts."""
-        return release.release_ips(self, ips)
+        return release.release_ips(self.txn, ips)
 
     def release_by_handle(self, handle_id: str) -> list[str]:
         """Release every address of a handle; returns them."""
-        return release.release_by_handle(self, handle_id)
-
-    def _release_in_block(self, cidr: str, ips: list[str],
-                          entry: Versioned[AllocationBlock] | None = None,
-                          expect: dict[str, str | None] | None = None) -> set[str]:
-        return release.release_in_block(self, cidr, ips, entry, expect)
+        return release.release_by_handle(self.txn, handle_id)
 
     # === queries ================================================================================
 
     def get_assignment_attributes(self, ip: str) -> Assignment | None:
         """Handle and attributes of an allocated address; None if it is not allocated."""
         addr = parse_ip(ip)
-        cidr = release.block_of(self, addr)
+        cidr = release.block_of(self.state, addr)
         if cidr is None:
             return None
         block = self.state.read_block(cidr).value
@@ -471,7 +408,7 @@ class IPAMClient:
 
     def host_blocks(self, host: str) -> list[str]:
         """The CIDRs of the blocks affine to `host` (IPv4 first)."""
-        self._host(host)
+        resolve_host(host)
         return [c for v in (4, 6) for c in self.state.affine_blocks(host, v, fresh=True)]
 
     def handle_counts(self, handle_id: str) -> dict[str, int]:
@@ -483,26 +420,34 @@ class IPAMClient:
 
     def usage(self) -> list[PoolUsage]:
         """Allocated addresses per pool and per block."""
-        return pools.usage(self)
+        return pools.usage(self.state)
 
     def claim_block(self, host: str, cidr: str) -> None:
         """Make `host` affine to block `cidr`; `AlreadyExists` if another host holds it."""
-        pools.claim_block(self, host, cidr)
+        pools.claim_block(self.txn, host, cidr)
 
     def release_affinity(self, host: str, cidr: str) -> None:
         """Drop `host`'s affinity to block `cidr` (an empty block is deleted)."""
-        pools.release_affinity(self, host, cidr)
+        pools.release_affinity(self.txn, host, cidr)
 
     def get_config(self) -> IPAMConfig:
-        return pools.get_config(self)
+        return self.state.config()
 
     def set_config(self, config: IPAMConfig) -> None:
-        pools.set_config(self, config)
+        """Write the IPAM config. New blocks take `strict_affinity` from it; existing
+        blocks keep the flag they were created with."""
+        self.txn.config(config)
 
     def remove_pool(self, cidr: str, force: bool = False) -> list[str]:
         """Remove a pool; `PoolInUse` while it has allocations unless `force` (which
         releases them and returns them)."""
-        return pools.remove_pool(self, cidr, force)
+        return pools.remove_pools(self.txn, [cidr], force)
+
+    def remove_pools(self, cidrs: Sequence[str], force: bool = False) -> list[str]:
+        """Remove several pools, all or nothing: `NotFound` or `PoolInUse` (unless
+        `force`) for any of them and none is removed. Returns the addresses released."""
+        return pools.remove_pools(self.txn, cidrs, force)
 
 
-__all__ = ["AddressInUse", "AssignResult", "Assignment", "IPAMClient", "PoolsExhausted"]
+__all__ = ["RETRIES", "AddressInUse", "AssignResult", "Assignment", "IPAMClient",
+           "PoolsExhausted"]

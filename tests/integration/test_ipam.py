@@ -8,8 +8,9 @@ import json
 import pytest
 
 from libcalico import keyspace
+from libcalico.codec import dumps
 from libcalico.datastore import Datastore
-from libcalico.errors import AlreadyExists, ValidationError
+from libcalico.errors import AlreadyExists, NotFound, ValidationError
 from libcalico.ipam import (
     AddressInUse,
     AllocationBlock,
@@ -309,6 +310,65 @@ def test_remove_empty_pool(datastore: Datastore) -> None:
     assert datastore.get(keyspace.pool_key(POOL4)) is None
 
 
+def test_remove_pools_is_all_or_nothing(datastore: Datastore) -> None:
+    free, busy = "198.18.0.0/24", "198.18.1.0/24"
+    for cidr in (free, busy):
+        add_pool(datastore, cidr)
+    client = IPAMClient(datastore)
+    client.claim_block("host1", "198.18.0.0/26")  # an empty block: the pool is free
+    ip = client.assign_ip("198.18.1.5", "wl", host="host1")
+    before = {c: datastore.get(keyspace.pool_key(c)) for c in (free, busy)}
+    with pytest.raises(PoolInUse, match=f"pool {busy} still has 1 allocated") as refused:
+        client.remove_pools([free, busy])
+    assert refused.value.in_use == {busy: 1} and free not in str(refused.value)
+    # Refused before any write: both pools exactly as they were, the free one too.
+    assert {c: datastore.get(keyspace.pool_key(c)) for c in (free, busy)} == before
+    assert client.host_blocks("host1") == ["198.18.0.0/26", "198.18.1.0/26"]
+    # A pool that does not exist refuses the lot as well.
+    with pytest.raises(NotFound, match="198.18.9.0/24"):
+        client.remove_pools([free, "198.18.9.0/24"])
+    assert datastore.get(keyspace.pool_key(free)) == before[free]
+    # Both free: both go, with their blocks and affinities.
+    assert client.release_ips([ip]) == set()
+    assert client.remove_pools([free, busy]) == []
+    for prefix in (keyspace.POOL_DIR, keyspace.IPAM_DIR):
+        assert datastore.list(prefix)[0] == []
+
+
+class AllocatingDatastore(Datastore):
+    """A real client that, just before the first transaction writing pools (the removal
+    disabling them), lets another client assign an address in `pool` - a `container add`
+    racing the removal after its check."""
+
+    def __init__(self, settings, other: Datastore, ip: str) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(settings)
+        self.other, self.ip, self.done = other, ip, False
+
+    def txn_result(self, compares, success, failure=()):  # type: ignore[no-untyped-def]
+        if not self.done and any(getattr(o, "key", "").startswith(keyspace.POOL_DIR)
+                                 for o in success):
+            self.done = True
+            IPAMClient(self.other).assign_ip(self.ip, "racer", host="host2")
+        return super().txn_result(compares, success, failure)
+
+
+def test_remove_pools_refused_after_disabling_restores_every_pool(etcd_server,  # type: ignore[no-untyped-def]
+                                                                 datastore) -> None:
+    free, busy = "198.18.0.0/24", "fd00:1::/120"
+    add_pool(datastore, free)
+    add_pool(datastore, busy)
+    racer = AllocatingDatastore(etcd_server.settings(), datastore, "fd00:1::7")
+    try:
+        with pytest.raises(PoolInUse, match="fd00:1::/120 still has 1 allocated"):
+            IPAMClient(racer).remove_pools([free, busy])
+    finally:
+        racer.close()
+    for cidr in (free, busy):  # back, enabled, as they were (in the one encoding)
+        assert datastore.get_value(keyspace.pool_key(cidr)) == dumps({"cidr": cidr})
+    assert IPAMClient(datastore).get_assignment_attributes("fd00:1::7").handle_id == "racer"  # type: ignore[union-attr]
+    assert IPAMClient(datastore).auto_assign(1, 0, "after", host="h").ipv4s  # usable again
+
+
 def test_same_handle_across_calls_and_large_ipv6_pool(datastore: Datastore) -> None:
     add_pool(datastore, "fd00:3::/64")
     client = IPAMClient(datastore)
@@ -319,6 +379,32 @@ def test_same_handle_across_calls_and_large_ipv6_pool(datastore: Datastore) -> N
     assert read_handle(datastore, "ctr") == IPAMHandle("ctr", {block: 3})
     assert client.get_assignment_attributes("fd00:3::ffff") is None
     assert sorted(client.release_by_handle("ctr")) == sorted(first + second)
+
+
+def test_every_ipam_value_has_one_byte_form(datastore: Datastore) -> None:
+    """Blocks, handles and the config are written with libcalico.codec.dumps (sorted keys),
+    so rewriting an unchanged value never changes its bytes."""
+    from libcalico.ipam import check, repair
+
+    add_pool(datastore, POOL4)
+    add_pool(datastore, POOL6)
+    client = IPAMClient(datastore)
+    client.set_config(IPAMConfig(strict_affinity=False, auto_allocate_blocks=True))
+    client.claim_block("host3", "198.18.0.128/26")
+    client.assign_ip("198.18.0.200", "wl-b", {"z": "1", "a": "2"}, host="host2")
+    client.auto_assign(3, 2, "wl-a", {"pod": "a", "node": "host1"}, host="host1")
+    client.release_ips(["198.18.0.200"])
+    right = datastore.get_value(keyspace.handle_key("wl-a"))
+    datastore.put(keyspace.handle_key("wl-a"), json.dumps({"block": {"198.18.0.0/26": 9},
+                                                          "id": "wl-a"}, indent=1))
+    result = repair(datastore, check(datastore))  # rewrites it (the rest is in progress)
+    assert result.handles_fixed == ["wl-a"]
+    assert datastore.get_value(keyspace.handle_key("wl-a")) == right
+    kvs, _ = datastore.list(keyspace.IPAM_DIR)
+    assert {kv.key for kv in kvs} >= {keyspace.IPAM_CONFIG_KEY, keyspace.handle_key("wl-a")}
+    for kv in kvs:
+        if kv.value:  # (affinity keys are empty)
+            assert kv.value == dumps(json.loads(kv.value)), kv.key
 
 
 class MeddlingDatastore(Datastore):

@@ -141,8 +141,9 @@ def test_killed_allocator_never_causes_duplicates(etcd_server: EtcdServer,
     for ip, handle in handed_out.items():
         assert allocated[ip] == handle
     # Blocks and handles agree (every write was one transaction), and what the killed
-    # workers leaked is exactly the allocations without an endpoint.
-    report = check(datastore)
+    # workers leaked is exactly the allocations without an endpoint (they are dead: no
+    # grace period needed to call their fresh allocations leaks).
+    report = check(datastore, grace_period=0)
     assert report.handle_mismatches == () and report.missing == ()
     endpoint_ips = {ip for ip in allocated if ip not in {leak.ip for leak in report.leaks}}
     kvs, _ = datastore.list(keyspace.HOST_DIR)
@@ -153,7 +154,7 @@ def test_killed_allocator_never_causes_duplicates(etcd_server: EtcdServer,
     assert set(more) <= leaked  # the "after" client wrote no endpoints
     result = repair(datastore, report)
     assert set(result.released) == leaked
-    assert check(datastore).ok
+    assert check(datastore, grace_period=0).ok
 
 
 def write_endpoint(ds: Datastore, host: str, workload: str, ips: list[str]) -> None:
@@ -181,7 +182,7 @@ def test_check_finds_each_kind_and_repair_fixes(datastore: Datastore) -> None:
     datastore.put(keyspace.handle_key("drift"), json.dumps(
         {"id": "drift", "block": {"198.18.0.0/26": 5}}))
 
-    report = check(datastore)
+    report = check(datastore, grace_period=0)
     assert {lk.ip for lk in report.leaks} == set(leak.ipv4s + leak.ipv6s)
     assert {(m.ip, m.in_pool) for m in report.missing} == {
         ("198.18.0.200", True), ("fd00:1::99", True), ("198.19.9.9", False)}
@@ -205,7 +206,7 @@ def test_check_finds_each_kind_and_repair_fixes(datastore: Datastore) -> None:
     assert client.get_assignment_attributes("198.18.0.200").handle_id == "noalloc"  # type: ignore[union-attr]
     assert client.get_assignment_attributes(gone[0]) is not None  # in use: kept
 
-    after = check(datastore)
+    after = check(datastore, grace_period=0)
     assert {lk.ip for lk in after.leaks} == {reused_ip}  # newcomer has no endpoint yet
     assert [m.ip for m in after.missing] == ["198.19.9.9"]
     assert after.stale_affinities == () and after.handle_mismatches == ()
@@ -217,7 +218,7 @@ def test_repair_while_allocations_go_on(etcd_server: EtcdServer, datastore: Data
     datastore.put(keyspace.bgp_host_key("busy", "ip_addr_v4"), "198.18.255.1")
     client = IPAMClient(datastore)
     leaked = [client.auto_assign(1, 0, f"leak-{i}", host="busy").ipv4s[0] for i in range(20)]
-    report = check(datastore)
+    report = check(datastore, grace_period=0)
     assert {lk.ip for lk in report.leaks} == set(leaked)
     proc = start_worker(etcd_server, 150, "busy", "live", endpoints=True)
     workers.append(proc)
@@ -227,7 +228,7 @@ def test_repair_while_allocations_go_on(etcd_server: EtcdServer, datastore: Data
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-2000:]
     assert sorted(result.released) == sorted(leaked)
-    final = check(datastore)
+    final = check(datastore, grace_period=0)
     assert final.ok, final
     allocated, handles = blocks_and_handles(datastore)
     assert len(allocated) == 150 and set(allocated.values()) == set(handles)

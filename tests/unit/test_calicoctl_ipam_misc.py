@@ -12,6 +12,7 @@ from calicoctl.diags import MASK, mask_secrets
 from calicoctl.status import parse_protocols, peer_from_name
 from libcalico import keyspace as ks
 from tests.support.ctl import Ctl, golden
+from tests.support.fresh import fresh_python
 
 
 @pytest.fixture
@@ -21,10 +22,12 @@ def ctl(datastore, etcd_server):
 
 @pytest.mark.etcd
 def test_ipam_release_info_show_check(ctl, datastore):
+    import time
+
     from libcalico.ipam import IPAMClient
 
     ctl("pool", "add", "198.18.32.0/24")
-    ipam = IPAMClient(datastore)
+    ipam = IPAMClient(datastore, clock=lambda: time.time() - 3600)  # allocated an hour ago
     got = ipam.auto_assign(2, 0, "wl-1", {"workload": "wl-1"}, host="ctl-host")
     a, b = got.ipv4s
     info = json.loads(ctl("ipam", "info", a, "-o", "json").out)
@@ -49,6 +52,29 @@ def test_ipam_release_info_show_check(ctl, datastore):
     assert ipam.get_assignment_attributes(b) is None
     assert "No problems found" in ctl("ipam", "check").out
 
+    # A fresh allocation without an endpoint is a set-up in progress, not a leak: listed,
+    # not a problem, and --fix keeps it - unless the grace period is shorter than its age.
+    datastore.put(ks.bgp_host_key("ctl-host", "ip_addr_v4"), "198.18.255.1")
+    young = IPAMClient(datastore).auto_assign(1, 0, "wl-young", host="ctl-host").ipv4s[0]
+    res = ctl("ipam", "check", "--fix")
+    assert f"in progress: {young} (handle wl-young" in res.out and "leaked" not in res.out
+    assert "No problems found" in res.out
+    assert ipam.get_assignment_attributes(young) is not None
+    res = ctl("ipam", "check", "--grace-period", "0", code=1)
+    assert f"leaked: {young}" in res.out and "in progress" not in res.out
+    res = ctl("ipam", "check", "--grace-period", "-5", code=2)
+    assert "grace-period" in res.err and "-5" in res.err
+
+
+def test_ipam_check_default_grace_is_the_library_default():
+    """The CLI's default (a literal: the CLI must not import IPAM to build its help) is
+    the library's."""
+    from calicoctl.ipam import ipam_check
+    from libcalico.ipam import DEFAULT_GRACE_PERIOD
+
+    (option,) = [p for p in ipam_check.params if p.name == "grace_period"]
+    assert option.default == DEFAULT_GRACE_PERIOD
+
 
 @pytest.mark.etcd
 def test_pool_remove_in_use_needs_force(ctl, datastore):
@@ -62,6 +88,23 @@ def test_pool_remove_in_use_needs_force(ctl, datastore):
     ctl("pool", "remove", "198.18.33.0/24", "--force")
     assert datastore.get(ks.pool_key("198.18.33.0/24")) is None
     assert datastore.list(ks.BLOCK_DIR)[0] == []
+
+
+@pytest.mark.etcd
+def test_pool_remove_several_is_all_or_nothing(ctl, datastore):
+    from libcalico.ipam import IPAMClient
+
+    ctl("pool", "add", "198.18.34.0/24", "198.18.35.0/24")
+    ipam = IPAMClient(datastore)
+    ip = ipam.auto_assign(1, 0, "wl-3", host="ctl-host", pools=["198.18.35.0/24"]).ipv4s[0]
+    before = datastore.get(ks.pool_key("198.18.34.0/24"))
+    res = ctl("pool", "remove", "198.18.34.0/24", "198.18.35.0/24", code=3)
+    assert datastore.get(ks.pool_key("198.18.34.0/24")) == before  # the free one stays
+    assert datastore.get(ks.pool_key("198.18.35.0/24")) is not None
+    assert "198.18.35.0/24 still has 1 allocated" in res.err and "no pool was removed" in res.err
+    ipam.release_ips([ip])
+    ctl("pool", "remove", "198.18.34.0/24", "198.18.35.0/24")
+    assert datastore.list(ks.POOL_DIR)[0] == [] and datastore.list(ks.IPAM_DIR)[0] == []
 
 
 @pytest.mark.etcd
@@ -164,15 +207,6 @@ def test_command_table_matches_the_commands():
     assert names == sorted(COMMAND_TABLE)
 
 
-def _fresh_python(code: str) -> str:
-    """stdout of `code` run in a fresh interpreter (nothing imported beforehand)."""
-    import subprocess
-    import sys
-
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=True).stdout
-
-
 def test_data_command_imports_stay_narrow():
     """`profile show` lists names without importing the model; `pool show` imports the
     network model only (bench/calicoctl.py measures what this buys)."""
@@ -181,7 +215,7 @@ def test_data_command_imports_stay_narrow():
             "print('NAMES', sorted(m for m in sys.modules if m.startswith('libcalico.model')))\n"
             "from libcalico.client.network import NetworkClient\n"
             "print('NETWORK', sorted(m for m in sys.modules if m.startswith('libcalico.')))\n")
-    out = _fresh_python(code)
+    out = fresh_python(code)
     names, network = out.splitlines()
     assert names == "NAMES []", out
     for heavy in ("libcalico.model.policy", "libcalico.model.rules", "libcalico.model.endpoints",
@@ -199,5 +233,25 @@ def test_startup_imports_stay_light():
             "         'libcalico.model', 'libcalico.ipam', 'calicoctl.diags',\n"
             "         'calicoctl.container', 'calicoctl.profile']\n"
             "print('LOADED', [m for m in heavy if m in sys.modules])\n")
-    out = _fresh_python(code)
+    out = fresh_python(code)
     assert "LOADED []" in out, out
+
+
+def test_ipam_refusals_are_conflicts_known_by_class():
+    """AddressInUse, PoolInUse and PoolsExhausted are `Conflict`s of the one hierarchy
+    (exit 3 because of that); an exception merely named like one is not recognised."""
+    import libcalico.ipam as ipam
+    from calicoctl.errors import EXIT_FAILURE, EXIT_NOT_FOUND, exit_code_for
+    from libcalico import errors
+
+    refusals = [errors.AddressInUse("198.18.0.1", "wl"), errors.PoolInUse("pool in use"),
+                errors.PoolsExhausted("IPv4 pools exhausted: assigned 0 of 1 addresses")]
+    for exc in refusals:
+        assert isinstance(exc, errors.Conflict)
+        assert exit_code_for(exc) == EXIT_NOT_FOUND
+        assert getattr(ipam, type(exc).__name__) is type(exc)  # re-exported, same class
+
+    class PoolInUse(Exception):  # same name, not ours
+        pass
+
+    assert exit_code_for(PoolInUse("x")) == EXIT_FAILURE

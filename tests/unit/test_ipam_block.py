@@ -143,3 +143,31 @@ def test_handle_counts_and_json() -> None:
     handle.add("198.18.0.0/26", -2)
     handle.add("fd00::40/122", -1)
     assert handle.is_empty()
+
+
+def test_allocation_times_are_recorded_released_and_round_trip() -> None:
+    block = AllocationBlock.new("198.18.0.0/26", host="h1")
+    a, b = block.allocate(2, "c1", None, "h1", now=1000)
+    block.assign("198.18.0.9", "c2", now=1005)
+    (unstamped,) = block.allocate(1, "c3", None, "h1")  # no time given: none recorded
+    assert [block.allocated_at_of(ip) for ip in (a, b, "198.18.0.9", unstamped)] == \
+        [1000, 1000, 1005, None]
+    assert block.to_json()["allocated_at"] == {"0": 1000, "1": 1000, "9": 1005}
+    copy = block.copy()
+    block.release([a])
+    assert block.allocated_at_of(a) is None and copy.allocated_at_of(a) == 1000
+    again = AllocationBlock.from_json(json.loads(json.dumps(block.to_json())))
+    assert again == block
+    block.release([b, "198.18.0.9", unstamped])
+    assert "allocated_at" not in block.to_json()  # empty: the Calico shape exactly
+
+
+def test_bad_allocation_times_only_lose_the_age() -> None:
+    block = AllocationBlock.new("198.18.0.0/26", host="h1")
+    block.allocate(2, "c1", None, "h1", now=1000)
+    data = block.to_json()
+    data["allocated_at"] = {"0": "soon", "1": 1000, "5": 1000, "x": 1, "99": 1}
+    parsed = AllocationBlock.from_json(data)  # still a valid block
+    assert parsed.allocated_at == {1: 1000}  # free, unknown and non-integer entries dropped
+    data["allocated_at"] = ["not", "a", "map"]
+    assert AllocationBlock.from_json(data).allocated_at == {}
