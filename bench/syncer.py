@@ -26,7 +26,7 @@ import etcd3
 from bench.common import emit, median, parser, rate, ratio, timed
 from libcalico.datastore import _GRPC_OPTIONS, Datastore, Put
 from libcalico.syncer import Syncer, SyncStatus, Update
-from tests.support.etcd import EtcdServer
+from netsim.etcd import EtcdServer
 
 PREFIX = "/calico/bench/v1/host/"
 TXN_BATCH = 100  # etcd's default --max-txn-ops is 128

@@ -11,8 +11,8 @@ import subprocess
 import pytest
 
 from libcalico import keyspace as ks
-from tests.support.netns import Namespace
-from tests.support.topology import calicoctl_path
+from netsim.netns import Namespace
+from netsim.topology import calicoctl_path
 
 pytestmark = [pytest.mark.etcd, pytest.mark.root, pytest.mark.slow]
 

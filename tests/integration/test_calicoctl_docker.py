@@ -28,9 +28,10 @@ from dataclasses import dataclass
 import pytest
 
 from libcalico import keyspace as ks
-from tests.support.etcd import EtcdServer, wait_for
-from tests.support.netns import Namespace, unique_name
-from tests.support.topology import calicoctl_path
+from netsim.etcd import EtcdServer
+from netsim.netns import Namespace, unique_name
+from netsim.topology import calicoctl_path
+from netsim.wait import wait_for
 
 pytestmark = [pytest.mark.etcd, pytest.mark.root, pytest.mark.slow]
 

@@ -22,8 +22,8 @@ import pytest
 from libcalico import keyspace as ks
 from libcalico.datastore import Datastore
 from libcalico.model.network import BGPPeer
-from tests.support.etcd import wait_for
-from tests.support.topology import Host, Topology
+from netsim.topology import Host, Topology
+from netsim.wait import wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd, pytest.mark.slow,
               pytest.mark.skipif(shutil.which("bird") is None, reason="needs BIRD 2")]

@@ -22,7 +22,8 @@ from confd.apply import BirdApplier
 from confd.daemon import ConfdDaemon
 from libcalico import keyspace as ks
 from libcalico.datastore import Datastore, Put
-from tests.support.etcd import EtcdServer, wait_for
+from netsim.etcd import EtcdServer
+from netsim.wait import wait_for
 
 pytestmark = [pytest.mark.etcd,
               pytest.mark.skipif(shutil.which("bird") is None, reason="needs BIRD 2")]

@@ -10,8 +10,8 @@ import pytest
 
 from libcalico import keyspace as ks
 from libcalico.datastore import Datastore
-from tests.support.etcd import wait_for
-from tests.support.topology import Host, Topology, calicoctl_path
+from netsim.topology import Host, Topology, calicoctl_path
+from netsim.wait import wait_for
 
 pytestmark = [pytest.mark.etcd, pytest.mark.root, pytest.mark.slow]
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.etcd import wait_for
-from tests.support.netns import namespace_exists, namespace_pids
-from tests.support.netns import process_alive as alive
+from netsim.netns import namespace_exists, namespace_pids
+from netsim.netns import process_alive as alive
+from netsim.wait import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = str(ROOT / "scripts" / "demo.sh")
