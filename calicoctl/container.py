@@ -191,7 +191,7 @@ def container_ip_add(ip: str, interface: str) -> None:
 @_interface
 def container_ip_remove(ip: str, interface: str) -> None:
     """Remove an address from the container's interface."""
-    from libcalico.model._common import canonical_address
+    from libcalico.model.validate import canonical_address
     from libcalico.provision import remove_address
 
     addr = canonical_address("IP", ip)

@@ -82,7 +82,7 @@ def pool_range_add(start_ip: str, end_ip: str, ipip: bool, nat_outgoing: bool) -
 def pool_remove(cidrs: tuple[str, ...], force: bool) -> None:
     """Remove one or more pools (refused while addresses are allocated, unless --force)."""
     from libcalico.errors import NotFound
-    from libcalico.model._common import canonical_net
+    from libcalico.model.validate import canonical_net
 
     client = ctl().client
     nets = [canonical_net("cidr", c, strict=True) for c in cidrs]

@@ -100,7 +100,7 @@ def add_workload(client: CalicoClient, ipam: IPAMClient, where: Workload,
                  profiles: Sequence[str] = (), host_netns: str | None = None,
                  endpoint_id: str | None = None) -> WorkloadEndpoint:
     """Give the workload an interface with addresses and write its endpoint."""
-    from libcalico.model._common import validate_interface
+    from libcalico.model.validate import validate_interface
 
     validate_interface("interface", ifname)
     WorkloadEndpointId(where.hostname, where.orchestrator, where.workload, "x")  # validates
