@@ -8,7 +8,7 @@ two workloads per host (`calicoctl container add NS ipv4`, `container NS ip add 
 `container NS profile set`), waiting (polled, with a deadline) until every host has
 every BGP session Established and a BIRD route to every other host's workloads, each
 host's `calicoctl node status` and routing tables, then the ping/TCP matrix before and
-after `calicoctl profile demo rule add inbound --at=1 deny tcp to ports 8080` (each
+after `calicoctl profile demo rule add inbound --at=0 deny tcp to ports 8080` (each
 polled until as expected or its deadline passes). Exit status: 0 when both matrices are
 as expected, 1 when not, 2 for bad usage, 130 when interrupted.
 

@@ -52,6 +52,9 @@ def test_keep_runs_the_matrix_then_teardown_removes_everything(tmp_path: Path) -
         for line in EXPECTED_LINES:
             assert line in lines, run.stdout[-4000:]
         assert any(line.startswith("demo PASSED") for line in lines)
+        # The rule the README (and the demo's docstring) names is the one the demo adds.
+        assert "calicoctl profile demo rule add inbound --at=0 deny tcp to ports 8080" \
+            in run.stdout
         assert f"scripts/demo.sh --teardown --state-file {state}" in run.stdout
 
         recorded = json.loads(state.read_text())
