@@ -23,8 +23,9 @@ names the interface, address or namespace.
 
 A namespace is given as a name under /run/netns or an absolute path (/proc/PID/ns/net);
 None means this process's own. pyroute2 is imported only inside these functions (it
-costs ~0.3 s, which command-line start-up must not pay), and a composite step opens one
-netlink socket per namespace (one in another namespace costs ~20 ms).
+costs ~0.3 s, which command-line start-up must not pay), and each function opens one
+netlink socket per namespace it touches, however many steps it makes (a socket in
+another namespace costs ~20 ms to open).
 
 Leaves to others: which addresses (IPAM, `workload.addresses`), the endpoint record
 (`workload.provision`), host-side routes, proxy ARP and policy (felix).
@@ -47,7 +48,6 @@ from workload.gateway import gateway_route, ip_version
 _log = logging.getLogger(__name__)
 
 HOST_PREFIX = "cali"
-IFNAME_MAX = 15
 _GONE = (errno.ENODEV, errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL)
 
 
@@ -155,29 +155,52 @@ def _global_addresses(ipr: Any, index: int) -> list[str]:
 # --- the steps ---------------------------------------------------------------------------------
 
 
+def _create_veth(ipr: Any, host_ifname: str, peer_ifname: str, netns: str | None,
+                 mtu: int | None) -> VethPair:
+    with _netlink(f"interface {host_ifname}"):
+        ipr.link("add", ifname=host_ifname, kind="veth", peer=peer_ifname)
+    try:
+        index = _require(ipr, host_ifname, netns)
+        peer = _require(ipr, peer_ifname, netns)
+        with _netlink(f"interface {host_ifname}"):
+            if mtu is not None:
+                ipr.link("set", index=index, mtu=mtu)
+                ipr.link("set", index=peer, mtu=mtu)
+            ipr.link("set", index=index, state="up")
+        return VethPair(host_ifname, _mac(ipr, index), peer_ifname, _mac(ipr, peer))
+    except BaseException:
+        _undo_delete(ipr, host_ifname)
+        raise
+
+
 def create_veth(host_ifname: str, peer_ifname: str, *, netns: str | None = None,
                 mtu: int | None = None) -> VethPair:
     """A veth pair `host_ifname` <-> `peer_ifname`, both in `netns` (the host's; None:
     this process's), the host end up and the peer down (it is moved next: by
     `move_into_namespace`, or by Docker). `AlreadyExists` if a name is taken."""
     with _socket(netns) as ipr:
-        with _netlink(f"interface {host_ifname}"):
-            ipr.link("add", ifname=host_ifname, kind="veth", peer=peer_ifname)
-        try:
-            index = _require(ipr, host_ifname, netns)
-            peer = _require(ipr, peer_ifname, netns)
-            with _netlink(f"interface {host_ifname}"):
-                if mtu is not None:
-                    ipr.link("set", index=index, mtu=mtu)
-                    ipr.link("set", index=peer, mtu=mtu)
-                ipr.link("set", index=index, state="up")
-            return VethPair(host_ifname, _mac(ipr, index), peer_ifname, _mac(ipr, peer))
-        except BaseException:
-            try:
-                _delete(ipr, host_ifname)
-            except CalicoError as exc:  # the original error matters more: log this one
-                _log.error("could not delete %s after a failed create: %s", host_ifname, exc)
-            raise
+        return _create_veth(ipr, host_ifname, peer_ifname, netns, mtu)
+
+
+def _move(here: Any, inside: Any, ifname: str, target: str, new_ifname: str,
+          netns: str | None) -> int:
+    """Move, rename, bring up; the interface's index in `target`."""
+    if _index(inside, new_ifname) is not None:
+        raise AlreadyExists(f"interface {new_ifname} already exists in {target}")
+    index = _require(here, ifname, netns)
+    fd = os.open(netns_path(target), os.O_RDONLY)
+    try:
+        with _netlink(f"moving interface {ifname} to {target}"):
+            here.link("set", index=index, net_ns_fd=fd)
+    finally:
+        os.close(fd)
+    moved = _index(inside, ifname)
+    if moved is None:
+        raise WorkloadError(f"interface {ifname} vanished while moving to {target}")
+    with _netlink(f"interface {new_ifname} in {target}"):
+        inside.link("set", index=moved, ifname=new_ifname)
+        inside.link("set", index=moved, state="up")
+    return moved
 
 
 def move_into_namespace(ifname: str, target: str, new_ifname: str, *,
@@ -185,24 +208,8 @@ def move_into_namespace(ifname: str, target: str, new_ifname: str, *,
     """Move `ifname` from `netns` into the namespace `target`, rename it `new_ifname` and
     bring it up; returns its MAC. `AlreadyExists` if `target` has `new_ifname` already
     (checked before the move, so nothing changes then)."""
-    with _socket(target) as inside:
-        if _index(inside, new_ifname) is not None:
-            raise AlreadyExists(f"interface {new_ifname} already exists in {target}")
-        with _socket(netns) as here:
-            index = _require(here, ifname, netns)
-            fd = os.open(netns_path(target), os.O_RDONLY)
-            try:
-                with _netlink(f"moving interface {ifname} to {target}"):
-                    here.link("set", index=index, net_ns_fd=fd)
-            finally:
-                os.close(fd)
-        moved = _index(inside, ifname)
-        if moved is None:
-            raise WorkloadError(f"interface {ifname} vanished while moving to {target}")
-        with _netlink(f"interface {new_ifname} in {target}"):
-            inside.link("set", index=moved, ifname=new_ifname)
-            inside.link("set", index=moved, state="up")
-        return _mac(inside, moved)
+    with _socket(target) as inside, _socket(netns) as here:
+        return _mac(inside, _move(here, inside, ifname, target, new_ifname, netns))
 
 
 def set_mtu(ifname: str, mtu: int, *, netns: str | None = None) -> None:
@@ -267,12 +274,15 @@ def configure_interface(ifname: str, ips: Sequence[str], host_mac: str, *,
                         netns: str | None) -> None:
     """Addresses, gateway neighbours and default routes for `ips` on `ifname` (one
     socket); what is there already is left as it is."""
-    versions = {ip_version(ip) for ip in ips}
     with _socket(netns) as ipr:
-        index = _require(ipr, ifname, netns)
-        _add_addresses(ipr, index, ips)
-        _add_gateway_neighbours(ipr, index, versions, host_mac)
-        _add_gateway_routes(ipr, index, versions)
+        _configure(ipr, _require(ipr, ifname, netns), ips, host_mac)
+
+
+def _configure(ipr: Any, index: int, ips: Sequence[str], host_mac: str) -> None:
+    versions = {ip_version(ip) for ip in ips}
+    _add_addresses(ipr, index, ips)
+    _add_gateway_neighbours(ipr, index, versions, host_mac)
+    _add_gateway_routes(ipr, index, versions)
 
 
 def remove_addresses(ifname: str, ips: Sequence[str], *, netns: str | None) -> list[str]:
@@ -313,6 +323,15 @@ def _delete(ipr: Any, host_ifname: str) -> bool:
     return True
 
 
+def _undo_delete(ipr: Any, host_ifname: str) -> None:
+    """Delete a pair just created after a later step failed: the original error matters
+    more, so a failure here is logged, not raised."""
+    try:
+        _delete(ipr, host_ifname)
+    except CalicoError as exc:
+        _log.error("could not delete %s after a failed create: %s", host_ifname, exc)
+
+
 def delete_veth(host_ifname: str, *, netns: str | None = None) -> bool:
     """Delete a veth pair by its host end (the peer goes with it); False if it did not
     exist."""
@@ -341,16 +360,13 @@ def create_workload_interface(netns: str, host_ifname: str, ifname: str, ips: Se
     this process's namespace), its peer moved into `netns` as `ifname`, `mtu` on both
     ends (None: the kernel's default), and `ips` configured with their gateways. On any
     failure the pair is deleted again (the peer goes with it) and the error raised."""
-    if not os.path.exists(netns_path(netns)):
-        raise NotFound(f"network namespace {netns} does not exist")
-    pair = create_veth(host_ifname, temp_peer_name(host_ifname), netns=host_netns, mtu=mtu)
-    try:
-        mac = move_into_namespace(pair.peer_ifname, netns, ifname, netns=host_netns)
-        configure_interface(ifname, ips, pair.host_mac, netns=netns)
-    except BaseException:
+    with _socket(netns) as inside, _socket(host_netns) as here:
+        pair = _create_veth(here, host_ifname, temp_peer_name(host_ifname), host_netns, mtu)
         try:
-            delete_veth(host_ifname, netns=host_netns)
-        except CalicoError as exc:  # the original error matters more: log this one
-            _log.error("could not delete %s after a failed create: %s", host_ifname, exc)
-        raise
+            index = _move(here, inside, pair.peer_ifname, netns, ifname, host_netns)
+            _configure(inside, index, ips, pair.host_mac)
+            mac = _mac(inside, index)
+        except BaseException:
+            _undo_delete(here, host_ifname)
+            raise
     return WorkloadInterface(host_ifname, ifname, mac, pair.host_mac)
