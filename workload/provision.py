@@ -8,7 +8,8 @@ Owns the order of the steps and what happens when one fails:
   the endpoint is written last, so felix never sees an endpoint whose interface is not
   ready. A failure at any step undoes the steps before it (interface deleted, addresses
   released) and re-raises. A process killed part-way cannot undo: what it assigned stays
-  recorded under the workload's handle, which `calicoctl ipam check` reports as a leak.
+  recorded under the workload's handle (`calicoctl ipam check` reports it as a leak and
+  `--fix` releases it), and a veth it created stays until its namespace goes.
 - `remove_workload`: the endpoint is marked inactive first (felix withdraws its routes
   and drops its traffic; the record stays, as the marker a retry finds), then the
   interface is deleted, then the addresses IPAM still holds for the endpoint are
