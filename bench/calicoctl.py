@@ -66,8 +66,8 @@ def main() -> None:
     args = parser(__doc__ or "").parse_args()
     profiles = 100 if args.quick else 1000
     reps = 3 if args.quick else 7
-    from tests.support.etcd import EtcdServer
-    from tests.support.topology import calicoctl_path
+    from netsim.etcd import EtcdServer
+    from netsim.topology import calicoctl_path
 
     data_dir = tempfile.mkdtemp(prefix="ctl-bench-etcd-", dir="/dev/shm")
     with EtcdServer(data_dir=data_dir) as server:

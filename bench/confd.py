@@ -5,7 +5,7 @@ reconfigured, against a bare `birdc configure` of the same file.
   (N=500; --quick 100), each node with an affine block; median and p99 of repeated runs.
   Goal: <= 200 ms.
 - change -> reconfigured: a real etcd and a real BIRD in throw-away network namespaces
-  (tests.support.topology), the N-node cluster in etcd, confd's loop (`ConfdDaemon`, the
+  (netsim.topology), the N-node cluster in etcd, confd's loop (`ConfdDaemon`, the
   same code `calico-confd` runs) following etcd. Each change adds a global peer; the time
   is from the etcd write returning to `birdc configure` having answered "Reconfigured"
   for a render that includes the change. 100 changes (--quick 10).
@@ -30,8 +30,8 @@ from confd.render import render
 from confd.view import build_view
 from libcalico import keyspace as ks
 from libcalico.model.network import BGPPeer
-from tests.support.etcd import wait_for
-from tests.support.topology import Topology
+from netsim.topology import Topology
+from netsim.wait import wait_for
 
 POOL = "198.19.0.0/16"
 

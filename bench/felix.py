@@ -1,6 +1,6 @@
 """Benchmark: the whole felix (calico-felix process, real etcd, real iptables/ipset/netlink).
 
-Runs in throw-away namespaces (tests.support.topology: a fabric namespace with etcd, one
+Runs in throw-away namespaces (netsim.topology: a fabric namespace with etcd, one
 host namespace running `calico-felix`), interfaces created beforehand as dummy devices.
 Prints one JSON object.
 
@@ -42,9 +42,9 @@ from felix.calc.graph import CalcGraph, CalcSettings
 from felix.dataplane.iptables import render_table_state
 from libcalico import keyspace
 from libcalico.datastore import Datastore, Put
-from tests.support.etcd import wait_for
-from tests.support.netns import Namespace, namespace
-from tests.support.topology import Host, Topology
+from netsim.netns import Namespace, namespace
+from netsim.topology import Host, Topology
+from netsim.wait import wait_for
 
 FELIX = str(Path(sys.executable).with_name("calico-felix"))
 HOSTNAME = "host1"

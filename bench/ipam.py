@@ -109,7 +109,7 @@ def four_clients(env: dict[str, str], total: int) -> dict[str, float]:
 
 
 def run(quick: bool, data_dir: str | None) -> dict[str, object]:
-    from tests.support.etcd import EtcdServer
+    from netsim.etcd import EtcdServer
 
     count = 300 if quick else 5000
     with EtcdServer(data_dir=data_dir) as server:

@@ -1,6 +1,6 @@
 """Benchmark: a Calico cluster coming up, and a new workload becoming reachable across hosts.
 
-Runs in throw-away namespaces (`tests.support.topology`: a fabric with etcd, N host
+Runs in throw-away namespaces (`netsim.topology`: a fabric with etcd, N host
 namespaces; IPv4 only) with the real stack started by `calicoctl node run --runtime=none`
 (felix, confd and BIRD under supervisord in each host). Prints one JSON object.
 
@@ -41,8 +41,8 @@ from ipaddress import ip_address, ip_network
 from typing import Any, TypeVar
 
 from bench.common import emit, parser, percentile, ratio
-from tests.support.netns import Namespace
-from tests.support.topology import Host, Topology
+from netsim.netns import Namespace
+from netsim.topology import Host, Topology
 
 POOL = "198.19.0.0/17"
 BLOCK_SIZE = "31"  # 2 addresses a block: part (b) needs new blocks (BGP) every few adds

@@ -24,9 +24,9 @@ from typing import Any
 import etcd3
 
 from bench.common import emit, median, parser, rate, ratio, timed
-from libcalico.datastore import _GRPC_OPTIONS, Datastore, Put
+from libcalico.datastore import GRPC_OPTIONS, Datastore, Put
 from libcalico.syncer import Syncer, SyncStatus, Update
-from tests.support.etcd import EtcdServer
+from netsim.etcd import EtcdServer
 
 PREFIX = "/calico/bench/v1/host/"
 TXN_BATCH = 100  # etcd's default --max-txn-ops is 128
@@ -124,7 +124,7 @@ def measure_syncer(server: EtcdServer, writer: Datastore, keys: int,
 def measure_bare(server: EtcdServer, writer: Datastore, keys: int,
                  updates: list[tuple[str, str]]) -> dict[str, float]:
     client = etcd3.client(host="127.0.0.1", port=server.port, timeout=30,
-                          grpc_options=_GRPC_OPTIONS)
+                          grpc_options=GRPC_OPTIONS)
     data: dict[str, str] = {}
     try:
         with timed() as snap:

@@ -39,7 +39,7 @@ def add_peer_commands(group: click.Group, hostname: Callable[[], str | None]) ->
     @click.argument("peer_ip")
     def peer_remove(peer_ip: str) -> None:
         """Remove a BGP peer."""
-        from libcalico.model._common import canonical_address
+        from libcalico.model.validate import canonical_address
 
         ctl().client.remove_bgp_peer(canonical_address("PEER_IP", peer_ip), hostname())
 

@@ -11,8 +11,11 @@ the engine DOCKER_HOST names, default /var/run/docker.sock) into an orchestrator
   container CONTAINER endpoint show
   container CONTAINER profile (append|remove|set) [PROFILES...]
 
-Leaves to others: the all-or-nothing work itself (`libcalico.provision`), netlink
-(`libcalico.workload`), IPAM and storage.
+Group options (`--hostname`) go before CONTAINER or a command word alike:
+`calicoctl container --hostname H CONTAINER profile set P` (see `calicoctl.groups`).
+
+Leaves to others: the work itself - every step undone on failure, removals a retry
+finishes - (`workload.provision`), netlink (`workload.veth`), IPAM and storage.
 """
 
 from __future__ import annotations
@@ -100,10 +103,10 @@ def container(ctx: click.Context, hostname: str | None) -> None:
     """Add containers (network namespaces or Docker containers) to the network.
 
     \b
-    Per-container commands:
-      calicoctl container CONTAINER ip (add|remove) IP [--interface=NAME]
-      calicoctl container CONTAINER endpoint show
-      calicoctl container CONTAINER profile (append|remove|set) [PROFILES...]
+    Per-container commands (--hostname goes before CONTAINER):
+      calicoctl container [--hostname=H] CONTAINER ip (add|remove) IP [--interface=NAME]
+      calicoctl container [--hostname=H] CONTAINER endpoint show
+      calicoctl container [--hostname=H] CONTAINER profile (append|remove|set) [PROFILES...]
     """
     ctx.meta["calicoctl.hostname"] = this_hostname(hostname)
 
@@ -118,11 +121,12 @@ def _host() -> str:
 @_interface
 def container_add(name: str, ip: str, interface: str) -> None:
     """Add CONTAINER with an address (literal, auto IPv4/IPv6, or from a pool CIDR)."""
-    from libcalico.provision import Workload, add_workload
+    from workload.provision import Workload, add_workload
 
     orch, workload, path = resolve_container(name)
     client, ipam = _clients()
-    ep = add_workload(client, ipam, Workload(_host(), orch, workload, path), [ip], interface)
+    ep = add_workload(client, ipam, Workload(_host(), orch, workload, path), [ip],
+                      ifname=interface)
     addrs = ", ".join((*ep.ipv4_nets, *ep.ipv6_nets))
     click.echo(f"IP {addrs} added to {name} (endpoint {ep.endpoint_id}, interface "
                f"{ep.name})")
@@ -132,7 +136,7 @@ def container_add(name: str, ip: str, interface: str) -> None:
 @click.argument("name", metavar="CONTAINER")
 def container_remove(name: str) -> None:
     """Remove CONTAINER's interfaces, endpoints and addresses."""
-    from libcalico.provision import remove_workload
+    from workload.provision import remove_workload
 
     orch, workload, _ = _identity(name)
     client, ipam = _clients()
@@ -178,7 +182,7 @@ def container_ip() -> None:
 @_interface
 def container_ip_add(ip: str, interface: str) -> None:
     """Add an address to the container's interface."""
-    from libcalico.provision import add_address
+    from workload.provision import add_address
 
     ep, path = _endpoint()
     client, ipam = _clients()
@@ -191,8 +195,8 @@ def container_ip_add(ip: str, interface: str) -> None:
 @_interface
 def container_ip_remove(ip: str, interface: str) -> None:
     """Remove an address from the container's interface."""
-    from libcalico.model._common import canonical_address
-    from libcalico.provision import remove_address
+    from libcalico.model.validate import canonical_address
+    from workload.provision import remove_address
 
     addr = canonical_address("IP", ip)
     ep, path = _endpoint()

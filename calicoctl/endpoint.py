@@ -79,7 +79,7 @@ def endpoint_show(host: str | None, orchestrator: str | None, workload: str | No
 def change_profiles(ident: Any, op: str, profiles: Sequence[str]) -> Any:
     """append/remove/set the endpoint's profile list; profiles must exist."""
     from libcalico.errors import NotFound, ValidationError
-    from libcalico.model._common import validate_name
+    from libcalico.model.validate import validate_name
 
     client = ctl().client
     names = [validate_name("profile", p) for p in profiles]

@@ -24,7 +24,7 @@ def _ipam() -> Any:
 
 
 def _ip(value: str) -> str:
-    from libcalico.model._common import canonical_address
+    from libcalico.model.validate import canonical_address
 
     return canonical_address("IP", value)
 

@@ -7,8 +7,10 @@ depends on it:
 3. turn on IPv4 and IPv6 forwarding in this network namespace, then check the system
    as `checksystem` does (a failure stops here, before any datastore write);
 4. create the cluster defaults that are missing and register the node
-   (`libcalico.nodestart`);
-5. write BIRD's first configuration (confd's one-shot render), so BIRD starts with it;
+   (`calicoctl.nodestart`);
+5. write BIRD's first configuration by running confd's own entry point once
+   (`calico-confd --onetime`, with the flags and environment supervisord gives confd),
+   so BIRD starts with it; calicoctl never imports confd;
 6. start supervisord with node-image/supervisord.conf (felix, confd, BIRD; felix only
    with `--backend=none`) and, with `--detach` (the default), wait until the programs
    run and name those that did not start; `--no-detach` replaces this process with
@@ -18,13 +20,13 @@ depends on it:
 programs' states and BIRD's BGP sessions.
 
 Leaves to others: supervisord's client (`calicoctl.supervisor`), the datastore writes
-(`libcalico.nodestart`), BGP session parsing (`calicoctl.status`), `node show|remove`.
+(`calicoctl.nodestart`), BGP session parsing (`calicoctl.status`), `node show|remove`.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -74,8 +76,8 @@ def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 def run_node(ip: str | None, ip6: str | None, as_num: str | None, name: str | None,
              log_dir: str, run_dir: str, runtime: str, backend: str, detach: bool,
              timeout: float) -> None:
+    from calicoctl.nodestart import detect_addresses, initialise_cluster, register_node
     from libcalico.model import Node, parse_as_num
-    from libcalico.nodestart import detect_addresses, initialise_cluster, register_node
 
     host = this_hostname(name)
     asn = parse_as_num("as_num", as_num) if as_num is not None else None
@@ -104,10 +106,10 @@ def run_node(ip: str | None, ip6: str | None, as_num: str | None, name: str | No
     click.echo(f"Registered node {host} (IPv4 {ip}" + (f", IPv6 {ip6}" if ip6 else "") + ")")
     paths.run_dir.mkdir(parents=True, exist_ok=True)
     paths.log_dir.mkdir(parents=True, exist_ok=True)
-    if backend == "bird":
-        _initial_bird_config(paths, host)
     env = paths.environment(host, backend, os.environ)
     env.update(_etcd_environment())
+    if backend == "bird":
+        _initial_bird_config(paths, host, env, timeout)
     ctl().close()
     _start_supervisord(paths, env, detach)
     states = supervisor.wait_started(timeout)
@@ -140,18 +142,27 @@ def _check_system(backend: str) -> None:
                                                                 for what, _, detail in failed))
 
 
-def _initial_bird_config(paths: NodePaths, host: str) -> None:
-    from confd.apply import BirdApplier
-    from confd.daemon import run_once
-    from confd.render import DEFAULT_INCLUDE_DIR
+def _initial_bird_config(paths: NodePaths, host: str, env: Mapping[str, str],
+                         timeout: float) -> None:
+    """BIRD's first configuration, written by confd's own one-shot mode: the program
+    supervisord runs next, with the same flags and environment, plus `--onetime`."""
+    import subprocess
 
-    include_dir = os.environ.get("CALICO_BIRD_INCLUDE_DIR") or DEFAULT_INCLUDE_DIR
-    applier = BirdApplier(str(paths.bird_config), str(paths.bird_socket),
-                          include_dir=include_dir)
-    result = run_once(ctl().store, host, applier, include_dir=include_dir)
-    if result is None or result.error is not None:
+    confd = Path(env["CALICO_BIN_DIR"]) / "calico-confd"
+    if not confd.is_file():
+        raise CommandFailed(f"cannot write BIRD's configuration: {confd} is missing")
+    cmd = [str(confd), "--onetime", "--hostname", host, "--config-file",
+           str(paths.bird_config), "--socket", str(paths.bird_socket)]
+    try:
+        proc = subprocess.run(cmd, env=dict(env), capture_output=True, text=True,
+                              timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
         raise CommandFailed(f"could not write BIRD's configuration for {host}: "
-                            f"{result.error if result else 'no configuration rendered'}")
+                            f"calico-confd --onetime did not finish in {timeout:g} s") from None
+    if proc.returncode != 0:
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        why = lines[-1].removeprefix("calico-confd: ") if lines else f"exit {proc.returncode}"
+        raise CommandFailed(f"could not write BIRD's configuration for {host}: {why}")
 
 
 def _etcd_environment() -> dict[str, str]:

@@ -85,7 +85,7 @@ def pool_remove(cidrs: tuple[str, ...], force: bool) -> None:
     not exist or has allocated addresses (unless --force, which releases them)."""
     from libcalico.errors import NotFound
     from libcalico.ipam import IPAMClient
-    from libcalico.model._common import canonical_net
+    from libcalico.model.validate import canonical_net
 
     client = ctl().client
     nets = [canonical_net("cidr", c, strict=True) for c in cidrs]

@@ -90,7 +90,7 @@ def profile_show(detailed: bool, output: str) -> None:
 
 @named_subgroup(profile, "PROFILE", "Commands on one profile.")
 def profile_named(ctx: click.Context, name: str) -> None:
-    from libcalico.model._common import validate_name
+    from libcalico.model.validate import validate_name
 
     ctx.obj_profile = validate_name("profile", name)  # type: ignore[attr-defined]
 
@@ -113,7 +113,7 @@ def tag() -> None:
 @click.argument("tag_name", metavar="TAG")
 def tag_add(tag_name: str) -> None:
     """Add a tag to the profile."""
-    from libcalico.model._common import validate_name
+    from libcalico.model.validate import validate_name
 
     validate_name("tag", tag_name)
     ctl().client.update_profile(_name(), lambda p: replace(p, tags=(*p.tags, tag_name)))

@@ -10,7 +10,7 @@ Owns:
   running, the programs' states, waiting for them to start, shutting it down.
 
 Leaves to others: what the programs are (node-image/programs/*.conf), the datastore
-(`libcalico.nodestart`), the command line (`calicoctl.noderun`).
+(`calicoctl.nodestart`), the command line (`calicoctl.noderun`).
 """
 
 from __future__ import annotations

@@ -11,5 +11,5 @@ tables, summaries), `state` (the state file and teardown from it), `agent` (a st
 script run inside workload namespaces: listeners and probes).
 
 Leaves to others: the namespaces, etcd and node start-up themselves
-(`tests.support.topology`, reused as is), and everything `calicoctl` does.
+(`netsim.topology`, reused as is), and everything `calicoctl` does.
 """

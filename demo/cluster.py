@@ -1,14 +1,14 @@
 """`scripts/demo.sh` (`python -m demo.cluster`): a 3-host Calico cluster, shown working.
 
 Owns the demo's steps, in order: etcd and three hosts in network namespaces
-(`tests.support.topology.Topology`, reused as the system tests use it), `calicoctl node
+(`netsim.topology.Topology`, reused as the system tests use it), `calicoctl node
 run --runtime=none` in every host at once, an IPv4 pool (198.19.0.0/16, outside the
 fabric's 198.18.0.0/24) and an IPv6 pool (fd00:198:19::/64, blocks of /122), a profile,
 two workloads per host (`calicoctl container add NS ipv4`, `container NS ip add ipv6`,
 `container NS profile set`), waiting (polled, with a deadline) until every host has
 every BGP session Established and a BIRD route to every other host's workloads, each
 host's `calicoctl node status` and routing tables, then the ping/TCP matrix before and
-after `calicoctl profile demo rule add inbound --at=1 deny tcp to ports 8080` (each
+after `calicoctl profile demo rule add inbound --at=0 deny tcp to ports 8080` (each
 polled until as expected or its deadline passes). Exit status: 0 when both matrices are
 as expected, 1 when not, 2 for bad usage, 130 when interrupted.
 
@@ -37,8 +37,8 @@ from typing import Any, TypeVar
 
 from demo import matrix
 from demo.state import DEFAULT_PATH, DemoState, default_path, teardown
-from tests.support.netns import Namespace
-from tests.support.topology import Host, Topology, calicoctl_path
+from netsim.netns import Namespace
+from netsim.topology import Host, Topology, calicoctl_path
 
 PREFIX = "demo"
 HOSTS = 3

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support.netns import kill_namespace_processes, namespace_exists
+from netsim.netns import kill_namespace_processes, namespace_exists
 
 DEFAULT_PATH = "/run/calico-demo/state.json"
 

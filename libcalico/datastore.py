@@ -46,8 +46,9 @@ DEFAULT_TIMEOUT = 5.0
 PAGE_SIZE = 10000
 # Keepalive pings let a watch notice a dead peer (etcd killed, host gone) quickly. Only
 # while a call (a watch) is open: etcd's server refuses pings on an idle connection and
-# answers them with GOAWAY "too_many_pings".
-_GRPC_OPTIONS = [
+# answers them with GOAWAY "too_many_pings". Public: a benchmark baseline sets its raw
+# etcd3 client up the same way (bench/syncer.py).
+GRPC_OPTIONS = [
     ("grpc.keepalive_time_ms", 30000),
     ("grpc.keepalive_timeout_ms", 5000),
     ("grpc.keepalive_permit_without_calls", 0),
@@ -320,7 +321,7 @@ class Datastore:
             ca_cert=s.ca_cert if tls else None,
             cert_key=s.key_file if tls else None,
             cert_cert=s.cert_file if tls else None,
-            timeout=s.timeout, grpc_options=_GRPC_OPTIONS)
+            timeout=s.timeout, grpc_options=GRPC_OPTIONS)
         return _Conn(endpoint, client, etcdrpc, etcdrpc.WatchStub(client.channel))
 
     def _current(self) -> _Conn:

@@ -57,4 +57,4 @@ if [ ! -f "$stamp" ]; then
 fi
 # Bytecode for the project's own modules: an editable install writes none, and with
 # PYTHONDONTWRITEBYTECODE set every calicoctl run would compile them again (~30 ms).
-.venv/bin/python -m compileall -q -j 0 libcalico calicoctl felix confd >/dev/null
+.venv/bin/python -m compileall -q -j 0 libcalico workload calicoctl felix confd netsim >/dev/null

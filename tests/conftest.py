@@ -9,7 +9,7 @@ import pytest
 
 from libcalico import keyspace
 from libcalico.datastore import Datastore
-from tests.support.etcd import EtcdServer
+from netsim.etcd import EtcdServer
 
 
 @pytest.fixture(scope="session")

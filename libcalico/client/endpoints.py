@@ -5,7 +5,7 @@ endpoint id) using the narrowest key prefix the filters allow, creating, replaci
 and deleting them, and compare-and-swap updates of one endpoint (`update_endpoint`,
 used by `endpoint <ID> profile append|remove|set`).
 
-Leaves to others: creating interfaces (`libcalico.workload`), address allocation
+Leaves to others: creating interfaces (`workload.veth`), address allocation
 (`libcalico.ipam`), endpoint validation (`libcalico.model`).
 """
 

@@ -289,7 +289,7 @@ class ResourceClient(NetworkClient, PolicyClient, EndpointClient):
         if name is not None:
             if isinstance(name, str) and cls is IPPool:
                 try:
-                    from libcalico.model._common import canonical_net
+                    from libcalico.model.validate import canonical_net
                     name = canonical_net("cidr", name)
                 except ValidationError:
                     pass

@@ -2,7 +2,9 @@
 
 Owns: selectors (`selector`), the rule grammar (`rules`), policy resources
 (`policy`), endpoints (`endpoints`), network and configuration resources
-(`network`) and the resource-kind registry (`resources`). This package does no
+(`network`), the resource-kind registry (`resources`), the document shape every
+resource shares (`base`) and the shared validators (`validate`: public, for every layer
+that turns user input into model values). This package does no
 I/O: the keys values are stored under belong to `libcalico.keyspace`, reading and
 writing to `libcalico.datastore`. Invalid input raises
 `libcalico.errors.ValidationError` naming the field and the value.
@@ -17,7 +19,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from libcalico.model._common import Resource
+    from libcalico.model.base import Resource
     from libcalico.model.endpoints import (
         HostEndpoint,
         HostEndpointId,
@@ -39,7 +41,7 @@ if TYPE_CHECKING:
     from libcalico.model.selector import Selector, SelectorSyntaxError, parse_selector
 
 _HOMES = {
-    "_common": ("Resource",),
+    "base": ("Resource",),
     "endpoints": ("HostEndpoint", "HostEndpointId", "WorkloadEndpoint", "WorkloadEndpointId"),
     "network": ("BGPGlobalConfig", "BGPPeer", "FelixConfig", "IPAMConfig", "IPPool", "Node",
                 "parse_as_num"),

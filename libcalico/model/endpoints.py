@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from libcalico.errors import ValidationError
-from libcalico.model._common import (
-    JSONDict,
-    Resource,
+from libcalico.model.base import JSONDict, Resource
+from libcalico.model.validate import (
     canonical_address,
     canonical_mac,
     canonical_net,

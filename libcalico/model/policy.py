@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from libcalico.errors import ValidationError
-from libcalico.model._common import (
-    JSONDict,
-    Resource,
+from libcalico.model.base import JSONDict, Resource
+from libcalico.model.rules import TAG_MAX, Rule, Rules
+from libcalico.model.selector import Selector, parse_selector
+from libcalico.model.validate import (
     check_keys,
     parse_order,
     render_order,
@@ -28,8 +29,6 @@ from libcalico.model._common import (
     validate_name,
     validate_str_list,
 )
-from libcalico.model.rules import TAG_MAX, Rule, Rules
-from libcalico.model.selector import Selector, parse_selector
 
 __all__ = ["Policy", "Profile", "Tier", "policy_sort_key"]
 

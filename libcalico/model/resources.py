@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from libcalico.errors import ValidationError
-from libcalico.model._common import Resource
+from libcalico.model.base import Resource
 from libcalico.model.endpoints import HostEndpoint, WorkloadEndpoint
 from libcalico.model.network import (
     BGPGlobalConfig,

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from libcalico.errors import ValidationError
-from libcalico.model._common import JSONDict, canonical_net, validate_name
+from libcalico.model.base import JSONDict
 from libcalico.model.selector import Selector, parse_selector
+from libcalico.model.validate import canonical_net, validate_name
 
 __all__ = [
     "ACTIONS",

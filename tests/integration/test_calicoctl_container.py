@@ -11,8 +11,8 @@ import subprocess
 import pytest
 
 from libcalico import keyspace as ks
-from tests.support.netns import Namespace
-from tests.support.topology import calicoctl_path
+from netsim.netns import Namespace
+from netsim.topology import calicoctl_path
 
 pytestmark = [pytest.mark.etcd, pytest.mark.root, pytest.mark.slow]
 
@@ -137,3 +137,58 @@ def test_container_add_failure_leaves_nothing(unix_etcd, env):
     assert "198.18.64.7/32" in wl1.ip("addr", "show", "eth7").stdout
     ctl(unix_etcd, host, "container", "remove", wl1.name)
     assert _allocated(store) == 0
+
+
+def test_every_per_container_form_takes_hostname(unix_etcd, env):
+    """`container --hostname H CONTAINER ...` as the help promises: the endpoint lives
+    under H (not $HOSTNAME), and every per-container form finds it there."""
+    store, host, wl1, _ = env
+    other = "ctl-other-node"
+    ctl(unix_etcd, host, "profile", "add", "ctlprof")
+    ctl(unix_etcd, host, "profile", "add", "ctlprof2")
+    ctl(unix_etcd, host, "container", "--hostname", other, "add", wl1.name, "ipv4")
+    kvs, _ = store.list(ks.host_workload_dir(other))
+    assert len(kvs) == 1 and _endpoints(store) == {}  # not under $HOSTNAME
+    key = kvs[0].key
+
+    def ep():
+        return json.loads(store.get_value(key))
+
+    def named(*args, code=0):
+        return ctl(unix_etcd, host, "container", "--hostname", other, wl1.name, *args,
+                   code=code)
+
+    shown = named("endpoint", "show", "-o", "json").stdout
+    assert json.loads(shown)[0]["metadata"]["hostname"] == other
+    named("ip", "add", "fd00:64::/120")
+    ip6 = ep()["ipv6_nets"][0].split("/")[0]
+    assert ip6 in wl1.ip("-6", "addr", "show", "eth1").stdout
+    named("ip", "remove", ip6)
+    assert ep()["ipv6_nets"] == []
+    named("profile", "append", "ctlprof")
+    named("profile", "set", "ctlprof2", "ctlprof")
+    assert ep()["profile_ids"] == ["ctlprof2", "ctlprof"]
+    named("profile", "remove", "ctlprof2")
+    assert ep()["profile_ids"] == ["ctlprof"]
+    # The same commands without --hostname look under $HOSTNAME and find nothing.
+    ctl(unix_etcd, host, "container", wl1.name, "endpoint", "show", code=3)
+    ctl(unix_etcd, host, "container", "--hostname", other, "remove", wl1.name)
+    assert store.list(ks.host_workload_dir(other))[0] == [] and _allocated(store) == 0
+
+
+def test_ip_remove_after_the_interface_vanished_and_remove_after_a_failure(unix_etcd, env):
+    """A removal finishes when a real interface was deleted underneath it, and a remove
+    repeated after an interrupted one (the endpoint left inactive) finishes the job."""
+    store, host, wl1, _ = env
+    ctl(unix_etcd, host, "container", "add", wl1.name, "ipv4")
+    ctl(unix_etcd, host, "container", wl1.name, "ip", "add", "ipv6")
+    key, ep = next(iter(_endpoints(store).items()))
+    ip6 = ep["ipv6_nets"][0].split("/")[0]
+    wl1.ip("link", "del", "eth1")  # the host end goes with it
+    ctl(unix_etcd, host, "container", wl1.name, "ip", "remove", ip6)
+    assert _endpoints(store)[key]["ipv6_nets"] == [] and _allocated(store) == 1
+    ctl(unix_etcd, host, "container", wl1.name, "ip", "remove", ip6, code=3)
+    # An interrupted remove: the first step (endpoint inactive) done, the rest not.
+    store.put(key, json.dumps({**_endpoints(store)[key], "state": "inactive"}))
+    ctl(unix_etcd, host, "container", "remove", wl1.name)
+    assert _endpoints(store) == {} and _allocated(store) == 0

@@ -7,8 +7,9 @@ test creates (`nsenter --net`, which keeps the mounts dockerd needs; `ip netns e
 would hide the cgroup mounts). DOCKER_HOST points calicoctl at that engine. The image
 is built without a registry: a static busybox and a few applet links, imported from a
 tar stream. calicoctl runs inside a simulated host namespace, so the host side of the
-veth (`cali...`) lands there. The module is skipped only when dockerd is not installed
-or does not start, saying why; everything it creates is removed even on failure.
+veth (`cali...`) lands there. When dockerd is not installed (the README's install
+provides docker.io) or does not start, the tests fail saying why; they never skip.
+Everything the module creates is removed even on failure.
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ from dataclasses import dataclass
 import pytest
 
 from libcalico import keyspace as ks
-from tests.support.etcd import EtcdServer, wait_for
-from tests.support.netns import Namespace, unique_name
-from tests.support.topology import calicoctl_path
+from netsim.etcd import EtcdServer
+from netsim.netns import Namespace, unique_name
+from netsim.topology import calicoctl_path
+from netsim.wait import wait_for
 
 pytestmark = [pytest.mark.etcd, pytest.mark.root, pytest.mark.slow]
 
@@ -112,7 +114,7 @@ def _stop(engine: Engine) -> None:
 @pytest.fixture(scope="module")
 def engine() -> Iterator[Engine]:
     if shutil.which("dockerd") is None or shutil.which("docker") is None:
-        pytest.skip("Docker engine not installed (apt-get install docker.io)")
+        pytest.fail("Docker engine not installed (./scripts/bootstrap.sh installs docker.io)")
     tmp = tempfile.mkdtemp(prefix="ctl-docker-")
     try:
         ns = Namespace("ctl-dk")
@@ -131,15 +133,15 @@ def engine() -> Iterator[Engine]:
         log.close()
         shutil.rmtree(tmp, ignore_errors=True)
         ns.delete()
-        pytest.skip(f"cannot run dockerd: {exc}")
+        pytest.fail(f"cannot run dockerd: {exc}")
     eng = Engine(tmp, ns, proc)
     try:
         try:
             wait_for(lambda: _answering_or_gone(eng), timeout=30, message="dockerd answering")
-        except Exception as exc:  # noqa: BLE001 - any start failure is a skip reason
-            pytest.skip(f"dockerd did not start: {exc}; log: {eng.log_tail()}")
+        except TimeoutError as exc:
+            pytest.fail(f"dockerd did not start: {exc}; log: {eng.log_tail()}")
         if proc.poll() is not None:
-            pytest.skip(f"dockerd did not start (exit {proc.returncode}); log: "
+            pytest.fail(f"dockerd did not start (exit {proc.returncode}); log: "
                         f"{eng.log_tail()}")
         yield eng
     finally:

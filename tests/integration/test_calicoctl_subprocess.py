@@ -14,8 +14,9 @@ import tempfile
 import pytest
 
 from libcalico import keyspace as ks
-from tests.support.etcd import EtcdServer, free_port, make_tls_material, wait_for
-from tests.support.netns import Namespace
+from netsim.etcd import EtcdServer, free_port, make_tls_material
+from netsim.netns import Namespace
+from netsim.wait import wait_for
 
 pytestmark = pytest.mark.etcd
 

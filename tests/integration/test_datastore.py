@@ -25,7 +25,8 @@ from libcalico.datastore import (
     WatchEvent,
 )
 from libcalico.errors import AlreadyExists, DatastoreError, DatastoreUnavailable
-from tests.support.etcd import EtcdServer, free_port, wait_for
+from netsim.etcd import EtcdServer, free_port
+from netsim.wait import wait_for
 
 pytestmark = pytest.mark.etcd
 

@@ -31,8 +31,8 @@ from felix.dataplane.types import (
     TableState,
 )
 from libcalico.errors import ValidationError
-from tests.support.etcd import wait_for
-from tests.support.netns import Namespace, namespace, veth
+from netsim.netns import Namespace, namespace, veth
+from netsim.wait import wait_for
 
 pytestmark = [pytest.mark.root]
 

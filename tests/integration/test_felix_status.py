@@ -9,7 +9,7 @@ import pytest
 from felix.status import StatusReporter
 from libcalico import keyspace
 from libcalico.datastore import Datastore
-from tests.support.etcd import wait_for
+from netsim.wait import wait_for
 
 pytestmark = pytest.mark.etcd
 

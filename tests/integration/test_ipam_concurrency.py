@@ -21,7 +21,8 @@ from libcalico import keyspace
 from libcalico.datastore import Datastore
 from libcalico.ipam import AllocationBlock, IPAMClient, IPAMHandle, check, repair
 from libcalico.model import IPPool
-from tests.support.etcd import EtcdServer, wait_for
+from netsim.etcd import EtcdServer
+from netsim.wait import wait_for
 
 pytestmark = pytest.mark.etcd
 ROOT = Path(__file__).resolve().parents[2]

@@ -23,9 +23,9 @@ from libcalico import keyspace as ks
 from libcalico.datastore import Datastore
 from libcalico.errors import ValidationError
 from libcalico.ipam import IPAMClient, check, repair
-from tests.support.etcd import wait_for
-from tests.support.netns import Namespace
-from tests.support.topology import calicoctl_path
+from netsim.netns import Namespace
+from netsim.topology import calicoctl_path
+from netsim.wait import wait_for
 
 pytestmark = pytest.mark.etcd
 

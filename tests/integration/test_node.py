@@ -10,8 +10,8 @@ import pytest
 
 from libcalico import keyspace as ks
 from libcalico.datastore import Datastore
-from tests.support.etcd import wait_for
-from tests.support.topology import Host, Topology, calicoctl_path
+from netsim.topology import Host, Topology, calicoctl_path
+from netsim.wait import wait_for
 
 pytestmark = [pytest.mark.etcd, pytest.mark.root, pytest.mark.slow]
 
@@ -81,6 +81,27 @@ def test_bird_backend_writes_the_config_before_bird_starts(topo: Topology, host:
     assert store.get(ks.pool_key("192.168.0.0/16")) is None  # NO_DEFAULT_POOLS=1
     again = topo.start_node(host, check=False)
     assert again.returncode == 3 and "already runs" in again.stderr
+
+
+def test_a_bird_config_confd_cannot_write_stops_node_run_before_supervisord(
+        topo: Topology, host: Host) -> None:
+    """node run writes BIRD's first configuration through `calico-confd --onetime`; an
+    operator include that BIRD refuses stops it there, saying why, with nothing started."""
+    include_dir = host.dir / "bird.d"
+    include_dir.mkdir(exist_ok=True)
+    bad = include_dir / "broken.conf"
+    bad.write_text("this is not bird configuration;\n")
+    run_dir = host.dir / "run-bad-include"  # no bird.cfg from an earlier test
+    try:
+        proc = topo.start_node(host, check=False, env={"CALICO_RUN_DIR": str(run_dir)})
+    finally:
+        bad.unlink()
+    assert proc.returncode == 1, proc.stderr
+    assert "could not write BIRD's configuration for host1" in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert "broken.conf" in proc.stderr, proc.stderr
+    assert not (run_dir / "supervisord.pid").exists()
+    assert not (run_dir / "bird.cfg").exists()
 
 
 @pytest.mark.parametrize("args, field", [

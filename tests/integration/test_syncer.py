@@ -16,7 +16,8 @@ import pytest
 from libcalico.datastore import Datastore, Delete, EtcdSettings, Put, WatchStream
 from libcalico.errors import DatastoreError
 from libcalico.syncer import Syncer, SyncStatus, Update
-from tests.support.etcd import EtcdServer, make_tls_material, wait_for
+from netsim.etcd import EtcdServer, make_tls_material
+from netsim.wait import wait_for
 
 pytestmark = pytest.mark.etcd
 

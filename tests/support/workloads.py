@@ -7,7 +7,7 @@ in the host namespace, the workload's /32 and /128 addresses, its default routes
 reads from etcd, and traffic helpers (ping, TCP/UDP with nc, listeners). Everything is
 deleted with the workload namespace.
 
-Leaves to others: the host namespaces and etcd (`tests.support.topology`), felix.
+Leaves to others: the host namespaces and etcd (`netsim.topology`), felix.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from libcalico import keyspace
-from tests.support.netns import Namespace
+from netsim.netns import Namespace
 
 
 @dataclass

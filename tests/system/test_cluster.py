@@ -20,9 +20,9 @@ import pytest
 
 from libcalico import keyspace as ks
 from libcalico.client import CalicoClient
-from tests.support.etcd import wait_for
-from tests.support.netns import Namespace
-from tests.support.topology import Host, Topology
+from netsim.netns import Namespace
+from netsim.topology import Host, Topology
+from netsim.wait import wait_for
 from tests.support.workloads import Workload
 
 pytestmark = [pytest.mark.etcd, pytest.mark.root, pytest.mark.slow]

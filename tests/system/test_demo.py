@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.etcd import wait_for
-from tests.support.netns import namespace_exists, namespace_pids
-from tests.support.netns import process_alive as alive
+from netsim.netns import namespace_exists, namespace_pids
+from netsim.netns import process_alive as alive
+from netsim.wait import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = str(ROOT / "scripts" / "demo.sh")
@@ -52,6 +52,9 @@ def test_keep_runs_the_matrix_then_teardown_removes_everything(tmp_path: Path) -
         for line in EXPECTED_LINES:
             assert line in lines, run.stdout[-4000:]
         assert any(line.startswith("demo PASSED") for line in lines)
+        # The rule the README (and the demo's docstring) names is the one the demo adds.
+        assert "calicoctl profile demo rule add inbound --at=0 deny tcp to ports 8080" \
+            in run.stdout
         assert f"scripts/demo.sh --teardown --state-file {state}" in run.stdout
 
         recorded = json.loads(state.read_text())

@@ -180,7 +180,7 @@ def test_config_node_route_reflector(ctl, datastore):
 
 
 def test_unreachable_datastore_exit_code(etcd_server):
-    from tests.support.etcd import free_port
+    from netsim.etcd import free_port
 
     ctl = Ctl({"ETCD_ENDPOINTS": f"http://127.0.0.1:{free_port()}"})
     res = ctl("pool", "show", code=4)

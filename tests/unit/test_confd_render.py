@@ -130,7 +130,6 @@ def test_golden(name: str) -> None:
     assert text == path.read_text()
 
 
-@pytest.mark.skipif(shutil.which("bird") is None, reason="BIRD 2 is a project dependency")
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
 def test_golden_accepted_by_bird(name: str, tmp_path: Path) -> None:
     # The golden files include the operators' directory; BIRD needs it to exist, so the

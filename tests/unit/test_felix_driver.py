@@ -15,7 +15,7 @@ from felix.dataplane.cmd import CommandFailed
 from felix.driver import Driver, Owners
 from libcalico import keyspace
 from libcalico.syncer import SyncStatus, Update
-from tests.support.etcd import wait_for
+from netsim.wait import wait_for
 
 
 class FakeOwner:

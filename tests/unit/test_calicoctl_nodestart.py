@@ -7,17 +7,17 @@ import json
 
 import pytest
 
-from libcalico import keyspace as ks
-from libcalico.client import CalicoClient
-from libcalico.datastore import Datastore
-from libcalico.errors import Conflict, ValidationError
-from libcalico.model import Node
-from libcalico.nodestart import (
+from calicoctl.nodestart import (
     DEFAULT_AS,
     initialise_cluster,
     parse_ip_addr_json,
     register_node,
 )
+from libcalico import keyspace as ks
+from libcalico.client import CalicoClient
+from libcalico.datastore import Datastore
+from libcalico.errors import Conflict, ValidationError
+from libcalico.model import Node
 
 IP_ADDR = json.dumps([
     {"ifname": "lo", "flags": ["LOOPBACK", "UP"], "addr_info": [

@@ -20,7 +20,7 @@ Use it as a context manager or through `topology()`:
         topo.calicoctl(a, "node", "status")
 
 Leaves to others: what runs in the hosts and what the tests check. Namespaces are
-created through `tests.support.netns`, so names carry the prefix and a random suffix.
+created through `netsim.netns`, so names carry the prefix and a random suffix.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from libcalico.datastore import Datastore
-from tests.support.etcd import EtcdServer
-from tests.support.netns import Namespace, kill_namespace_processes
+from netsim.etcd import EtcdServer
+from netsim.netns import Namespace, kill_namespace_processes
 
 FABRIC_NET = "198.18.0"
 FABRIC_PLEN = 24

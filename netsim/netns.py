@@ -1,4 +1,5 @@
-"""Network namespaces for tests: simulated hosts and workloads, always cleaned up.
+"""Network namespaces for tests, benchmarks and the demo: simulated hosts and workloads,
+always cleaned up.
 
 Owns: creating uniquely named namespaces (component prefix + random suffix, so engineers
 running tests concurrently never collide), running commands inside them, veth pairs

@@ -1,13 +1,16 @@
-"""Validation helpers and the resource base class shared by the model modules.
+"""Validators: the checks and canonical forms that resources share, public for every
+layer that validates user input into model values (calicoctl, the workload plumbing,
+the Docker and CNI adapters).
 
-Owns: checks and canonical forms that several resources share (names, ids that
-become key segments, CIDRs, addresses, MACs, labels, booleans, policy order), the
-strict "no unknown keys" check, and `Resource`, the base class that gives every
-resource its `apiVersion`/`kind`/`metadata`/`spec` document shape.
+Owns: names (`validate_name`), ids that become key segments (`validate_id`), Linux
+interface names, CIDRs and addresses in canonical form (`canonical_net`,
+`canonical_address`), MACs, labels, booleans, bounded integers, lists and mappings,
+policy order, and the strict "no unknown keys" check. Every check raises
+`ValidationError(field, value, reason)` naming the field and the value; nothing here
+does I/O.
 
 Leaves to others: each resource's own fields (`rules`, `policy`, `endpoints`,
-`network`), and the kind registry (`resources`). Every check raises
-`ValidationError(field, value, reason)`; nothing here does I/O.
+`network`), the resource document shape (`base`), the kind registry (`resources`).
 """
 
 from __future__ import annotations
@@ -16,12 +19,10 @@ import ipaddress
 import math
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any, ClassVar, Self
+from typing import Any
 
 from libcalico.errors import ValidationError
 from libcalico.model.selector import LABEL_NAME_RE
-
-API_VERSION = "v1"
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 NAME_MAX = 128
@@ -31,8 +32,6 @@ _MAC_RE = re.compile(
     r"|[0-9a-f]{4}\.[0-9a-f]{4}\.[0-9a-f]{4}"  # aabb.ccdd.eeff
     r"|[0-9a-f]{12})$"  # aabbccddeeff
 )
-
-JSONDict = dict[str, Any]
 
 
 def validate_name(field: str, value: Any, max_len: int = NAME_MAX) -> str:
@@ -170,46 +169,3 @@ def render_order(order: float | None) -> int | float | str:
     if order is None:
         return "default"
     return int(order) if order.is_integer() else order
-
-
-class Resource:
-    """Base of every resource class: the `calicoctl apply -f` document shape.
-
-    A document is `{"apiVersion": "v1", "kind": KIND, "metadata": {identity},
-    "spec": {the rest}}`. Subclasses set `KIND` and implement `to_resource` and
-    `from_resource`; `_envelope` and `_unwrap` do the shared part.
-    """
-
-    KIND: ClassVar[str] = ""
-
-    def to_resource(self) -> JSONDict:
-        raise NotImplementedError
-
-    @classmethod
-    def from_resource(cls, doc: Mapping[str, Any]) -> Self:
-        raise NotImplementedError
-
-    @classmethod
-    def _envelope(cls, metadata: JSONDict, spec: JSONDict) -> JSONDict:
-        return {"apiVersion": API_VERSION, "kind": cls.KIND, "metadata": metadata,
-                "spec": spec}
-
-    @classmethod
-    def _unwrap(cls, doc: Any, metadata_keys: Iterable[str],
-                spec_keys: Iterable[str] | None) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
-        """Check the envelope and return (metadata, spec); `spec_keys` None skips the check."""
-        doc = validate_mapping("resource", doc)
-        check_keys("resource", doc, ("apiVersion", "kind", "metadata", "spec"))
-        if doc.get("apiVersion") != API_VERSION:
-            raise ValidationError("apiVersion", doc.get("apiVersion"), f"must be {API_VERSION!r}")
-        kind = doc.get("kind")
-        if not isinstance(kind, str) or kind.lower() != cls.KIND.lower():
-            raise ValidationError("kind", kind, f"must be {cls.KIND!r}")
-        # An empty YAML section loads as None.
-        metadata = validate_mapping("metadata", {} if doc.get("metadata") is None
-                                    else doc["metadata"])
-        spec = validate_mapping("spec", {} if doc.get("spec") is None else doc["spec"])
-        check_keys(f"{cls.KIND} metadata", metadata, metadata_keys)
-        if spec_keys is not None:
-            check_keys(f"{cls.KIND} spec", spec, spec_keys)
-        return metadata, spec

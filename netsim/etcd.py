@@ -1,9 +1,13 @@
 """A real etcd server for tests, benchmarks and the demo.
 
-Owns: starting the Debian `etcd` binary on 127.0.0.1 (or a given address) with a free
-port and a temporary data directory, waiting until it answers, stopping, killing and
-restarting it, and removing its data directory. Optionally with TLS client certificates
-made by `make_tls_material` (openssl).
+Owns: starting the Debian `etcd` binary on 127.0.0.1 (or a given address, optionally
+inside a network namespace and on a unix socket) with a free port and a temporary data
+directory, waiting until it answers, stopping, killing and restarting it, and removing
+its data directory. Optionally with TLS client certificates made by
+`make_tls_material` (openssl).
+
+Leaves to others: polling (`netsim.wait`), the namespaces it may run in
+(`netsim.netns`, `netsim.topology`).
 """
 
 from __future__ import annotations
@@ -15,39 +19,17 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 from libcalico.datastore import Datastore, EtcdSettings
-
-T = TypeVar("T")
+from netsim.wait import wait_for
 
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
-
-
-def wait_for(condition: Callable[[], T], timeout: float, interval: float = 0.05,
-             message: str = "condition") -> T:
-    """Poll `condition` until it returns a truthy value or `timeout` passes."""
-    deadline = time.monotonic() + timeout
-    last_exc: Exception | None = None
-    while True:
-        try:
-            result = condition()
-            if result:
-                return result
-        except Exception as exc:  # noqa: BLE001 - polling tolerates transient errors
-            last_exc = exc
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {message}"
-                               + (f" (last error: {last_exc})" if last_exc else ""))
-        time.sleep(interval)
 
 
 def scratch_dir() -> str | None:

@@ -1,0 +1,98 @@
+"""The layers of docs/architecture.md, checked on the source: which top-level package may
+import which (every import statement, also those inside functions), that no module
+imports another package's private names, and that the workload plumbing and calicoctl
+do not pay for pyroute2 at import time."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("libcalico", "workload", "calicoctl", "felix", "confd", "netsim", "demo",
+            "bench", "tests")
+SHIPPED = ("libcalico", "workload", "calicoctl", "felix", "confd")
+
+# package -> the project packages it must never import (arrows point down only).
+FORBIDDEN: dict[str, set[str]] = {
+    "libcalico": {"workload", "calicoctl", "felix", "confd", "netsim", "demo", "bench",
+                  "tests"},
+    "workload": {"calicoctl", "felix", "confd", "netsim", "demo", "bench", "tests"},
+    "calicoctl": {"felix", "confd", "netsim", "demo", "bench", "tests"},
+    "felix": {"calicoctl", "confd", "netsim", "demo", "bench", "tests"},
+    "confd": {"calicoctl", "felix", "workload", "netsim", "demo", "bench", "tests"},
+    "netsim": {"demo", "bench", "tests"},
+    "demo": {"bench", "tests"},
+    "bench": {"demo", "tests"},
+}
+# Third-party modules a package must not import at all: libcalico owns no dataplane code.
+FORBIDDEN_LIBS = {"libcalico": {"pyroute2", "subprocess"}}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    """(line, dotted name) of every absolute import; `from a import b` gives a and a.b."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.lineno, node.module))
+            found += [(node.lineno, f"{node.module}.{a.name}") for a in node.names]
+    return found
+
+
+def _sources() -> list[tuple[str, Path]]:
+    return [(pkg, path) for pkg in PACKAGES for path in sorted((ROOT / pkg).rglob("*.py"))]
+
+
+def test_arrows_point_down_only() -> None:
+    bad = []
+    for pkg, path in _sources():
+        forbidden = FORBIDDEN.get(pkg, set()) | FORBIDDEN_LIBS.get(pkg, set())
+        for line, name in _imports(path):
+            if name.split(".")[0] in forbidden:
+                bad.append(f"{path.relative_to(ROOT)}:{line} imports {name}")
+    assert bad == []
+
+
+def test_the_shipped_programs_never_import_test_or_demo_code() -> None:
+    bad = [f"{path.relative_to(ROOT)}:{line} imports {name}"
+           for pkg, path in _sources() if pkg in SHIPPED
+           for line, name in _imports(path)
+           if name.split(".")[0] in ("tests", "netsim", "demo", "bench")]
+    assert bad == []
+
+
+def test_no_module_imports_another_packages_private_names() -> None:
+    """`a.b._c` (a private module or name) may be imported only from inside `a.b`."""
+    bad = []
+    for _, path in _sources():
+        me = _module_name(path)
+        for line, name in _imports(path):
+            parts = name.split(".")
+            for i, part in enumerate(parts[1:], start=1):
+                if part.startswith("_") and not part.startswith("__"):
+                    owner = ".".join(parts[:i])
+                    if me != owner and not me.startswith(owner + "."):
+                        bad.append(f"{path.relative_to(ROOT)}:{line} imports {name}")
+                    break
+    assert bad == []
+
+
+@pytest.mark.parametrize("module", ["workload", "workload.gateway", "workload.veth",
+                                    "workload.addresses", "workload.provision",
+                                    "calicoctl.container"])
+def test_pyroute2_is_imported_only_when_a_netlink_step_runs(module: str) -> None:
+    code = f"import sys, {module}\nprint('pyroute2' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=ROOT).stdout
+    assert out.strip() == "False"
