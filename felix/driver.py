@@ -38,7 +38,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from felix.calc.graph import CalcGraph, CalcSettings, Changes, EndpointInfo
+from felix.calc.graph import CalcGraph, CalcSettings
+from felix.calc.types import Changes, EndpointInfo
 from felix.config import Config, load_config
 from felix.dataplane.cmd import CommandFailed, CommandRunner, DataplaneError
 from felix.dataplane.interfaces import InterfaceEvent, Interfaces, InterfaceWatcher
