@@ -26,13 +26,12 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 
 from felix.dataplane.cmd import CommandFailed, CommandRunner
-from felix.dataplane.types import CHAIN_PREFIX, Chain, Rule, TableState
+from felix.dataplane.types import CHAIN_PREFIX, MAX_CHAIN_NAME, Chain, Rule, TableState
 from libcalico.errors import ValidationError
 
 _log = logging.getLogger(__name__)
 
 TABLES = ("filter", "nat", "raw", "mangle")
-MAX_CHAIN_NAME = 28  # iptables' limit (XT_EXTENSION_MAXNAMELEN - 1 = 28)
 _HASH_RE = re.compile(r'--comment "?felix:([0-9a-zA-Z_-]+)')
 _TARGET_RE = re.compile(r"(?:^|\s)(?:-j|-g|--jump|--goto)\s+(\S+)")
 
@@ -169,10 +168,6 @@ class IptablesTable:
     def get_chain(self, name: str) -> Chain | None:
         """The desired chain `name`, if any."""
         return self._chains.get(name)
-
-    @property
-    def chain_names(self) -> frozenset[str]:
-        return frozenset(self._chains)
 
     @property
     def in_sync(self) -> bool:

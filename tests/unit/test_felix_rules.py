@@ -6,12 +6,10 @@ import random
 
 import pytest
 
-from felix.dataplane.types import Chain, Rule
+from felix.dataplane.types import MAX_CHAIN_NAME, MAX_IPSET_NAME, Chain, Rule
 from felix.rules.dispatch import LEAF_MAX, render_workload_dispatch
 from felix.rules.match import render_matches, split_ports
 from felix.rules.names import (
-    MAX_CHAIN_NAME,
-    MAX_IPSET_NAME,
     Marks,
     from_endpoint_chain,
     policy_chain,
