@@ -5,14 +5,14 @@ Owns: the desired felix ipsets (name -> IPSetState), what it believes the kernel
 be destroyed. `apply()` writes every creation and change through ONE `ipset restore`:
 a new set, or any set after a failed apply, is built in a temp set (`felix-tmp-...`),
 swapped in and the temp destroyed; sets already in sync get `add`/`del` deltas.
-Destroying sets is a separate `apply_deletions()`, which the driver runs after iptables
-no longer refers to them. `ipset restore` is not atomic, so any failure makes the next
-apply read everything back (`ipset save`) and rewrite every set in full.
+Destroying sets is a separate `apply_deletions()`, which `felix.dataplane.apply` runs
+after iptables no longer refers to them. `ipset restore` is not atomic, so any failure
+makes the next apply read everything back (`ipset save`) and rewrite every set in full.
 
 Never touched: sets without the felix prefix, and felix sets of the other family.
 
 Leaves to others: which sets exist and their members (felix.calc), ordering against
-iptables (felix.driver).
+iptables (felix.dataplane.apply).
 """
 
 from __future__ import annotations
