@@ -13,9 +13,10 @@ batch to the owners (no I/O); `apply()` then applies them in this order, as Go F
 
 so chains never refer to a missing set (a version whose ipset update failed does not
 get its iptables applied this time: the tables stay as they were) and sets are destroyed
-only once no chain uses them (skipped for a version whose iptables failed). Every step
-runs even when an earlier one failed (other than the skips above); each failure is
-logged, counted in `felix_errors_total` and returned by `apply()` as step -> error.
+only once no chain uses them (skipped for a version whose iptables failed or was
+skipped). Every step runs even when an earlier one failed (other than the skips above);
+each failure is logged, counted in `felix_errors_total` and returned by `apply()` as
+step -> error.
 
 After an apply, the owners' per-item failures answer which endpoints are not programmed:
 `endpoint_failure(ifname, chains)` gives the reason when the endpoint's routes or
