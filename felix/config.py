@@ -222,25 +222,20 @@ PARAMS_BY_NAME: Mapping[str, Param] = {p.name: p for p in PARAMS}
 
 
 class Config:
-    """An immutable, fully parsed configuration. Read values with `config.Name` or
-    `config["Name"]`; `source(name)` says where a value came from."""
+    """An immutable, fully parsed configuration. Read values with `config.Name`;
+    `source(name)` says where a value came from."""
 
-    __slots__ = ("_values", "_sources", "_raw")
+    __slots__ = ("_values", "_sources")
 
-    def __init__(self, values: Mapping[str, Any], sources: Mapping[str, str],
-                 raw: Mapping[str, str]) -> None:
+    def __init__(self, values: Mapping[str, Any], sources: Mapping[str, str]) -> None:
         object.__setattr__(self, "_values", dict(values))
         object.__setattr__(self, "_sources", dict(sources))
-        object.__setattr__(self, "_raw", dict(raw))
 
     def __getattr__(self, name: str) -> Any:
         try:
             return self._values[name]
         except KeyError:
             raise AttributeError(name) from None
-
-    def __getitem__(self, name: str) -> Any:
-        return self._values[name]
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("Config is immutable")
@@ -355,7 +350,7 @@ def load_config(*, file_values: Mapping[str, str] | None = None,
         name = "EtcdCertFile" if values["EtcdCertFile"] else "EtcdKeyFile"
         raise ConfigError(name, raw.get(name), sources[name],
                           "a client certificate needs both EtcdCertFile and EtcdKeyFile")
-    return Config(values, sources, raw)
+    return Config(values, sources)
 
 
 def describe_params() -> str:

@@ -14,16 +14,20 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import signal
 import sys
 import threading
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import click
 
 from felix.config import Config, ConfigError, describe_params, load_config, read_config_file
 from libcalico import keyspace
+
+if TYPE_CHECKING:
+    from felix.driver import Driver
+    from libcalico.datastore import Datastore
 
 _log = logging.getLogger("felix")
 
@@ -64,22 +68,22 @@ def ipv6_available() -> bool:
     return True
 
 
-def load_etcd_config(store: object, boot: Config, file_values: dict[str, str],
+def load_etcd_config(store: Datastore, boot: Config, file_values: dict[str, str],
                      stop: threading.Event) -> Config | None:
     """Read the config keys from etcd (retrying with backoff) and layer everything."""
     from libcalico.errors import DatastoreError
+    from libcalico.retry import Backoff
 
-    delay = 0.2
+    backoff = Backoff(0.2, 10.0)
     while not stop.is_set():
         try:
-            glob, _ = store.list(keyspace.CONFIG_DIR)  # type: ignore[attr-defined]
-            host, _ = store.list(  # type: ignore[attr-defined]
-                keyspace.host_config_dir(boot.FelixHostname))
+            glob, _ = store.list(keyspace.CONFIG_DIR)
+            host, _ = store.list(keyspace.host_config_dir(boot.FelixHostname))
             break
         except DatastoreError as exc:
+            delay = backoff.next()
             _log.warning("etcd not reachable (%s); retrying in %.1fs", exc, delay)
-            stop.wait(delay * (0.5 + random.random()))
-            delay = min(delay * 2, 10.0)
+            stop.wait(delay)
     else:
         return None
     values_g = {k.key.rsplit("/", 1)[1]: k.value for k in glob}
@@ -96,19 +100,20 @@ def run(config_path: str | None, log_level: str | None) -> int:
         return 2
     setup_logging(boot, log_level)
     stop = threading.Event()
-    driver_box: list[object] = []
+    driver_box: list[Driver] = []
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         _log.info("received signal %d: stopping (the dataplane stays as it is)", signum)
         stop.set()
         if driver_box:
-            driver_box[0].stop()  # type: ignore[attr-defined]
+            driver_box[0].stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
     from felix.calc.graph import CalcGraph, CalcSettings
-    from felix.driver import Driver, Owners, felix_prefixes, start_watcher
+    from felix.dataplane.apply import Owners
+    from felix.driver import Driver, felix_prefixes, start_watcher
     from felix.health import Health, Metrics
     from felix.status import StatusReporter
     from libcalico.datastore import Datastore, EtcdSettings
@@ -156,7 +161,7 @@ def run(config_path: str | None, log_level: str | None) -> int:
     if stop.is_set():
         driver.stop()
     watcher = start_watcher(driver, config)
-    syncer = Syncer(store, felix_prefixes(config.FelixHostname), driver, name="felix-syncer")
+    syncer = Syncer(store, felix_prefixes(), driver, name="felix-syncer")
     syncer.start()
     try:
         driver.run()

@@ -11,7 +11,9 @@ Owns, on a thread of its own (so a slow or absent etcd never stalls the dataplan
     statuses of endpoints that went away are deleted.
 Failures are logged and retried at the next tick; nothing here raises into the driver.
 
-Leaves to others: deciding each endpoint's status (`felix.driver`), key layout
+Values are written with `libcalico.codec.dumps` (sorted keys, one byte form).
+
+Leaves to others: deciding each endpoint's status (`felix.endpoint_status`), key layout
 (`libcalico.keyspace`), etcd access (`libcalico.datastore`).
 """
 
@@ -25,6 +27,7 @@ import time
 from collections.abc import Mapping
 
 from libcalico import keyspace
+from libcalico.codec import dumps
 from libcalico.datastore import Datastore, Delete, Lease, Put
 from libcalico.errors import DatastoreError
 
@@ -113,7 +116,7 @@ class StatusReporter:
             self._wake.clear()
 
     def _report(self) -> bool:
-        value = json.dumps({
+        value = dumps({
             "time": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "uptime": round(time.monotonic() - self._started, 1),
             "first_update": self._first})
@@ -150,7 +153,7 @@ class StatusReporter:
             for i in range(0, len(ops), TXN_OPS):
                 chunk = ops[i:i + TXN_OPS]
                 self.store.txn([], [Delete(k) if v is None
-                                    else Put(k, json.dumps(v, sort_keys=True))
+                                    else Put(k, dumps(v))
                                     for k, v in chunk])
                 for k, v in chunk:
                     if v is None:

@@ -10,14 +10,15 @@ Work is proportional to what changed: an endpoint update re-evaluates the active
 selectors for that one endpoint; a profile's tags or labels changing re-evaluates the
 endpoints that use the profile; a set becoming active scans the endpoints once.
 
-Leaves to others: which sets are active (`felix.calc.graph` counts references from
-rendered rule sources), set names and the kernel (`felix.rules.names`, the dataplane).
+Leaves to others: which sets are active (`felix.calc.active_rules` counts references
+from the active rule sources), set names and the kernel (`felix.rules.names`, the
+dataplane).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from libcalico.model.selector import Selector, parse_selector
@@ -39,6 +40,19 @@ class EndpointData:
     addrs_v6: tuple[str, ...]
     labels: Mapping[str, str]  # the endpoint's own labels
     profile_ids: tuple[str, ...]
+
+
+def effective_labels(profile_labels: Mapping[str, Mapping[str, str]],
+                     labels: Mapping[str, str], profile_ids: Iterable[str]) -> dict[str, str]:
+    """An endpoint's labels for selectors: its profiles' labels (in profile order),
+    overridden by its own labels."""
+    if not profile_labels:
+        return dict(labels)
+    out: dict[str, str] = {}
+    for pid in profile_ids:
+        out.update(profile_labels.get(pid, {}))
+    out.update(labels)
+    return out
 
 
 class MembershipIndex:
@@ -76,19 +90,27 @@ class MembershipIndex:
             self._by_profile.setdefault(pid, set()).add(ref)
         self._add_contrib(ref, data)
 
-    def on_profile(self, profile_id: str, tags: tuple[str, ...],
-                   labels: Mapping[str, str]) -> None:
-        if (self._profile_tags.get(profile_id, ()) == tags
-                and self._profile_labels.get(profile_id, {}) == labels):
+    def on_profile_tags(self, profile_id: str, tags: tuple[str, ...]) -> None:
+        """A profile's tags (its endpoints are members of these tag sets)."""
+        if self._profile_tags.get(profile_id, ()) == tags:
             return
         if tags:
             self._profile_tags[profile_id] = tags
         else:
             self._profile_tags.pop(profile_id, None)
+        self._refresh_users(profile_id)
+
+    def on_profile_labels(self, profile_id: str, labels: Mapping[str, str]) -> None:
+        """A profile's labels (its endpoints inherit them, for selector sets)."""
+        if self._profile_labels.get(profile_id, {}) == labels:
+            return
         if labels:
             self._profile_labels[profile_id] = labels
         else:
             self._profile_labels.pop(profile_id, None)
+        self._refresh_users(profile_id)
+
+    def _refresh_users(self, profile_id: str) -> None:
         for ref in list(self._by_profile.get(profile_id, ())):
             self._refresh(ref)
 
@@ -132,27 +154,17 @@ class MembershipIndex:
     def is_active(self, set_id: SetId) -> bool:
         return set_id in self._active
 
-    def effective_labels(self, data: EndpointData) -> dict[str, str]:
-        """Profile labels (in profile order) overridden by the endpoint's own labels."""
-        if not self._profile_labels:
-            return dict(data.labels)
-        labels: dict[str, str] = {}
-        for pid in data.profile_ids:
-            labels.update(self._profile_labels.get(pid, {}))
-        labels.update(data.labels)
-        return labels
-
     # --- internals -------------------------------------------------------------------
 
     def _matches(self, set_id: SetId, sel: Selector | None, data: EndpointData) -> bool:
         if sel is None:
             return any(set_id.value in self._profile_tags.get(p, ()) for p in data.profile_ids)
-        return sel.evaluate(self.effective_labels(data))
+        return sel.evaluate(effective_labels(self._profile_labels, data.labels, data.profile_ids))
 
     def _wanted(self, data: EndpointData) -> frozenset[SetId]:
         out = set()
         tags = {t for p in data.profile_ids for t in self._profile_tags.get(p, ())}
-        labels = self.effective_labels(data)
+        labels = effective_labels(self._profile_labels, data.labels, data.profile_ids)
         for set_id, sel in self._active.items():
             if sel is None:
                 if set_id.value in tags:

@@ -6,7 +6,7 @@ exception type, `CommandFailed` (a `DataplaneError`), that carries the command, 
 code, stderr and input.
 
 Leaves to others: what to run (the owners in this package) and retry policy (the
-driver); nothing here parses output.
+driver, and the owners' own resync after a failure); nothing here parses output.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class CommandRunner:
     """Runs commands on the host (netns=None) or inside a named network namespace.
 
     `lock_wait` is how long iptables commands wait for the xtables lock (`-w`), shared
-    with any other program that takes it. `commands_run` counts processes started.
+    with any other program that takes it.
     """
 
     def __init__(self, netns: str | None = None, lock_wait: float = 10.0,
@@ -57,7 +57,6 @@ class CommandRunner:
         self.netns = netns
         self.lock_wait = lock_wait
         self.timeout = timeout
-        self.commands_run = 0
 
     def lock_args(self) -> list[str]:
         """`-w SECONDS` for iptables/iptables-restore (whole seconds, at least 1)."""
@@ -70,7 +69,6 @@ class CommandRunner:
     def run(self, cmd: Sequence[str], input: str | None = None) -> str:  # noqa: A002
         """Run `cmd`, feeding `input` on stdin; return stdout or raise CommandFailed."""
         full = self.full_command(cmd)
-        self.commands_run += 1
         try:
             proc = subprocess.run(full, input=input, capture_output=True, text=True,
                                   timeout=self.timeout, check=False)

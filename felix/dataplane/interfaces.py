@@ -7,11 +7,13 @@ Owns:
   interfaces' /proc/sys/net files in one batch on one helper thread that has joined the
   namespace (no process per sysctl; a value already right is not rewritten), plus one
   netlink batch for proxy NDP entries. Missing interfaces are skipped and listed in
-  `pending`; `on_interface_update(ifname)` makes them be looked at again.
+  `pending`; `on_interface_update(ifname)` makes them be looked at again. An interface
+  whose settings could not be written is listed with the reason in `failures` and
+  written again at the next apply.
 - `InterfaceWatcher`: a thread on a netlink socket subscribed to RTMGRP_LINK that
   reports interfaces added, up, down and removed through a callback, after an initial
   dump (so the driver learns which interfaces exist and are up). On ENOBUFS (events
-  lost) it dumps again and reports the differences.
+  lost) or a failed read it dumps again and reports the differences.
 
 Leaves to others: which interfaces are workloads' (felix.calc), routes and neighbour
 entries (routes.py), and what to do on an event (felix.driver).
@@ -27,14 +29,15 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+import pyroute2
+from pyroute2.netlink.rtnl import RTM_DELLINK, RTMGRP_LINK
+
 from felix.dataplane.cmd import DataplaneError
 from felix.dataplane.netlink import (
-    RTM_DELLINK,
-    RTMGRP_LINK,
     Link,
-    NetlinkError,
     NetlinkSocket,
     Request,
+    errno_text,
     neighbour_request,
 )
 from felix.dataplane.netns import run_in_netns
@@ -59,13 +62,14 @@ def interface_sysctls(state: InterfaceState) -> list[tuple[str, str]]:
     return out
 
 
-def _write_sysctls(items: list[tuple[str, list[tuple[str, str]]]]) -> tuple[set[str], list[str]]:
-    """Write settings per interface; return (missing interfaces, error descriptions).
+def _write_sysctls(items: list[tuple[str, list[tuple[str, str]]]]
+                   ) -> tuple[set[str], dict[str, str]]:
+    """Write settings per interface; return (missing interfaces, interface -> error).
 
     Reads first and writes only what differs. Plain os.open/os.read (no file objects):
     a refresh checks five settings of every interface, 50,000 files at 10,000 endpoints."""
     missing: set[str] = set()
-    errors: list[str] = []
+    errors: dict[str, str] = {}
     for ifname, settings in items:
         for path, value in settings:
             try:
@@ -74,13 +78,13 @@ def _write_sysctls(items: list[tuple[str, list[tuple[str, str]]]]) -> tuple[set[
                 missing.add(ifname)
                 break
             except OSError as exc:
-                errors.append(f"{path}={value}: {exc.strerror}")
+                errors.setdefault(ifname, f"{path}={value}: {exc.strerror}")
                 continue
             try:
                 if os.read(fd, 64).strip() != value.encode():
                     os.pwrite(fd, value.encode(), 0)
             except OSError as exc:
-                errors.append(f"{path}={value}: {exc.strerror}")
+                errors.setdefault(ifname, f"{path}={value}: {exc.strerror}")
             finally:
                 os.close(fd)
     return missing, errors
@@ -90,8 +94,9 @@ class Interfaces:
     """Sysctls and proxy NDP entries of workload interfaces in one namespace.
 
     State fields: `_desired` (ifname -> InterfaceState), `_dirty` (to write next),
-    `_pending` (desired but missing), `_kernel_proxies` ((ifname, ip) -> ifindex of the
-    proxy NDP entries felix wrote).
+    `_pending` (desired but missing), `_failed` (ifname -> why its last write failed,
+    until a write succeeds), `_kernel_proxies` ((ifname, ip) -> ifindex of the proxy NDP
+    entries felix wrote), `_stale_proxies` (entries to remove).
     """
 
     def __init__(self, netns: str | None = None, nl: NetlinkSocket | None = None) -> None:
@@ -100,6 +105,7 @@ class Interfaces:
         self._desired: dict[str, InterfaceState] = {}
         self._dirty: set[str] = set()
         self._pending: set[str] = set()
+        self._failed: dict[str, str] = {}
         self._kernel_proxies: dict[tuple[str, str], int] = {}
         self._stale_proxies: set[tuple[str, str]] = set()
 
@@ -132,6 +138,7 @@ class Interfaces:
             self._stale_proxies.update((ifname, ip) for ip in old.proxy_ndp)
         self._dirty.discard(ifname)
         self._pending.discard(ifname)
+        self._failed.pop(ifname, None)
 
     def on_interface_update(self, ifname: str) -> None:
         """The interface appeared or changed: write its settings again."""
@@ -147,6 +154,11 @@ class Interfaces:
         return frozenset(self._pending)
 
     @property
+    def failures(self) -> dict[str, str]:
+        """Interface -> why its settings or proxy NDP entries failed to apply."""
+        return dict(self._failed)
+
+    @property
     def in_sync(self) -> bool:
         return not (self._dirty or self._stale_proxies)
 
@@ -154,19 +166,34 @@ class Interfaces:
         """Write dirty interfaces' settings; True if anything was looked at.
 
         Raises DataplaneError if a write failed for another reason than a missing
-        interface (the interface stays dirty).
+        interface (the interface stays dirty and is listed in `failures`).
         """
         if not (self._dirty or self._stale_proxies):
             return False
         names = sorted(self._dirty)
         items = [(n, interface_sysctls(self._desired[n])) for n in names]
-        missing, errors = run_in_netns(self.netns, lambda: _write_sysctls(items))
+        try:
+            missing, errors = run_in_netns(self.netns, lambda: _write_sysctls(items))
+        except OSError as exc:  # could not even enter the namespace
+            self._failed.update((n, f"interfaces: {exc}") for n in names)
+            raise
         self._dirty.clear()
         self._pending = (self._pending - set(names)) | missing
+        for name in names:
+            self._failed.pop(name, None)
         if errors:
-            self._dirty.update(names)
-            raise DataplaneError(f"{len(errors)} sysctl writes failed: " + "; ".join(errors[:5]))
-        self._apply_proxies([n for n in names if n not in missing])
+            self._dirty.update(errors)
+            self._failed.update((n, f"interfaces: sysctl {e}") for n, e in errors.items())
+        try:
+            self._apply_proxies([n for n in names if n not in missing and n not in errors])
+        except (pyroute2.NetlinkError, OSError) as exc:
+            failed = [n for n in names if self._desired[n].proxy_ndp]
+            self._dirty.update(failed)
+            self._failed.update((n, f"interfaces: proxy NDP: {exc}") for n in failed)
+            raise
+        if errors:
+            raise DataplaneError(f"{len(errors)} interfaces' sysctl writes failed: "
+                                 + "; ".join(list(errors.values())[:5]))
         return True
 
     def _apply_proxies(self, names: Sequence[str]) -> None:
@@ -196,7 +223,8 @@ class Interfaces:
                 self._kernel_proxies[key] = index
             else:
                 self._dirty.add(key[0])
-                _log.warning("proxy NDP entry %s on %s: errno %d", key[1], key[0], code)
+                self._failed[key[0]] = f"interfaces: proxy NDP {key[1]}: {errno_text(code)}"
+                _log.warning("proxy NDP entry %s on %s: %s", key[1], key[0], errno_text(code))
 
 
 @dataclass(frozen=True)
@@ -216,7 +244,7 @@ class InterfaceWatcher:
     event for each (in the caller's thread) and then starts the thread, which calls
     `callback` for every later change. `prefixes` limits reports to matching names.
     `interfaces` is the current view: name -> up. The callback runs on the watcher's
-    thread: it should only hand the event to the driver's loop.
+    thread: it must only hand the event to the driver's loop (and must not raise).
     """
 
     def __init__(self, callback: Callable[[InterfaceEvent], None], netns: str | None = None,
@@ -244,10 +272,7 @@ class InterfaceWatcher:
     def _emit(self, kind: str, link: Link) -> None:
         if not self._wanted(link.name):
             return
-        try:
-            self.callback(InterfaceEvent(kind, link.name, link.index, link.up))
-        except Exception:  # noqa: BLE001 - a bad callback must not kill the watcher
-            _log.exception("interface callback failed for %s %s", kind, link.name)
+        self.callback(InterfaceEvent(kind, link.name, link.index, link.up))
 
     def start(self) -> dict[str, bool]:
         self._events = NetlinkSocket(self.netns, groups=RTMGRP_LINK, rcvbuf=self.rcvbuf)
@@ -308,19 +333,27 @@ class InterfaceWatcher:
                 for key, _mask in sel.select():
                     if key.data == "wake":
                         return
-                    try:
-                        events = self._events.recv_link_events()
-                    except NetlinkError:
-                        _log.warning("interface events lost (ENOBUFS?): dumping again")
-                        self._resync()
-                        continue
-                    for msg_type, link in events:
-                        if msg_type == RTM_DELLINK:
-                            old = self._links.pop(link.index, None)
-                            self._emit("removed", old or link)
-                        else:
-                            self._on_new(link)
-        except Exception:  # noqa: BLE001 - logged; the driver's refresh still repairs
-            _log.exception("interface watcher stopped")
+                    self._read_events()
         finally:
             sel.close()
+
+    def _read_events(self) -> None:
+        """Handle one datagram of link events; after lost events (ENOBUFS) or a failed
+        read, dump again (and keep trying at the next wake-up if that fails too)."""
+        assert self._events is not None
+        try:
+            events = self._events.recv_link_events()
+        except (pyroute2.NetlinkError, OSError) as exc:
+            _log.warning("interface events lost (%s): dumping again", exc)
+            try:
+                self._resync()
+            except (pyroute2.NetlinkError, OSError) as again:
+                _log.error("interface dump failed (%s); the periodic refresh still "
+                           "repairs the dataplane", again)
+            return
+        for msg_type, link in events:
+            if msg_type == RTM_DELLINK:
+                old = self._links.pop(link.index, None)
+                self._emit("removed", old or link)
+            else:
+                self._on_new(link)

@@ -5,14 +5,14 @@ Owns: the desired felix ipsets (name -> IPSetState), what it believes the kernel
 be destroyed. `apply()` writes every creation and change through ONE `ipset restore`:
 a new set, or any set after a failed apply, is built in a temp set (`felix-tmp-...`),
 swapped in and the temp destroyed; sets already in sync get `add`/`del` deltas.
-Destroying sets is a separate `apply_deletions()`, which the driver runs after iptables
-no longer refers to them. `ipset restore` is not atomic, so any failure makes the next
-apply read everything back (`ipset save`) and rewrite every set in full.
+Destroying sets is a separate `apply_deletions()`, which `felix.dataplane.apply` runs
+after iptables no longer refers to them. `ipset restore` is not atomic, so any failure
+makes the next apply read everything back (`ipset save`) and rewrite every set in full.
 
 Never touched: sets without the felix prefix, and felix sets of the other family.
 
 Leaves to others: which sets exist and their members (felix.calc), ordering against
-iptables (felix.driver).
+iptables (felix.dataplane.apply).
 """
 
 from __future__ import annotations
@@ -23,12 +23,11 @@ import logging
 from collections.abc import Iterable
 
 from felix.dataplane.cmd import CommandFailed, CommandRunner
-from felix.dataplane.types import IPSET_PREFIX, IPSetState
+from felix.dataplane.types import IPSET_PREFIX, MAX_IPSET_NAME, IPSetState
 from libcalico.errors import ValidationError
 
 _log = logging.getLogger(__name__)
 
-MAX_NAME = 31  # the kernel's IPSET_MAXNAMELEN (32) minus the NUL
 SET_TYPES = ("hash:ip", "hash:net")
 DEFAULT_MAX_SIZE = 1048576  # Felix's MaxIpsetSize
 
@@ -46,10 +45,10 @@ def canonical_member(member: str, version: int) -> str:
 def temp_name(name: str, prefix: str = IPSET_PREFIX) -> str:
     """The temp set used to rewrite `name`: `felix-tmp-<rest>`, or a hash if too long."""
     candidate = f"{prefix}tmp-{name[len(prefix):]}"
-    if len(candidate) <= MAX_NAME:
+    if len(candidate) <= MAX_IPSET_NAME:
         return candidate
     digest = hashlib.sha256(name.encode()).hexdigest()
-    return f"{prefix}tmp-{digest[:MAX_NAME - len(prefix) - 4]}"
+    return f"{prefix}tmp-{digest[:MAX_IPSET_NAME - len(prefix) - 4]}"
 
 
 class IPSets:
@@ -87,9 +86,9 @@ class IPSets:
     def set_ipset(self, state: IPSetState) -> None:
         """Desire ipset `state.name` with exactly `state.members`."""
         name = state.name
-        if not name.startswith(self.prefix) or len(name) > MAX_NAME:
+        if not name.startswith(self.prefix) or len(name) > MAX_IPSET_NAME:
             raise ValidationError("ipset name", name, f"must start with {self.prefix!r} and "
-                                  f"have at most {MAX_NAME} characters")
+                                  f"have at most {MAX_IPSET_NAME} characters")
         if name.startswith(f"{self.prefix}tmp-"):
             raise ValidationError("ipset name", name, "the tmp- prefix is reserved")
         if state.version != self.version:

@@ -11,12 +11,17 @@ desired refers to them; the cache changes only after the command succeeded. A fa
 one `iptables-save`, compare the `felix:<hash>` comments of every felix chain with the
 desired hashes, and (after a failure) rewrite every chain in full.
 
+After a failed apply, `unprogrammed_chains()` and `written_chain()` tell which desired
+chains are not in the kernel and what the kernel still holds (the last value felix
+wrote or read back), so a failure is charged only to the endpoints it concerns.
+
 Never touched: chains without the felix prefix, except for inserting and deleting
 felix's own rules (recognised by their `felix:` hash comment) at the top of kernel
 chains. Rules are never parsed back; only hashes are compared.
 
 Leaves to others: what the chains contain (felix.rules / felix.calc), when to apply and
-in which order relative to ipsets and routes (felix.driver).
+in which order relative to ipsets and routes (felix.dataplane.apply, driven by
+felix.driver).
 """
 
 from __future__ import annotations
@@ -26,13 +31,12 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 
 from felix.dataplane.cmd import CommandFailed, CommandRunner
-from felix.dataplane.types import CHAIN_PREFIX, Chain, Rule, TableState
+from felix.dataplane.types import CHAIN_PREFIX, MAX_CHAIN_NAME, Chain, Rule, TableState
 from libcalico.errors import ValidationError
 
 _log = logging.getLogger(__name__)
 
 TABLES = ("filter", "nat", "raw", "mangle")
-MAX_CHAIN_NAME = 28  # iptables' limit (XT_EXTENSION_MAXNAMELEN - 1 = 28)
 _HASH_RE = re.compile(r'--comment "?felix:([0-9a-zA-Z_-]+)')
 _TARGET_RE = re.compile(r"(?:^|\s)(?:-j|-g|--jump|--goto)\s+(\S+)")
 
@@ -48,6 +52,8 @@ class IptablesTable:
       `_chains`/`_hashes`: desired chains and their rule hashes;
       `_jumps`: desired felix rules at the top of each kernel chain;
       `_kernel_hashes`: believed hashes of every felix chain in the kernel;
+      `_written`: the chain value known to be in the kernel (written by felix, or read
+      back with the desired hashes), for telling what a failed restore left in place;
       `_kernel_jump_lines`: believed felix lines ("-A CHAIN ...") in each kernel chain;
       `_dirty_chains`/`_dirty_jumps`: what the next apply rewrites;
       `_refs`: chain -> desired chains whose rules jump to it (a stale chain is deleted
@@ -74,6 +80,7 @@ class IptablesTable:
         self._hashes: dict[str, tuple[str, ...]] = {}
         self._jumps: dict[str, tuple[Rule, ...]] = {}
         self._kernel_hashes: dict[str, tuple[str, ...]] = {}
+        self._written: dict[str, Chain] = {}  # felix chains whose kernel content is known
         # Felix chains in the kernel that are not desired (kept with _kernel_hashes and
         # _chains, so that finding deletable chains does not walk every chain).
         self._stale: set[str] = set()
@@ -170,9 +177,15 @@ class IptablesTable:
         """The desired chain `name`, if any."""
         return self._chains.get(name)
 
-    @property
-    def chain_names(self) -> frozenset[str]:
-        return frozenset(self._chains)
+    def unprogrammed_chains(self) -> frozenset[str]:
+        """Desired chains whose content in the kernel is not (known to be) the desired
+        one: after a failed apply, the chains it could not write."""
+        return frozenset(n for n in self._dirty_chains
+                         if self._kernel_hashes.get(n) != self._hashes[n])
+
+    def written_chain(self, name: str) -> Chain | None:
+        """The value of felix chain `name` known to be in the kernel, if any."""
+        return self._written.get(name)
 
     @property
     def in_sync(self) -> bool:
@@ -225,11 +238,14 @@ class IptablesTable:
                 raise
             for name in chains:
                 self._kernel_hashes[name] = self._hashes[name]
+                self._written[name] = self._chains[name]
                 self._dirty_chains.discard(name)
             for name in flush:
                 self._kernel_hashes[name] = ()
+                self._written[name] = Chain(name)
             for name in delete:
                 self._kernel_hashes.pop(name, None)
+                self._written.pop(name, None)
                 self._stale.discard(name)
             for kernel_chain in jumps:
                 if jump_lines[kernel_chain]:
@@ -308,8 +324,18 @@ class IptablesTable:
         self._kernel_jump_lines = jump_lines
         self._foreign_refs = foreign_refs
         full = self._full_rewrite
-        self._dirty_chains = {name for name, hashes in self._hashes.items()
-                              if full or felix_hashes.get(name) != hashes}
+        old_written = self._written
+        self._written = {}
+        self._dirty_chains = set()
+        for name, hashes in self._hashes.items():
+            in_kernel = felix_hashes.get(name)
+            if in_kernel == hashes:
+                self._written[name] = self._chains[name]
+            elif (in_kernel is not None and name in old_written
+                  and old_written[name].rule_hashes() == in_kernel):
+                self._written[name] = old_written[name]  # still the old version
+            if full or in_kernel != hashes:
+                self._dirty_chains.add(name)
         self._dirty_jumps = set()
         for kernel_chain in set(jump_hashes) | set(self._jumps):
             rules = self._jumps.get(kernel_chain, ())

@@ -13,8 +13,10 @@ Why not pyroute2's IPRoute for this path: measured here (pyroute2 0.9.7), one
 only the hot path.
 
 Leaves to others: what to write (routes.py, interfaces.py), which entries are felix's,
-and resync policy. Errors: `NetlinkError` (timeouts, lost messages; ENOBUFS means the
-caller must resync).
+and resync policy. Errors: `NetlinkError`, a `pyroute2.NetlinkError` carrying the errno
+(timeouts, lost messages; ENOBUFS means the caller must resync). The protocol constants
+are pyroute2's (its `netlink`, `rtnl` and message modules); only the two pyroute2 lacks
+(the main table, SO_RCVBUFFORCE) are spelled out here.
 """
 
 from __future__ import annotations
@@ -27,33 +29,59 @@ import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+import pyroute2
+from pyroute2.netlink import (
+    NLM_F_ACK,
+    NLM_F_CREATE,
+    NLM_F_DUMP,
+    NLM_F_DUMP_INTR,
+    NLM_F_REPLACE,
+    NLM_F_REQUEST,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+)
+from pyroute2.netlink.rtnl import (
+    RTM_DELLINK,
+    RTM_DELNEIGH,
+    RTM_DELROUTE,
+    RTM_GETLINK,
+    RTM_GETNEIGH,
+    RTM_GETROUTE,
+    RTM_NEWLINK,
+    RTM_NEWNEIGH,
+    RTM_NEWROUTE,
+    rt_scope,
+    rtypes,
+)
+from pyroute2.netlink.rtnl.ifinfmsg import IFF_LOWER_UP, IFF_RUNNING, IFF_UP, ifinfmsg
+from pyroute2.netlink.rtnl.ndmsg import NTF_PROXY, NUD_PERMANENT, ndmsg
+from pyroute2.netlink.rtnl.rtmsg import rtmsg
+
 from felix.dataplane.cmd import DataplaneError
 from felix.dataplane.netns import run_in_netns
 
-# netlink / rtnetlink constants (linux/netlink.h, linux/rtnetlink.h, linux/neighbour.h)
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
-NLM_F_REQUEST = 0x1
-NLM_F_MULTI = 0x2
-NLM_F_ACK = 0x4
-NLM_F_DUMP_INTR = 0x10
-NLM_F_DUMP = 0x300
-NLM_F_REPLACE = 0x100
-NLM_F_CREATE = 0x400
-RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
-RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
-RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
-RTMGRP_LINK = 0x1
-IFLA_IFNAME = 3
-RTA_DST, RTA_OIF, RTA_TABLE = 1, 4, 15
-NDA_DST, NDA_LLADDR = 1, 2
-IFF_UP, IFF_RUNNING, IFF_LOWER_UP = 0x1, 0x40, 0x10000
-NUD_PERMANENT = 0x80
-NTF_PROXY = 0x08
+
+def _nla_type(msg: type, name: str) -> int:
+    """The attribute type number of `name` in pyroute2's attribute table of `msg`."""
+    for index, entry in enumerate(msg.nla_map):  # type: ignore[attr-defined]
+        if entry[0] == name:
+            return index
+        if isinstance(entry[0], int) and entry[1] == name:
+            return entry[0]
+    raise LookupError(f"{msg.__name__} has no attribute {name}")
+
+
+IFLA_IFNAME = _nla_type(ifinfmsg, "IFLA_IFNAME")
+RTA_DST = _nla_type(rtmsg, "RTA_DST")
+RTA_OIF = _nla_type(rtmsg, "RTA_OIF")
+RTA_TABLE = _nla_type(rtmsg, "RTA_TABLE")
+NDA_DST = _nla_type(ndmsg, "NDA_DST")
+NDA_LLADDR = _nla_type(ndmsg, "NDA_LLADDR")
+RT_SCOPE_LINK = rt_scope["link"]
+RT_SCOPE_NOWHERE = rt_scope["nowhere"]
+RTN_UNICAST = rtypes["RTN_UNICAST"]
+# Not exported by pyroute2 or the socket module (linux/rtnetlink.h, asm/socket.h).
 RT_TABLE_MAIN = 254
-RT_SCOPE_LINK = 253
-RT_SCOPE_NOWHERE = 255
-RTN_UNICAST = 1
 SO_RCVBUFFORCE = 33
 SO_SNDBUFFORCE = 32
 
@@ -70,8 +98,24 @@ _FAMILY_BYTES = {socket.AF_INET: 4, socket.AF_INET6: 16}
 _WINDOW = 512
 
 
-class NetlinkError(DataplaneError):
-    """The netlink conversation failed (timeout, lost acks, ENOBUFS): resync."""
+class NetlinkError(DataplaneError, pyroute2.NetlinkError):
+    """The netlink conversation failed or the kernel refused a write.
+
+    A `pyroute2.NetlinkError` (so `code` is the errno, as for pyroute2's own sockets) and
+    a `DataplaneError` (felix's owners resync at their next apply). ENOBUFS means
+    messages were lost; ETIMEDOUT that the kernel did not answer."""
+
+    def __init__(self, code: int, msg: str | None = None) -> None:
+        pyroute2.NetlinkError.__init__(self, code, msg)
+        self.msg = msg or os.strerror(code)
+
+    def __str__(self) -> str:
+        return self.msg
+
+
+def errno_text(code: int) -> str:
+    """`EACCES (Permission denied)` for an errno value."""
+    return f"{errno.errorcode.get(code, str(code))} ({os.strerror(code)})"
 
 
 @dataclass(frozen=True)
@@ -234,10 +278,12 @@ class NetlinkSocket:
         try:
             n = self._sock.recv_into(self._buf)
         except TimeoutError as exc:
-            raise NetlinkError("netlink: timed out waiting for the kernel") from exc
+            raise NetlinkError(errno.ETIMEDOUT, "netlink: timed out waiting for the kernel") \
+                from exc
         except OSError as exc:
             if exc.errno == errno.ENOBUFS:
-                raise NetlinkError("netlink: receive buffer overrun (ENOBUFS)") from exc
+                raise NetlinkError(errno.ENOBUFS,
+                                   "netlink: receive buffer overrun (ENOBUFS)") from exc
             raise
         return bytes(self._buf[:n])
 
@@ -273,12 +319,12 @@ class NetlinkSocket:
                         break
                     if mtype == NLMSG_ERROR:
                         code = -_ERR.unpack_from(data, off)[0]
-                        raise NetlinkError(f"netlink dump failed: {os.strerror(code)}")
+                        raise NetlinkError(code, f"netlink dump failed: {errno_text(code)}")
                     out.append((data, mtype, off, end))
             if not interrupted:
                 yield from out
                 return
-        raise NetlinkError("netlink dump kept being interrupted")
+        raise NetlinkError(errno.EINTR, "netlink dump kept being interrupted")
 
     def dump_links(self) -> list[Link]:
         links = []

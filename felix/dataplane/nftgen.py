@@ -19,13 +19,17 @@ Only meaningful with the nf_tables flavour of iptables (`iptables -V` says
 "nf_tables"); with iptables-legacy `enabled` is False and every refresh reads back.
 
 Leaves to others: the read-back and the writes themselves (`felix.dataplane.iptables`),
-when to refresh (`felix.driver`).
+when to refresh (`felix.driver`, through `felix.dataplane.apply.Owners`).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 
+import pyroute2
+
+from felix.dataplane.netlink import NetlinkError
 from felix.dataplane.netns import run_in_netns
 
 _log = logging.getLogger(__name__)
@@ -44,7 +48,7 @@ class RulesetGeneration:
             return None
         try:
             return run_in_netns(self.netns, _read_generation)
-        except Exception as exc:  # noqa: BLE001 - any failure means "unknown"
+        except (pyroute2.NetlinkError, OSError) as exc:  # unknown: refreshes read back
             _log.warning("cannot read the nf_tables generation (%s); refreshes will read "
                          "iptables back", exc)
             return None
@@ -75,7 +79,10 @@ def _read_generation() -> int:
         msg = nft_gen_msg()
         msg["nfgen_family"] = 0
         reply = sock.request_get(msg, NFT_MSG_GETGEN)
-        return int(reply[0].get_attr("NFTA_GEN_ID"))
+        gen_id = reply[0].get_attr("NFTA_GEN_ID") if reply else None
+        if gen_id is None:
+            raise NetlinkError(errno.EPROTO, "NFT_MSG_GETGEN: no generation id in the reply")
+        return int(gen_id)
     finally:
         sock.close()
 

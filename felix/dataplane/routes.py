@@ -7,15 +7,18 @@ sends every change as one pipelined netlink batch (`felix.dataplane.netlink`):
 create-or-replace for missing or wrong routes, delete for felix routes (proto 80) that
 are no longer desired. It is idempotent: a delete that finds nothing is done. A route or
 neighbour whose interface is missing or down is skipped and listed in `pending`; the
-driver calls `on_interface_update(ifname)` when the interface appears or comes up.
+driver calls `on_interface_update(ifname)` (through `Owners`) when the interface
+appears or comes up.
 A resync (first apply, `mark_resync()`, any netlink failure including ENOBUFS) dumps
-links, routes and neighbours once and marks every difference dirty.
+links, routes and neighbours once and marks every difference dirty. An entry whose write
+failed (the kernel refused it, or the batch never got an answer) is listed with the
+reason in `failures` (by interface) until a later apply writes it.
 
 Never touched: routes with another protocol, other tables, neighbour entries that are
 not permanent or not on an interface with one of `iface_prefixes`.
 
 Leaves to others: which routes exist (felix.calc), interface sysctls (interfaces.py),
-watching interfaces (interfaces.InterfaceWatcher), ordering (felix.driver).
+watching interfaces (interfaces.InterfaceWatcher), ordering (felix.dataplane.apply).
 """
 
 from __future__ import annotations
@@ -26,12 +29,15 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from pyroute2.netlink.rtnl.ndmsg import NUD_PERMANENT
+
 from felix.dataplane.netlink import (
-    NUD_PERMANENT,
+    RT_TABLE_MAIN,
     Link,
     NetlinkError,
     NetlinkSocket,
     Request,
+    errno_text,
     neighbour_request,
     route_request,
 )
@@ -61,7 +67,9 @@ class Routes:
     State fields: `_routes` (key -> RouteState) and `_neighs` ((ifname, ip) -> mac) are
     desired; `_kernel_routes` (key -> oif) and `_kernel_neighs` ((ifname, ip) ->
     (ifindex, mac)) are believed; `_dirty_*` are the keys the next apply looks at;
-    `_pending_*` are keys skipped because their interface is missing or down.
+    `_pending_*` are keys skipped because their interface is missing or down;
+    `_failed` are keys whose last write failed (or that a failed apply never reached),
+    with the reason, until a later apply writes them.
     """
 
     def __init__(self, netns: str | None = None, proto: int = FELIX_ROUTE_PROTO,
@@ -80,6 +88,7 @@ class Routes:
         self._dirty_neighs: set[NeighKey] = set()
         self._pending_routes: set[str] = set()
         self._pending_neighs: set[NeighKey] = set()
+        self._failed: dict[Any, str] = {}  # route or neighbour key -> why its write failed
         self._needs_resync = True
 
     def close(self) -> None:
@@ -108,6 +117,7 @@ class Routes:
         if self._routes.pop(key, None) is not None:
             self._dirty_routes.add(key)
             self._pending_routes.discard(key)
+            self._failed.pop(key, None)
 
     def set_neighbours(self, neighbours: Iterable[NeighbourState]) -> None:
         """Replace the whole desired set of permanent neighbour entries."""
@@ -117,6 +127,7 @@ class Routes:
             del self._neighs[key]
             self._dirty_neighs.add(key)
             self._pending_neighs.discard(key)
+            self._failed.pop(key, None)
         for key, mac in wanted.items():
             if self._neighs.get(key) != mac:
                 self._neighs[key] = mac
@@ -142,6 +153,21 @@ class Routes:
         return frozenset(names | {k[0] for k in self._pending_neighs if k in self._neighs})
 
     @property
+    def failures(self) -> dict[str, str]:
+        """Interface -> why one of its routes or neighbour entries is not programmed
+        (a write failed, or a failed apply never got to it)."""
+        out: dict[str, str] = {}
+        for key, reason in self._failed.items():
+            if isinstance(key, tuple):
+                ifname = key[0] if key in self._neighs else None
+            else:
+                route = self._routes.get(key)
+                ifname = route.ifname if route is not None else None
+            if ifname is not None:
+                out.setdefault(ifname, reason)
+        return out
+
+    @property
     def in_sync(self) -> bool:
         return not (self._needs_resync or self._dirty_routes or self._dirty_neighs)
 
@@ -150,8 +176,9 @@ class Routes:
     def apply(self) -> bool:
         """Program every dirty route and neighbour in one netlink batch; True if any sent.
 
-        Raises NetlinkError if the kernel refused something unexpectedly (the next apply
-        resyncs).
+        Raises NetlinkError (or OSError) if the kernel refused something unexpectedly or
+        the conversation failed; the entries concerned are listed in `failures` and the
+        next apply resyncs.
         """
         try:
             links = self.resync() if self._needs_resync else None
@@ -161,8 +188,16 @@ class Routes:
                 names = {self._routes[k].ifname for k in self._dirty_routes if k in self._routes}
                 names.update(k[0] for k in self._dirty_neighs)
                 links = self._nl.get_links(names)
+        except (NetlinkError, OSError) as exc:
+            # Nothing dirty was written: each waits for the next apply (after a resync).
+            reason = f"routes: {exc}"
+            self._failed.update((k, reason) for k in self._dirty_routes if k in self._routes)
+            self._failed.update((k, reason) for k in self._dirty_neighs if k in self._neighs)
+            self._needs_resync = True
+            raise
+        try:
             return self._apply(links)
-        except NetlinkError:
+        except (NetlinkError, OSError):
             self._needs_resync = True
             raise
 
@@ -202,13 +237,25 @@ class Routes:
             elif have_n is not None:
                 requests.append(neighbour_request(ip, None, have_n[0], delete=True))
                 actions.append(("neigh", nkey, None))
+        if self._failed:  # looked at again: failed only if it fails again below
+            for key in self._dirty_routes:
+                self._failed.pop(key, None)
+            for nkey in self._dirty_neighs:
+                self._failed.pop(nkey, None)
         self._dirty_routes.clear()
         self._dirty_neighs.clear()
         if not requests:
             return False
-        failures = []
-        for (code, _replies), (kind, key, value) in zip(self._nl.request_batch(requests),
-                                                       actions, strict=True):
+        try:
+            results = self._nl.request_batch(requests)
+        except (NetlinkError, OSError) as exc:
+            reason = f"routes: {exc}"
+            self._failed.update((key, reason) for _kind, key, value in actions
+                                if value is not None)
+            raise
+        failures: list[str] = []
+        codes: list[int] = []
+        for (code, _replies), (kind, key, value) in zip(results, actions, strict=True):
             table: dict[Any, Any] = (self._kernel_routes if kind == "route"
                                      else self._kernel_neighs)
             if code == 0 or (value is None and code in _GONE):
@@ -219,9 +266,14 @@ class Routes:
             elif value is not None and code in _NO_IFACE:
                 (self._pending_routes if kind == "route" else self._pending_neighs).add(key)
             else:
-                failures.append(f"{kind} {key}: {errno.errorcode.get(code, code)}")
+                what = key if kind == "route" else f"{key[1]} on {key[0]}"
+                failure = f"{kind} {what}: {errno_text(code)}"
+                failures.append(failure)
+                codes.append(code)
+                if value is not None:
+                    self._failed[key] = f"routes: {failure}"
         if failures:
-            raise NetlinkError(f"{len(failures)} netlink writes failed: "
+            raise NetlinkError(codes[0], f"{len(failures)} netlink writes failed: "
                                + "; ".join(failures[:5]))
         return True
 
@@ -232,7 +284,7 @@ class Routes:
         links = {link.name: link for link in self._nl.dump_links()}
         by_index = {link.index: link.name for link in links.values()}
         self._kernel_routes = {r.dst: r.oif for r in self._nl.dump_routes()
-                               if r.proto == self.proto and r.table == 254}
+                               if r.proto == self.proto and r.table == RT_TABLE_MAIN}
         self._kernel_neighs = {}
         for n in self._nl.dump_neighbours():
             name = by_index.get(n.ifindex)

@@ -24,6 +24,11 @@ FELIX_ROUTE_PROTO = 80
 CHAIN_PREFIX = "felix-"
 IPSET_PREFIX = "felix-"
 
+# The kernel's name limits: iptables chains (XT_EXTENSION_MAXNAMELEN - 1) and ipsets
+# (IPSET_MAXNAMELEN minus the NUL).
+MAX_CHAIN_NAME = 28
+MAX_IPSET_NAME = 31
+
 
 @dataclass(frozen=True)
 class Rule:

@@ -10,6 +10,10 @@ tree ends with DROP: an interface with the workload prefix but no endpoint gets 
 through (the chains are reached with `-g`, so falling off a sub-chain would otherwise
 skip the root's DROP).
 
+`dispatch_target` reads a tree back: where a packet on a given interface ends up, walking
+whatever chain values it is given (the driver asks it about the chains known to be in
+the kernel, to tell whether an endpoint is still reachable after a failed restore).
+
 Leaves to others: the endpoint chains themselves (`felix.rules.policy`); which
 interfaces have endpoints (`felix.calc`).
 """
@@ -18,14 +22,16 @@ from __future__ import annotations
 
 import bisect
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from felix.dataplane.types import Chain, Rule
 from felix.rules.names import (
     CHAIN_FROM_ENDPOINT,
+    CHAIN_FROM_EP_PFX,
     CHAIN_FROM_HOST_IF,
     CHAIN_TO_ENDPOINT,
+    CHAIN_TO_EP_PFX,
     CHAIN_TO_HOST_IF,
     dispatch_chain,
 )
@@ -162,3 +168,40 @@ def render_host_dispatch(chain_for_ifname: Mapping[str, tuple[str, str]]) -> lis
     to_rules = tuple(Rule(f"-o {n}", f"-g {chain_for_ifname[n][1]}")
                      for n in sorted(chain_for_ifname))
     return [Chain(CHAIN_FROM_HOST_IF, from_rules), Chain(CHAIN_TO_HOST_IF, to_rules)]
+
+
+def is_workload_dispatch_chain(name: str) -> bool:
+    """True for the chains of the workload dispatch trees (roots and sub-chains)."""
+    return (name in (CHAIN_FROM_ENDPOINT, CHAIN_TO_ENDPOINT)
+            or name.startswith((CHAIN_FROM_EP_PFX, CHAIN_TO_EP_PFX)))
+
+
+def dispatch_target(chain_of: Callable[[str], Chain | None], root: str,
+                    ifname: str) -> str | None:
+    """The endpoint chain a packet on `ifname` reaches from dispatch root `root`
+    (CHAIN_FROM_ENDPOINT: matched on `-i`, CHAIN_TO_ENDPOINT: on `-o`), following the
+    tree through the chains `chain_of` returns; None when it is dropped or a chain on
+    the way is missing."""
+    flag = "-i " if root == CHAIN_FROM_ENDPOINT else "-o "
+    name: str | None = root
+    for _depth in range(MAX_CHAIN_DEPTH):
+        chain = chain_of(name) if name is not None else None
+        if chain is None:
+            return None
+        name = None
+        for rule in chain.rules:
+            if not rule.match.startswith(flag):
+                continue
+            pattern = rule.match[len(flag):]
+            if pattern == ifname or (pattern.endswith("+") and ifname.startswith(pattern[:-1])):
+                target = rule.action.split()[-1]
+                if not is_workload_dispatch_chain(target):
+                    return target
+                name = target
+                break
+        if name is None:
+            return None
+    return None
+
+
+MAX_CHAIN_DEPTH = 64  # far deeper than any tree (one level per interface-name character)

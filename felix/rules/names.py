@@ -15,8 +15,8 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-MAX_CHAIN_NAME = 28
-MAX_IPSET_NAME = 31
+from felix.dataplane.types import MAX_CHAIN_NAME
+
 MAX_ID_LEN = 16
 SHORTENED_PREFIX = "_"
 

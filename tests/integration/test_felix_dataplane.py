@@ -18,7 +18,7 @@ from felix.dataplane.cmd import CommandFailed, CommandRunner
 from felix.dataplane.interfaces import InterfaceEvent, Interfaces, InterfaceWatcher
 from felix.dataplane.ipsets import IPSets, temp_name
 from felix.dataplane.iptables import IptablesTable
-from felix.dataplane.netlink import NetlinkSocket, Request
+from felix.dataplane.netlink import NetlinkError, NetlinkSocket, Request
 from felix.dataplane.routes import Routes
 from felix.dataplane.types import (
     FELIX_ROUTE_PROTO,
@@ -678,7 +678,7 @@ def test_iptables_large_rewrite_is_split_in_dependency_order(host: Namespace) ->
 
 def test_refresh_reads_iptables_back_only_after_an_outside_change(host: Namespace) -> None:
     from felix.config import load_config
-    from felix.driver import Owners
+    from felix.dataplane.apply import Owners
 
     owners = Owners.create(load_config(env={}), (4,), netns=host.name)
     try:
@@ -686,19 +686,19 @@ def test_refresh_reads_iptables_back_only_after_an_outside_change(host: Namespac
         table = owners.tables[(4, "filter")]
         table.set_chain(Chain("felix-gen-a", (Rule("-p tcp", "-j ACCEPT"),)))
         table.set_base_jumps("FORWARD", [Rule("", "-j felix-gen-a")])
-        assert owners.apply() == []
+        assert owners.apply() == {}
         assert owners.generation.known is not None  # first apply read back every table
         # Felix's own later writes keep the generation accounted for.
         table.set_chain(Chain("felix-gen-a", (Rule("-p udp", "-j ACCEPT"),)))
-        assert owners.apply() == []
+        assert owners.apply() == {}
         owners.mark_resync()
         assert not any(t.needs_resync for t in owners.tables.values())
-        assert owners.apply() == []
+        assert owners.apply() == {}
         # Someone else's change: the next refresh reads back and repairs.
         host.exec("iptables", "-F", "felix-gen-a")
         owners.mark_resync()
         assert all(t.needs_resync for t in owners.tables.values())
-        assert owners.apply() == []
+        assert owners.apply() == {}
         assert "-A felix-gen-a -p udp" in save(host)
         owners.mark_resync()  # the repair was accounted for too
         assert not any(t.needs_resync for t in owners.tables.values())
@@ -735,3 +735,87 @@ def test_generation_bookkeeping_trusts_only_an_unbroken_chain() -> None:
     gen = Scripted([0])
     gen.account(2**32 - 1, 1, read_back=True)  # the u32 wraps
     assert gen.known == 0
+
+
+# --- which endpoints an apply failure leaves unprogrammed ---------------------------------------
+
+
+def test_a_rejected_chain_fails_only_the_endpoints_it_belongs_to(host: Namespace) -> None:
+    """iptables-restore is atomic: one chain the kernel rejects fails the whole restore.
+    Endpoints whose chains (and dispatch entries) were already in the kernel stay fine;
+    the endpoint whose chain was rejected, and one added in the same restore, are not."""
+    import json
+
+    from felix.calc.graph import CalcGraph, CalcSettings
+    from felix.config import load_config
+    from felix.dataplane.apply import Owners
+    from libcalico import keyspace
+
+    def endpoint(name: str, i: int) -> tuple[str, str]:
+        return (keyspace.workload_endpoint_key("h1", "k8s", name, "eth0"),
+                json.dumps({"name": f"cali000{name}", "profile_ids": ["p"],
+                            "ipv4_nets": [f"198.18.7.{i}/32"]}))
+
+    make_workload_ifaces(host, ["cali000a", "cali000b", "cali000c"])
+    calc = CalcGraph(CalcSettings("h1", ipv6=False))
+    owners = Owners.create(load_config(env={}), (4,), netns=host.name)
+    table = owners.tables[(4, "filter")]
+
+    def failure(name: str) -> str | None:
+        info = calc.desired_state().endpoints[keyspace.WorkloadEndpointKey("h1", "k8s", name,
+                                                                          "eth0")]
+        assert info.ifname is not None
+        return owners.endpoint_failure(info.ifname, info.chains)
+
+    try:
+        calc.on_updates([endpoint("a", 1), endpoint("b", 2),
+                         (keyspace.profile_key("p", "rules"), json.dumps({}))])
+        owners.take(calc.flush())
+        assert owners.apply() == {}
+        assert failure("a") is None and failure("b") is None
+        # b's chain changes to something the kernel rejects; c is new in the same restore
+        calc.on_updates([endpoint("c", 3)])
+        owners.take(calc.flush())
+        table.set_chain(Chain("felix-from-000b", (Rule("-m nosuchmatch", "-j ACCEPT"),)))
+        failed = owners.apply()
+        assert set(failed) == {"iptables-v4-filter"}
+        assert "iptables-restore" in failed["iptables-v4-filter"]
+        assert failure("a") is None  # its chains and dispatch entry are still in place
+        assert failure("b") == failed["iptables-v4-filter"]
+        assert failure("c") == failed["iptables-v4-filter"]
+        assert "-i cali000c" not in save(host)  # c really is not dispatched
+        # the cause goes away: the next apply (a full rewrite after a read-back) succeeds
+        table.set_chain(calc.desired_state().chains[(4, "filter")]["felix-from-000b"])
+        assert owners.apply() == {}
+        assert failure("a") is None and failure("b") is None and failure("c") is None
+        assert "-i cali000c" in save(host)
+    finally:
+        owners.close()
+
+
+def test_a_refused_route_is_a_failure_of_its_interface_until_written(host: Namespace) -> None:
+    """The kernel refuses an IPv6 route through an interface with IPv6 disabled (EACCES)."""
+    make_workload_ifaces(host, ["calieeee", "califfff"])
+    host.exec("sysctl", "-qw", "net.ipv6.conf.calieeee.disable_ipv6=1")
+    routes = Routes(host.name)
+    try:
+        routes.set_routes([RouteState("198.18.8.1/32", "calieeee"),
+                           RouteState("fd00::8:1/128", "calieeee"),
+                           RouteState("fd00::8:2/128", "califfff")])
+        with pytest.raises(NetlinkError) as info:
+            routes.apply()
+        assert info.value.code == errno.EACCES
+        assert set(routes.failures) == {"calieeee"}
+        assert "fd00::8:1/128" in routes.failures["calieeee"]
+        assert "EACCES" in routes.failures["calieeee"]
+        assert felix_routes(host) == {"198.18.8.1": "calieeee"}
+        assert felix_routes(host, 6) == {"fd00::8:2": "califfff"}
+        with pytest.raises(NetlinkError):
+            routes.apply()  # the retry rereads the kernel and fails the same way
+        assert set(routes.failures) == {"calieeee"}
+        host.exec("sysctl", "-qw", "net.ipv6.conf.calieeee.disable_ipv6=0")
+        routes.apply()
+        assert routes.failures == {}
+        assert felix_routes(host, 6) == {"fd00::8:1": "calieeee", "fd00::8:2": "califfff"}
+    finally:
+        routes.close()

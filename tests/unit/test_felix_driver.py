@@ -11,8 +11,9 @@ import pytest
 
 from felix.calc.graph import CalcGraph, CalcSettings
 from felix.config import load_config
+from felix.dataplane.apply import Owners
 from felix.dataplane.cmd import CommandFailed
-from felix.driver import Driver, Owners
+from felix.driver import Driver
 from libcalico import keyspace
 from libcalico.syncer import SyncStatus, Update
 from netsim.wait import wait_for
@@ -29,6 +30,7 @@ class FakeOwner:
         self.fail_next = False
         self.resyncs = 0
         self.pending_interfaces: frozenset[str] = frozenset()
+        self.failures: dict[str, str] = {}  # as the route and interface owners report
 
     def _set(self, key: Any, value: Any) -> None:
         self.desired[key] = value
@@ -66,6 +68,12 @@ class FakeOwner:
         if self.kernel != self.desired:
             self.restores += 1
         self.kernel = dict(self.desired)
+
+    def unprogrammed_chains(self) -> frozenset[str]:  # as an iptables owner reports
+        return frozenset(n for n, c in self.desired.items() if self.kernel.get(n) != c)
+
+    def written_chain(self, name: str) -> Any:
+        return self.kernel.get(name)
 
     def apply_deletions(self) -> None:
         self.journal.append(self.name + "-deletions")

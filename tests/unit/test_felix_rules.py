@@ -6,12 +6,10 @@ import random
 
 import pytest
 
-from felix.dataplane.types import Chain, Rule
+from felix.dataplane.types import MAX_CHAIN_NAME, MAX_IPSET_NAME, Chain, Rule
 from felix.rules.dispatch import LEAF_MAX, render_workload_dispatch
 from felix.rules.match import render_matches, split_ports
 from felix.rules.names import (
-    MAX_CHAIN_NAME,
-    MAX_IPSET_NAME,
     Marks,
     from_endpoint_chain,
     policy_chain,
@@ -291,3 +289,25 @@ def test_a_reused_dispatch_renderer_gives_what_a_fresh_one_gives() -> None:
         reused = sum(1 for name, c in current.items() if previous.get(name) is c)
         assert reused >= len(current) - 16  # only chains near the changed path are rebuilt
         previous = current
+
+
+def test_dispatch_target_reads_a_tree_back() -> None:
+    from felix.rules.dispatch import dispatch_target, is_workload_dispatch_chain
+
+    rng = random.Random(9)
+    names = sorted({f"cali{rng.getrandbits(40):010x}" for _ in range(500)})
+    mapping = {n: (f"felix-from-{n[4:]}", f"felix-to-{n[4:]}") for n in names}
+    chains = {c.name: c for c in render_workload_dispatch(mapping)}
+    assert all(is_workload_dispatch_chain(n) for n in chains)
+    assert not is_workload_dispatch_chain("felix-from-0123")
+    for n in names:
+        assert dispatch_target(chains.get, "felix-FROM-ENDPOINT", n) == mapping[n][0]
+        assert dispatch_target(chains.get, "felix-TO-ENDPOINT", n) == mapping[n][1]
+    assert dispatch_target(chains.get, "felix-FROM-ENDPOINT", "caliunknown") is None
+    # a sub-chain missing (not in the kernel): exactly the interfaces below it are lost
+    prefix, sub = next((r.match[3:-1], r.action[3:]) for r in chains["felix-FROM-ENDPOINT"].rules
+                       if r.match.endswith("+"))
+    del chains[sub]
+    for n in names:
+        got = dispatch_target(chains.get, "felix-FROM-ENDPOINT", n)
+        assert got == (None if n.startswith(prefix) else mapping[n][0])

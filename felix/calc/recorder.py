@@ -1,0 +1,140 @@
+"""Change recording: the desired dataplane as the calculation last set it, and the delta
+since the last flush. Pure.
+
+Owns, as the calculation parts set them: the felix chains and base jumps of every
+table, the ipsets, routes, interface settings, each local endpoint's neighbour entries
+and each local endpoint's `EndpointInfo`; and the `Changes` accumulated since the last
+`take()`. Every setter compares with what it holds and records only a real difference
+(a chain that comes back as the very same object, as unchanged dispatch subtrees do, is
+skipped by an identity check before any comparison). `take()` hands the batch over -
+the graph's `flush()` returns it to the driver, which gives it to the dataplane owners -
+and starts a new one. `desired_state()` is the full snapshot that tests compare.
+
+This is felix's counterpart of Go Felix's event sequencer: the parts may set things in
+any order during a flush; the driver sees one consistent batch.
+
+Leaves to others: what to set (`felix.calc.active_rules`, `felix.calc.endpoints`,
+`felix.calc.graph`), applying (`felix.dataplane.apply`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from felix.calc.types import Changes, DesiredState, EndpointInfo, EpKey, TableKey
+from felix.dataplane.types import (
+    Chain,
+    InterfaceState,
+    IPSetState,
+    NeighbourState,
+    RouteState,
+    Rule,
+)
+
+
+class ChangeRecorder:
+    """Desired state plus the pending delta. State fields: `_chains`/`_jumps` per table,
+    `_ipsets` by name, `_routes` by destination, `_interfaces` by name, `_neighbours` and
+    `_ep_info` by endpoint key (desired); `_changes` (the delta to hand over next);
+    `_neigh_dirty` (the union of neighbour entries changed since the last take)."""
+
+    def __init__(self, tables: Sequence[TableKey]) -> None:
+        self.tables = tuple(tables)
+        self._chains: dict[TableKey, dict[str, Chain]] = {t: {} for t in self.tables}
+        self._jumps: dict[TableKey, dict[str, tuple[Rule, ...]]] = {t: {} for t in self.tables}
+        self._ipsets: dict[str, IPSetState] = {}
+        self._routes: dict[str, RouteState] = {}
+        self._interfaces: dict[str, InterfaceState] = {}
+        self._neighbours: dict[EpKey, frozenset[NeighbourState]] = {}
+        self._neigh_dirty = False
+        self._ep_info: dict[EpKey, EndpointInfo] = {}
+        self._changes = Changes()
+
+    # ---- setters (called by the calculation parts during a flush) -----------------------
+
+    def set_chain(self, table: TableKey, chain: Chain) -> None:
+        chains = self._chains[table]
+        current = chains.get(chain.name)
+        if current is not chain and current != chain:
+            chains[chain.name] = chain
+            self._changes.chains.setdefault(table, {})[chain.name] = chain
+
+    def set_chains(self, tables: Iterable[TableKey], chains: Iterable[Chain]) -> None:
+        """The same chains in several tables (the filter table of each IP version)."""
+        chains = tuple(chains)
+        for table in tables:
+            for chain in chains:
+                self.set_chain(table, chain)
+
+    def remove_chain(self, table: TableKey, name: str) -> None:
+        if self._chains[table].pop(name, None) is not None:
+            self._changes.chains.setdefault(table, {})[name] = None
+
+    def set_base_jumps(self, table: TableKey, jumps: dict[str, tuple[Rule, ...]]) -> None:
+        """The felix rules at the top of the kernel chains of `table` (all of them)."""
+        self._jumps[table] = dict(jumps)
+        self._changes.base_jumps[table] = dict(jumps)
+
+    def set_ipset(self, state: IPSetState) -> None:
+        if self._ipsets.get(state.name) != state:
+            self._ipsets[state.name] = state
+            self._changes.ipsets.setdefault(state.version, {})[state.name] = state
+
+    def remove_ipset(self, name: str, version: int) -> None:
+        if self._ipsets.pop(name, None) is not None:
+            self._changes.ipsets.setdefault(version, {})[name] = None
+
+    def set_route(self, dest: str, route: RouteState | None) -> None:
+        if self._routes.get(dest) != route:
+            if route is None:
+                del self._routes[dest]
+            else:
+                self._routes[dest] = route
+            self._changes.routes[dest] = route
+
+    def set_interface(self, ifname: str, state: InterfaceState | None) -> None:
+        if self._interfaces.get(ifname) != state:
+            if state is None:
+                self._interfaces.pop(ifname, None)
+            else:
+                self._interfaces[ifname] = state
+            self._changes.interfaces[ifname] = state
+
+    def set_neighbours(self, key: EpKey, neighbours: frozenset[NeighbourState]) -> None:
+        """One endpoint's neighbour entries (the owner gets the union of all)."""
+        if self._neighbours.get(key, frozenset()) != neighbours:
+            self._neigh_dirty = True
+            if neighbours:
+                self._neighbours[key] = neighbours
+            else:
+                self._neighbours.pop(key, None)
+
+    def set_endpoint_info(self, key: EpKey, info: EndpointInfo | None) -> None:
+        if self._ep_info.get(key) != info:
+            if info is None:
+                self._ep_info.pop(key, None)
+            else:
+                self._ep_info[key] = info
+            self._changes.endpoints[key] = info
+
+    # ---- hand-over --------------------------------------------------------------------
+
+    def take(self) -> Changes:
+        """The changes since the last take; the next batch starts empty."""
+        if self._neigh_dirty:
+            self._neigh_dirty = False
+            self._changes.neighbours = self._all_neighbours()
+        changes, self._changes = self._changes, Changes()
+        return changes
+
+    def _all_neighbours(self) -> frozenset[NeighbourState]:
+        return frozenset().union(*self._neighbours.values())
+
+    def desired_state(self) -> DesiredState:
+        """Everything the flushes so far have asked for, as one comparable value."""
+        return DesiredState(
+            chains={t: dict(c) for t, c in self._chains.items()},
+            base_jumps={t: dict(j) for t, j in self._jumps.items()},
+            ipsets=dict(self._ipsets), routes=dict(self._routes),
+            interfaces=dict(self._interfaces), neighbours=self._all_neighbours(),
+            endpoints=dict(self._ep_info))
