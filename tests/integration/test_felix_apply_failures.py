@@ -23,8 +23,8 @@ import pytest
 
 from libcalico import keyspace
 from libcalico.datastore import Datastore
-from tests.support.etcd import wait_for
-from tests.support.topology import Host, Topology
+from netsim.topology import Host, Topology
+from netsim.wait import wait_for
 from tests.support.workloads import Workload, create_workload, delete_workload
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd, pytest.mark.slow]
