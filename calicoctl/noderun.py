@@ -54,9 +54,16 @@ def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--log-dir", default=DEFAULT_LOG_DIR, show_default=True,
                      type=click.Path(file_okay=False), help="Where the programs log."),
         run_dir_option,
-        click.option("--runtime", type=click.Choice(["none"]), default="none",
-                     show_default=True, help="none: run the programs on this host (in "
-                     "the current network namespace)."),
+        click.option("--runtime", type=click.Choice(["docker", "none"]), default="docker",
+                     show_default=True, help="docker: run them in container calico-node "
+                     "on the engine DOCKER_HOST names; none: run them on this host (in the "
+                     "current network namespace)."),
+        click.option("--node-image", envvar="CALICO_NODE_IMAGE", default=None,
+                     metavar="NAME", help="The node image (docker) [env CALICO_NODE_IMAGE;"
+                     " default pycalico-net/node:<version>, built by `calicoctl node image "
+                     "build`]."),
+        click.option("--libnetwork", is_flag=True, help="Also run the Docker network and "
+                     "IPAM driver, as container calico-libnetwork (docker)."),
         click.option("--backend", type=click.Choice(["bird", "none"]), default="bird",
                      show_default=True, help="bird: run confd and BIRD for BGP; none: "
                      "felix only."),
@@ -73,19 +80,22 @@ def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def run_node(ip: str | None, ip6: str | None, as_num: str | None, name: str | None,
              log_dir: str, run_dir: str, runtime: str, backend: str, detach: bool,
-             timeout: float) -> None:
+             timeout: float, node_image: str | None = None, libnetwork: bool = False) -> None:
     from libcalico.model import Node, parse_as_num
-    from libcalico.nodestart import detect_addresses, initialise_cluster, register_node
 
     host = this_hostname(name)
     asn = parse_as_num("as_num", as_num) if as_num is not None else None
     Node(host, ipv4=ip, ipv6=ip6, as_num=asn)  # validates before anything happens
-    if ip is None:
-        ip = detect_addresses((4,))[4]
-        if ip is None:
-            raise CommandFailed("could not auto-detect this host's IPv4 address; give --ip",
-                                code=2)
-        click.echo(f"Using auto-detected IPv4 address {ip}")
+    if runtime == "docker":
+        from calicoctl.nodedocker import DockerNodeSpec, run_in_docker
+
+        run_in_docker(DockerNodeSpec(host, ip, ip6, asn, backend, run_dir, log_dir,
+                                     node_image, libnetwork), detach, timeout)
+        return
+    if libnetwork or node_image:
+        raise CommandFailed(f"{'--libnetwork' if libnetwork else '--node-image'} needs "
+                            "--runtime=docker", code=2)
+    ip = ip or detect_ipv4()
     paths = NodePaths(Path(run_dir), Path(log_dir))
     supervisor = Supervisor(paths)
     pid = supervisor.pid()
@@ -96,27 +106,46 @@ def run_node(ip: str | None, ip6: str | None, as_num: str | None, name: str | No
                        "stop it first with `calicoctl node stop`")
     _enable_forwarding()
     _check_system(backend)
+    register(host, ip, ip6, asn)
+    paths.run_dir.mkdir(parents=True, exist_ok=True)
+    paths.log_dir.mkdir(parents=True, exist_ok=True)
+    if backend == "bird":
+        _initial_bird_config(paths, host)
+    env = paths.environment(host, backend, os.environ)
+    env.update(etcd_environment())
+    ctl().close()
+    _start_supervisord(paths, env, detach)
+    states = supervisor.wait_started(timeout)
+    print_programs(states)
+    failed = [s for s in states if s.state != "RUNNING"]
+    if not states or failed:
+        which = ", ".join(f"{s.name} ({s.state})" for s in failed) or "supervisord"
+        raise CommandFailed(f"not started: {which}; see the logs in {log_dir}")
+    click.echo(f"Calico node {host} is running")
+
+
+def detect_ipv4() -> str:
+    """This host's IPv4 address for BGP, auto-detected (said on stdout)."""
+    from libcalico.nodestart import detect_addresses
+
+    ip = detect_addresses((4,))[4]
+    if ip is None:
+        raise CommandFailed("could not auto-detect this host's IPv4 address; give --ip",
+                            code=2)
+    click.echo(f"Using auto-detected IPv4 address {ip}")
+    return ip
+
+
+def register(host: str, ip: str, ip6: str | None, asn: int | None) -> None:
+    """Create the cluster defaults still missing and register this node (said on stdout)."""
+    from libcalico.nodestart import initialise_cluster, register_node
+
     client = ctl().client
     created = initialise_cluster(client, default_pools=not os.environ.get("NO_DEFAULT_POOLS"))
     for what in created.created:
         click.echo(f"Initialised the cluster: {what}")
     register_node(client, host, ip, ip6, asn)
     click.echo(f"Registered node {host} (IPv4 {ip}" + (f", IPv6 {ip6}" if ip6 else "") + ")")
-    paths.run_dir.mkdir(parents=True, exist_ok=True)
-    paths.log_dir.mkdir(parents=True, exist_ok=True)
-    if backend == "bird":
-        _initial_bird_config(paths, host)
-    env = paths.environment(host, backend, os.environ)
-    env.update(_etcd_environment())
-    ctl().close()
-    _start_supervisord(paths, env, detach)
-    states = supervisor.wait_started(timeout)
-    _print_programs(states)
-    failed = [s for s in states if s.state != "RUNNING"]
-    if not states or failed:
-        which = ", ".join(f"{s.name} ({s.state})" for s in failed) or "supervisord"
-        raise CommandFailed(f"not started: {which}; see the logs in {log_dir}")
-    click.echo(f"Calico node {host} is running")
 
 
 def _enable_forwarding() -> None:
@@ -154,7 +183,7 @@ def _initial_bird_config(paths: NodePaths, host: str) -> None:
                             f"{result.error if result else 'no configuration rendered'}")
 
 
-def _etcd_environment() -> dict[str, str]:
+def etcd_environment() -> dict[str, str]:
     """The etcd settings given on calicoctl's command line, for the programs."""
     c = ctl()
     given = {"ETCD_ENDPOINTS": c.endpoints, "ETCD_AUTHORITY": c.authority,
@@ -184,7 +213,7 @@ def _start_supervisord(paths: NodePaths, env: dict[str, str], detach: bool) -> N
             raise CommandFailed(f"supervisord did not start: {err.read().strip()}")
 
 
-def _print_programs(states: list[Any]) -> None:
+def print_programs(states: list[Any]) -> None:
     from calicoctl.output import render_table
 
     if states:
@@ -192,10 +221,13 @@ def _print_programs(states: list[Any]) -> None:
                                 [(s.name, s.state, s.description) for s in states]))
 
 
-def stop_node(hostname: str | None, run_dir: str, force: bool) -> None:
+def stop_node(hostname: str | None, run_dir: str, force: bool,
+              runtime: str | None = None) -> None:
+    from calicoctl.nodedocker import resolve_runtime
     from libcalico.errors import Conflict, DatastoreError
 
     host = this_hostname(hostname)
+    runtime = resolve_runtime(runtime)
     supervisor = Supervisor(NodePaths(Path(run_dir), Path(DEFAULT_LOG_DIR)))
     try:
         endpoints = ctl().client.list_workload_endpoints(host)
@@ -206,6 +238,11 @@ def stop_node(hostname: str | None, run_dir: str, force: bool) -> None:
     if endpoints and not force:
         raise Conflict(f"node {host} still has {len(endpoints)} endpoint(s); remove them "
                        "first, or use --force")
+    if runtime == "docker":
+        from calicoctl.nodedocker import stop_in_docker
+
+        stop_in_docker(host, run_dir)
+        return
     if supervisor.pid() is None:
         click.echo(f"Calico node {host} is not running")
         return
@@ -214,12 +251,15 @@ def stop_node(hostname: str | None, run_dir: str, force: bool) -> None:
     click.echo(f"Node stopped ({host})")
 
 
-def node_status(run_dir: str, output: str) -> None:
-    from dataclasses import asdict
+def node_status(run_dir: str, output: str, runtime: str | None = None) -> None:
+    from calicoctl.nodedocker import resolve_runtime
+    from calicoctl.status import parse_protocols, query_bird
 
-    from calicoctl.output import emit
-    from calicoctl.status import parse_protocols, print_sessions, query_bird
+    if resolve_runtime(runtime) == "docker":
+        from calicoctl.nodedocker import status_in_docker
 
+        status_in_docker(run_dir, output)
+        return
     paths = NodePaths(Path(run_dir), Path(DEFAULT_LOG_DIR))
     supervisor = Supervisor(paths)
     if not supervisor.running():
@@ -227,12 +267,23 @@ def node_status(run_dir: str, output: str) -> None:
     programs = supervisor.programs()
     bird = any(p.name == "bird" and p.state == "RUNNING" for p in programs)
     sessions = parse_protocols(query_bird(str(paths.bird_socket))) if bird else []
+    show_status(programs, sessions, output)
+
+
+def show_status(programs: list[Any], sessions: list[Any], output: str) -> None:
+    """`node status` output: the programs' states, then BIRD's BGP sessions."""
+    from dataclasses import asdict
+
+    from calicoctl.output import emit
+    from calicoctl.status import print_sessions
+
+    bird = any(p.name == "bird" and p.state == "RUNNING" for p in programs)
     if output in ("json", "yaml"):
         emit(output, {"programs": [asdict(p) for p in programs],
                       "bgp": [asdict(s) for s in sessions]}, [], [])
         return
     click.echo("Calico process is running.\n")
-    _print_programs(programs)
+    print_programs(programs)
     if not bird:
         click.echo("\nBIRD is not running: no BGP sessions.")
         return

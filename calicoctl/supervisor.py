@@ -86,10 +86,14 @@ class ProgramState:
 
 
 class Supervisor:
-    """One node's supervisord, reached through its unix socket."""
+    """One node's supervisord, reached through its unix socket.
 
-    def __init__(self, paths: NodePaths) -> None:
+    `local=False` for a supervisord in another pid namespace (the node container): its
+    pid file means nothing here, so only its socket is asked."""
+
+    def __init__(self, paths: NodePaths, local: bool = True) -> None:
         self.paths = paths
+        self.local = local
 
     def _proxy(self) -> Any:
         import xmlrpc.client
@@ -109,7 +113,7 @@ class Supervisor:
         return pid
 
     def running(self) -> bool:
-        if self.pid() is None:
+        if self.local and self.pid() is None:
             return False
         try:
             return self._proxy().supervisor.getState()["statename"] == "RUNNING"
@@ -120,6 +124,10 @@ class Supervisor:
         infos = self._proxy().supervisor.getAllProcessInfo()
         return [ProgramState(i["name"], i["statename"], i["pid"], i["description"])
                 for i in sorted(infos, key=lambda i: i["name"])]
+
+    def stop_program(self, name: str) -> None:
+        """Stop one program (its stopsignal; supervisord will not restart it)."""
+        self._proxy().supervisor.stopProcess(name, True)
 
     def wait_started(self, timeout: float) -> list[ProgramState]:
         """Wait until every program is RUNNING or has failed for good; the last states.
