@@ -51,9 +51,10 @@ LIBNETWORK_PROGRAM = "calico-libnetwork"  # console script: calico_libnetwork.ma
 PLUGIN_DIR = "/run/docker/plugins"
 LIBNETWORK_SOCKET = f"{PLUGIN_DIR}/calico.sock"
 # NET_ADMIN: routes, addresses, iptables, ipsets, conntrack and /proc/sys/net writes;
-# NET_RAW: raw sockets (iptables' legacy backend, ping from the node); NET_BIND_SERVICE:
-# BIRD listens on TCP port 179. Nothing else: supervisord and the programs run as root
-# on files root owns.
+# NET_RAW: iptables' `set` match (felix's rules match ipsets) looks sets up over a raw
+# socket ("Can't open socket to ipset" without it); NET_BIND_SERVICE: BIRD
+# listens on TCP port 179. Nothing else: supervisord and the programs run as root on
+# files root owns.
 NODE_CAPABILITIES = ("NET_ADMIN", "NET_RAW", "NET_BIND_SERVICE")
 LIBNETWORK_CAPABILITIES = ("NET_ADMIN", "NET_RAW")
 STOP_TIMEOUT_S = 30
