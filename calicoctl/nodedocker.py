@@ -56,7 +56,8 @@ LIBNETWORK_SOCKET = f"{PLUGIN_DIR}/calico.sock"
 # listens on TCP port 179. Nothing else: supervisord and the programs run as root on
 # files root owns.
 NODE_CAPABILITIES = ("NET_ADMIN", "NET_RAW", "NET_BIND_SERVICE")
-LIBNETWORK_CAPABILITIES = ("NET_ADMIN", "NET_RAW")
+# The driver makes veths and routes in the host namespace and writes etcd: NET_ADMIN.
+LIBNETWORK_CAPABILITIES = ("NET_ADMIN",)
 STOP_TIMEOUT_S = 30
 LIBNETWORK_WAIT_S = 20.0
 # calicoctl's own variables the node container gets as they are.
