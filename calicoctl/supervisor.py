@@ -104,10 +104,14 @@ class Supervisor:
         return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
 
     def pid(self) -> int | None:
-        """The pid of the running supervisord, or None."""
+        """The pid of the running supervisord, or None. A pid file left by a supervisord
+        that ran elsewhere (a node container killed without cleaning up) can name an
+        unrelated process here: only a supervisord counts."""
         try:
             pid = int(self.paths.pidfile.read_text().strip())
-            os.kill(pid, 0)
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"supervisord" not in f.read():
+                    return None
         except (OSError, ValueError):
             return None
         return pid
