@@ -13,12 +13,16 @@ depends on it:
    with `--backend=none`) and, with `--detach` (the default), wait until the programs
    run and name those that did not start; `--no-detach` replaces this process with
    supervisord in the foreground.
+That is `--runtime=none`. `--runtime=docker` (the default) hands over to
+`calicoctl.nodedocker` after step 1; the container then runs this same sequence inside
+(`calicoctl.nodeentry`), and `detect_ipv4`, `register` and `show_status` are shared.
 `node stop` shuts supervisord down (refused while the node has endpoints, unless
 `--force`); the dataplane and the datastore entries stay. `node status` shows the
 programs' states and BIRD's BGP sessions.
 
 Leaves to others: supervisord's client (`calicoctl.supervisor`), the datastore writes
-(`libcalico.nodestart`), BGP session parsing (`calicoctl.status`), `node show|remove`.
+(`libcalico.nodestart`), BGP session parsing (`calicoctl.status`), `node show|remove`,
+the Docker runtime (`calicoctl.nodedocker`).
 """
 
 from __future__ import annotations
