@@ -38,6 +38,7 @@ pytestmark = [pytest.mark.etcd, pytest.mark.root, pytest.mark.slow]
 POOL = "198.19.0.0/16"
 PROFILE = "ndk"
 BUSYBOX = "wl-busybox:local"
+ALT_IMAGE = "example/calico-node:alt"
 CONVERGE_S = 45.0
 
 
@@ -166,7 +167,8 @@ def test_a_program_that_does_not_start_is_named_with_its_log(hosts: DockerHosts)
 def test_libnetwork_runs_the_driver_entry_point_with_the_plugin_dir(hosts: DockerHosts) -> None:
     h2 = hosts.topo.hosts[1]
     engine = hosts.engine(h2)
-    proc = hosts.start_node(h2, "--libnetwork", check=False)
+    engine.docker("tag", DEFAULT_IMAGE, ALT_IMAGE)  # --node-image names the image of both
+    proc = hosts.start_node(h2, "--libnetwork", f"--node-image={ALT_IMAGE}", check=False)
     try:
         assert proc.returncode == 1, proc.stdout + proc.stderr
         driver = inspect(engine, "calico-libnetwork")
@@ -181,7 +183,8 @@ def test_libnetwork_runs_the_driver_entry_point_with_the_plugin_dir(hosts: Docke
         assert driver["HostConfig"]["NetworkMode"] == "host"
         assert driver["HostConfig"]["Privileged"] is False
         assert driver["Config"]["Entrypoint"] == ["calico-libnetwork"]
-        assert driver["Config"]["Image"] == DEFAULT_IMAGE
+        assert driver["Config"]["Image"] == ALT_IMAGE
+        assert inspect(engine, "calico-node")["Config"]["Image"] == ALT_IMAGE  # type: ignore[index]
         env = driver["Config"]["Env"]
         assert f"CALICO_LIBNETWORK_SOCKET={LIBNETWORK_SOCKET}" in env
         assert any(e.startswith("ETCD_ENDPOINTS=http://198.18.0.254:") for e in env)
