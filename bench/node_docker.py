@@ -22,12 +22,13 @@ JSON object.
     (`docker build` of `FROM <node image>` + `COPY` of the file). In full mode (not
     --quick) a build from an empty image cache too (debootstrap, dependency wheels,
     everything: what CI's first run pays), reported as `cold_build_s`.
-(c) restart gap: a workload on host 1 pings one on host 2 every 10 ms while host 2's node
-    container restarts (`docker restart calico-node`: SIGTERM, BIRD's graceful restart,
-    start) until the node runs again with BGP Established and BIRD's graceful restart is
-    done, plus 1 s. Reported: packets sent, lost and the longest gap between two answers.
-    Goal: 0 lost. For comparison in the same run: the same ping across `calicoctl node
-    stop --force` + `calicoctl node` (BIRD closes its sessions, peers withdraw the routes).
+(c) restart gap: a workload on host 1 pings one on host 2 every 10 ms (`ping -D`, from
+    100 answers before) while host 2's node container restarts (`docker restart
+    calico-node`: SIGTERM, BIRD's graceful restart, start) until the node runs again with
+    BGP Established and BIRD's graceful restart done and the ping is answered again, plus
+    1 s. Reported: packets sent, lost, and the longest time between two answers. Goal: 0
+    lost. For comparison in the same run: the same ping across `calicoctl node stop
+    --force` + `calicoctl node` (BIRD closes its sessions, peers withdraw the routes).
 """
 
 from __future__ import annotations
@@ -202,25 +203,32 @@ def rebuild(workdir: Path, cold: bool) -> dict[str, Any]:
 # --- (c) restart gap ---------------------------------------------------------------------------
 
 class Pinger:
-    """`ping -D -i 0.01` from a namespace; the gap is read from the answers' sequence."""
+    """`ping -D -i 0.01` from a namespace into a file; gaps come from the answers' times."""
 
-    def __init__(self, ns: Namespace, address: str) -> None:
-        self.proc = subprocess.Popen(["ip", "netns", "exec", ns.name, "ping", "-D", "-n",
-                                      "-i", str(PING_INTERVAL_S), "-W", "1", address],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True)
+    def __init__(self, ns: Namespace, address: str, path: Path) -> None:
+        self.path = path
+        with open(path, "w") as out:
+            self.proc = subprocess.Popen(["ip", "netns", "exec", ns.name, "ping", "-D", "-n",
+                                          "-i", str(PING_INTERVAL_S), "-W", "1", address],
+                                         stdout=out, stderr=subprocess.STDOUT)
+
+    def answers(self) -> list[float]:
+        """The times (epoch seconds) of the answers so far."""
+        text = self.path.read_text(errors="replace")
+        return [float(t) for t in re.findall(r"^\[(\d+\.\d+)\] \d+ bytes from", text, re.M)]
 
     def stop(self) -> dict[str, Any]:
         self.proc.send_signal(signal.SIGINT)
-        out = self.proc.communicate(timeout=20)[0]
+        self.proc.wait(timeout=20)
+        out = self.path.read_text(errors="replace")
         summary = re.search(r"(\d+) packets transmitted, (\d+) received", out)
         if summary is None:
             raise RuntimeError(f"ping said: {out[-500:]}")
         sent, received = int(summary.group(1)), int(summary.group(2))
-        seqs = sorted(int(m) for m in re.findall(r"bytes from .* icmp_seq=(\d+)", out))
-        longest = max((b - a for a, b in zip(seqs, seqs[1:], strict=False)), default=1)
+        times = self.answers()
+        longest = max((b - a for a, b in zip(times, times[1:], strict=False)), default=0.0)
         return {"sent": sent, "received": received, "lost": sent - received,
-                "longest_gap_ms": round(longest * PING_INTERVAL_S * 1000, 1)}
+                "longest_gap_ms": round(longest * 1000, 1)}
 
 
 def node_back(hosts: DockerHosts, host: Host, peers: int, graceful: bool) -> bool:
@@ -233,7 +241,8 @@ def node_back(hosts: DockerHosts, host: Host, peers: int, graceful: bool) -> boo
     return not graceful or log.count("Graceful restart done") >= 2
 
 
-def restart_gap(topo: Topology, hosts: DockerHosts, made: list[Namespace]) -> dict[str, Any]:
+def restart_gap(topo: Topology, hosts: DockerHosts, made: list[Namespace],
+                workdir: Path) -> dict[str, Any]:
     h1, h2 = topo.hosts[0], topo.hosts[1]
     parallel(hosts.start_node, topo.hosts)
     hosts.calicoctl(h1, "pool", "add", POOL)
@@ -250,29 +259,34 @@ def restart_gap(topo: Topology, hosts: DockerHosts, made: list[Namespace]) -> di
              60, message="w1 reaching w2")
     peers = len(topo.hosts) - 1
 
-    def measure(action: Callable[[], object], graceful: bool) -> dict[str, Any]:
-        pinger = Pinger(w1, a2)
-        time.sleep(1.0)  # answers flowing before the action
+    def measure(action: Callable[[], object], graceful: bool, name: str) -> dict[str, Any]:
+        pinger = Pinger(w1, a2, workdir / f"ping-{name}.txt")
+        wait_for(lambda: len(pinger.answers()) >= 100, 10, message="answers flowing")
         started = time.monotonic()
         action()
         wait_for(lambda: node_back(hosts, h2, peers, graceful), UP_DEADLINE_S,
                  message="host2's node back")
         back = time.monotonic() - started
+        # ... and w1's ping answered again (after a withdrawal that takes BGP's time).
+        back_at = time.time()
+        wait_for(lambda: pinger.answers()[-1] > back_at, UP_DEADLINE_S,
+                 message="answers flowing again")
         time.sleep(1.0)
         return {**pinger.stop(), "node_back_s": round(back, 3)}
 
     restart = measure(lambda: hosts.engine(h2).docker("restart", "calico-node", timeout=120),
-                      graceful=True)
+                      graceful=True, name="restart")
 
     def stop_start() -> None:
         hosts.calicoctl(h2, "node", "stop", "--force")
         hosts.start_node(h2)
 
-    withdrawn = measure(stop_start, graceful=False)
+    withdrawn = measure(stop_start, graceful=False, name="stop-start")
     result = {"interval_ms": PING_INTERVAL_S * 1000, **restart,
-              "clock": {"start": "ping running 1 s before `docker restart calico-node`",
-                        "stop": "1 s after host2's node runs again with BGP Established "
-                                "and BIRD's graceful restart done"},
+              "clock": {"start": "100 answers to the ping before `docker restart "
+                                 "calico-node`",
+                        "stop": "1 s after host2's node runs again (BGP Established, BIRD's "
+                                "graceful restart done) and the ping is answered again"},
               "baseline": {"name": "calicoctl node stop --force + calicoctl node "
                                    "(sessions closed, routes withdrawn)", **withdrawn},
               "goal": {"max_lost": 0}}
@@ -293,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     with Topology("bndk", hosts=n) as topo, DockerHosts(topo) as hosts:
         try:
             result["cluster_up"] = cluster_up_rounds(topo, hosts, rounds)
-            result["restart"] = restart_gap(topo, hosts, made)
+            result["restart"] = restart_gap(topo, hosts, made, topo.dir)
         finally:
             for ns in made:
                 ns.delete()

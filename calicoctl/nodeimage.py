@@ -271,15 +271,38 @@ def dependency_wheels(root: Path, say: Say) -> Path:
         return target
 
 
+def build_python(deps: Path, say: Say) -> Path:
+    """The python of a virtualenv holding the build requirements (setuptools, wheel),
+    made once next to the dependency wheels: building the project's wheel then costs
+    one call of setuptools' PEP 517 hook, not a fresh isolated environment each time."""
+    env = deps / "buildenv"
+    python = env / "bin" / "python"
+    if (env / ".complete").is_file():
+        return python
+    with _cache_lock(cache_dir(), say):
+        if (env / ".complete").is_file():
+            return python
+        shutil.rmtree(env, ignore_errors=True)
+        say("wheels: making the build environment (setuptools, wheel)")
+        _run([sys.executable, "-m", "venv", str(env)])
+        _run([str(python), "-m", "pip", "--disable-pip-version-check", "install", "-q",
+              "--no-index", "--find-links", str(deps / "build"), *BUILD_REQUIREMENTS])
+        (env / ".complete").write_text("")
+        return python
+
+
 def project_wheel(root: Path, deps: Path, out: Path, say: Say) -> Path:
     """Build the project's wheel from a copy of its packaged files into `out`."""
+    python = build_python(deps, say)
+    out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="calico-src-") as stage:
         for rel in packaged_files(root):
             (Path(stage) / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(root / rel, Path(stage) / rel)
         env = {**os.environ, "SOURCE_DATE_EPOCH": SOURCE_DATE_EPOCH}
-        _run(_pip("wheel", "-q", "--no-deps", "--no-index", "--find-links",
-                  str(deps / "build"), "--wheel-dir", str(out), stage), None, env=env)
+        _run([str(python), "-c", "import sys; from setuptools import build_meta; "
+              "build_meta.build_wheel(sys.argv[1])", str(out)], None, env=env,
+             cwd=Path(stage))
     wheels = sorted(out.glob("*.whl"))
     if len(wheels) != 1:
         raise CommandFailed(f"expected one project wheel in {out}, found {len(wheels)}")
