@@ -59,9 +59,9 @@ def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                      type=click.Path(file_okay=False), help="Where the programs log."),
         run_dir_option,
         click.option("--runtime", type=click.Choice(["docker", "none"]), default="docker",
-                     show_default=True, help="docker: run them in container calico-node "
-                     "on the engine DOCKER_HOST names; none: run them on this host (in the "
-                     "current network namespace)."),
+                     show_default=True, help="docker: run felix, confd and BIRD in container "
+                     "calico-node on the engine DOCKER_HOST names; none: run them on this "
+                     "host (in the current network namespace)."),
         click.option("--node-image", envvar="CALICO_NODE_IMAGE", default=None,
                      metavar="NAME", help="The node image (docker) [env CALICO_NODE_IMAGE;"
                      " default pycalico-net/node:<version>, built by `calicoctl node image "
