@@ -351,6 +351,9 @@ def stop_in_docker(host: str, run_dir: str) -> None:
 
     docker = DockerCLI(timeout=STOP_TIMEOUT_S + 30)
     info = docker.container(NODE_CONTAINER)
+    if info is not None and not is_ours(info, "node"):
+        raise CommandFailed(f"container {NODE_CONTAINER} on the engine at {docker.address} "
+                            "was not made by calicoctl; not stopping it")
     if info is None or not _state(info).get("Running"):
         click.echo(f"Calico node {host} is not running")
     else:
@@ -375,7 +378,7 @@ def status_in_docker(run_dir: str, output: str) -> None:
 
     docker = DockerCLI()
     info = docker.container(NODE_CONTAINER)
-    if info is None or not _state(info).get("Running"):
+    if info is None or not is_ours(info, "node") or not _state(info).get("Running"):
         raise CommandFailed(f"Calico node is not running (container {NODE_CONTAINER} is "
                             f"{_state(info or {}).get('Status', 'missing')})")
     paths = NodePaths(Path(os.path.abspath(run_dir)), Path(DEFAULT_LOG_DIR))
