@@ -64,6 +64,9 @@ LIBNETWORK_WAIT_S = 20.0
 PASSED_PREFIXES = ("FELIX_",)
 PASSED_VARIABLES = ("NO_DEFAULT_POOLS",)
 ETCD_FILE_VARIABLES = ("ETCD_CA_CERT_FILE", "ETCD_CERT_FILE", "ETCD_KEY_FILE")
+# confd's default operators' include directory (confd.render.DEFAULT_INCLUDE_DIR; a unit
+# test keeps them equal), named here so that calicoctl need not import confd.
+DEFAULT_BIRD_INCLUDE_DIR = "/etc/calico/bird.d"
 
 
 @dataclass(frozen=True)
@@ -269,9 +272,8 @@ def run_in_docker(spec: DockerNodeSpec, detach: bool, timeout: float) -> None:
 
 
 def _include_dir() -> str:
-    from confd.render import DEFAULT_INCLUDE_DIR
-
-    return os.path.abspath(os.environ.get("CALICO_BIRD_INCLUDE_DIR") or DEFAULT_INCLUDE_DIR)
+    return os.path.abspath(os.environ.get("CALICO_BIRD_INCLUDE_DIR")
+                           or DEFAULT_BIRD_INCLUDE_DIR)
 
 
 def _wait_node(docker: DockerCLI, paths: Any, timeout: float) -> None:

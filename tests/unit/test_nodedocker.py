@@ -191,3 +191,10 @@ def test_the_image_key_follows_the_packaged_files_only(tmp_path: Path) -> None:
 def test_the_base_tag_names_suite_and_recipe() -> None:
     assert nodeimage.base_tag() == f"pycalico-net/node-base:bookworm-{nodeimage.base_key()}"
     assert len(nodeimage.base_key()) == 12
+
+
+def test_the_include_directory_default_is_confds() -> None:
+    from calicoctl.nodedocker import DEFAULT_BIRD_INCLUDE_DIR
+    from confd.render import DEFAULT_INCLUDE_DIR
+
+    assert DEFAULT_BIRD_INCLUDE_DIR == DEFAULT_INCLUDE_DIR
