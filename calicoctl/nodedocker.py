@@ -346,6 +346,15 @@ def _wait_libnetwork(docker: DockerCLI, timeout: float) -> None:
 
 # --- stop, status, remove, diags -------------------------------------------------------------
 
+def _container_run_dir(info: Mapping[str, Any], given: str) -> Path:
+    """The run directory the node container was started with (its CALICO_RUN_DIR), so
+    that `node stop|status` find it whatever --run-dir they are given."""
+    for var in (info.get("Config") or {}).get("Env") or []:
+        if var.startswith("CALICO_RUN_DIR="):
+            return Path(var.split("=", 1)[1])
+    return Path(os.path.abspath(given))
+
+
 def stop_in_docker(host: str, run_dir: str) -> None:
     """BIRD first (through supervisord: sessions close, peers withdraw the routes), then
     the containers; the dataplane stays as felix left it."""
@@ -359,7 +368,7 @@ def stop_in_docker(host: str, run_dir: str) -> None:
     if info is None or not _state(info).get("Running"):
         click.echo(f"Calico node {host} is not running")
     else:
-        supervisor = Supervisor(NodePaths(Path(os.path.abspath(run_dir)),
+        supervisor = Supervisor(NodePaths(_container_run_dir(info, run_dir),
                                           Path(DEFAULT_LOG_DIR)), local=False)
         if supervisor.running():
             # Fails when there is no BIRD (--backend=none) or it is stopped already.
@@ -383,7 +392,7 @@ def status_in_docker(run_dir: str, output: str) -> None:
     if info is None or not is_ours(info, "node") or not _state(info).get("Running"):
         raise CommandFailed(f"Calico node is not running (container {NODE_CONTAINER} is "
                             f"{_state(info or {}).get('Status', 'missing')})")
-    paths = NodePaths(Path(os.path.abspath(run_dir)), Path(DEFAULT_LOG_DIR))
+    paths = NodePaths(_container_run_dir(info, run_dir), Path(DEFAULT_LOG_DIR))
     supervisor = Supervisor(paths, local=False)
     if not supervisor.running():
         raise CommandFailed(f"Calico node is not running (no supervisord at {paths.socket} "
