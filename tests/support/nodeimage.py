@@ -7,8 +7,8 @@ Owns `node_image_archive()`: a `docker save` archive of the image in the image c
 `calicoctl node image build`, on a throw-away engine in a throw-away namespace (the
 base and the dependency wheels come from the same cache, so only the first build on a
 machine runs debootstrap). The key is `calicoctl.nodeimage.image_key`: any change to
-what goes into the image makes a new archive; archives of other keys older than a day
-are removed. `load_node_image(engine)` puts the image on an engine.
+what goes into the image makes a new archive; only the four most recently used archives
+are kept. `load_node_image(engine)` puts the image on an engine.
 
 Leaves to others: the build itself (`calicoctl.nodeimage`), the engines
 (`tests.support.dockerd`).
@@ -29,7 +29,7 @@ from tests.support.netns import Namespace
 from tests.support.topology import calicoctl_path
 
 BUILD_TIMEOUT_S = 900.0
-STALE_S = 86400.0
+KEPT = 4  # archives kept in the cache, the newest first
 
 
 def archive_path() -> Path:
@@ -40,6 +40,8 @@ def node_image_archive(log: Path | None = None) -> Path:
     """The archive of this checkout's node image, built if missing (see the module)."""
     target = archive_path()
     if target.is_file():
+        with contextlib.suppress(OSError):
+            os.utime(target)  # recently used: kept by _prune
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.parent / ".lock", "w") as lock:
@@ -78,13 +80,14 @@ def _build(target: Path, log: Path) -> None:
 
 
 def _prune(keep: Path) -> None:
-    now = time.time()
-    for old in keep.parent.glob("node-*.tar"):
-        if old != keep:
-            with contextlib.suppress(OSError):
-                if now - old.stat().st_mtime > STALE_S:
-                    old.unlink()
-                    old.with_suffix(".log").unlink(missing_ok=True)
+    """Remove all but the KEPT most recently used archives (each is ~200 MB; several
+    checkouts on one machine each use their own)."""
+    others = sorted((p for p in keep.parent.glob("node-*.tar") if p != keep),
+                    key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in others[KEPT - 1:]:
+        with contextlib.suppress(OSError):
+            old.unlink()
+            old.with_suffix(".log").unlink(missing_ok=True)
 
 
 def load_node_image(engine: DockerEngine) -> str:
