@@ -19,7 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from calicoctl.nodeimage import DEFAULT_IMAGE, image_key, packaged_files, source_root
+from calicoctl.nodeimage import (
+    DEFAULT_IMAGE,
+    base_tar,
+    dependency_wheels,
+    image_key,
+    packaged_files,
+    source_root,
+)
 from tests.support.dockerd import DockerEngine
 from tests.support.netns import Namespace
 from tests.support.topology import calicoctl_path
@@ -34,6 +41,10 @@ TOOLS = ("bird", "birdcl", "iptables", "ip6tables", "iptables-restore", "ipset",
 
 @pytest.fixture(scope="module")
 def engine(node_image_archive: Path) -> Iterator[DockerEngine]:
+    # The machine's cache holds the base and the dependency wheels (made with the
+    # archive; made here only if someone emptied the cache since).
+    base_tar(lambda line: None)
+    dependency_wheels(source_root(), lambda line: None)
     ns = Namespace("imgt")
     eng = None
     try:
