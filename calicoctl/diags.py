@@ -2,7 +2,9 @@
 
 Owns: what is collected (date, hostname, IPv4/IPv6 routes and addresses,
 iptables-save, ip6tables-save, ipset list, BIRD's protocols, the felix/confd log
-directory, and a dump of the project's etcd keys with secrets masked), the progress
+directory, a dump of the project's etcd keys with secrets masked, and, when the node runs
+in Docker, the containers' `docker inspect` and logs and BIRD's protocols asked inside
+the container: `calicoctl.nodedocker.diags_steps`), the progress
 display on stderr, and `mask_secrets` (pure). A step that fails is recorded in the
 bundle as its error; it does not stop the others.
 
@@ -26,6 +28,7 @@ from typing import Any
 import click
 
 from calicoctl.context import ctl
+from calicoctl.nodedocker import diags_steps
 
 MASK = "********"
 _SECRET = re.compile(r"pass(word|wd)?|token|secret|private|key|credential", re.I)
@@ -110,6 +113,7 @@ def diags(log_dir: str, bird_socket: str, output_dir: str) -> None:
             ("bird_protocols", lambda: _run(["birdcl", "-s", bird_socket, "show",
                                              "protocols", "all"])),
             ("etcd_calico", _etcd_dump),
+            *diags_steps(),  # the node containers, when the node runs in Docker
         ]
         for i, (fname, collect) in enumerate(steps, 1):
             click.echo(f"[{i}/{len(steps) + 1}] collecting {fname}", err=True)

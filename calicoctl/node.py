@@ -5,7 +5,8 @@ node), `node stop`, `node status` (their work is in `calicoctl.noderun`), `node 
 `node remove [--hostname] [--remove-endpoints]` and `node bgp peer add|remove|show`.
 
 `node remove` also gives the node's endpoint addresses and block affinities back to
-IPAM. Leaves to others: storage (`libcalico.client`), IPAM (`libcalico.ipam`).
+IPAM, and removes this host's stopped node containers. `node image build` is
+`calicoctl.nodeimage`. Leaves to others: storage (`libcalico.client`), IPAM (`libcalico.ipam`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import click
 
 from calicoctl.bgp import add_peer_commands
 from calicoctl.context import ctl, hostname_option, this_hostname
+from calicoctl.nodeimage import image_group
 from calicoctl.noderun import node_status, run_dir_option, run_node, run_options, stop_node
 from calicoctl.output import emit, output_option
 
@@ -36,21 +38,32 @@ def node_run(**options: Any) -> None:
     run_node(**options)
 
 
+runtime_option = click.option(
+    "--runtime", type=click.Choice(["docker", "none"]), default=None,
+    help="How the node runs (default: docker when the engine DOCKER_HOST names has a "
+    "calico-node container, else none).")
+
+
 @node.command("stop")
 @hostname_option
 @run_dir_option
+@runtime_option
 @click.option("--force", is_flag=True, help="Stop even though the node has endpoints.")
-def node_stop(hostname: str | None, run_dir: str, force: bool) -> None:
+def node_stop(hostname: str | None, run_dir: str, runtime: str | None, force: bool) -> None:
     """Stop this node's programs (the dataplane and datastore entries stay)."""
-    stop_node(hostname, run_dir, force)
+    stop_node(hostname, run_dir, force, runtime)
 
 
 @node.command("status")
 @run_dir_option
+@runtime_option
 @output_option
-def node_status_command(run_dir: str, output: str) -> None:
+def node_status_command(run_dir: str, runtime: str | None, output: str) -> None:
     """Show the node's programs and its BGP sessions."""
-    node_status(run_dir, output)
+    node_status(run_dir, output, runtime)
+
+
+node.add_command(image_group)
 
 
 @node.command("show")
@@ -78,6 +91,7 @@ def node_remove(hostname: str | None, remove_endpoints: bool) -> None:
     """Remove a node's data from the datastore (default: this node)."""
     import ipaddress
 
+    from calicoctl.nodedocker import containers_to_remove
     from libcalico.errors import Conflict, NotFound
     from libcalico.ipam import IPAMClient
 
@@ -85,6 +99,7 @@ def node_remove(hostname: str | None, remove_endpoints: bool) -> None:
     client = ctl().client
     if host not in client.list_node_names():
         raise NotFound(f"node {host} does not exist")
+    remove_containers = containers_to_remove(host)  # refuses while they run
     eps = client.list_workload_endpoints(host)
     if eps and not remove_endpoints:
         raise Conflict(f"node {host} still has {len(eps)} workload endpoint(s); "
@@ -97,6 +112,7 @@ def node_remove(hostname: str | None, remove_endpoints: bool) -> None:
     for block in ipam.host_blocks(host):
         ipam.release_affinity(host, block)
     client.remove_node(host, remove_endpoints)
+    remove_containers()
     click.echo(f"Removed node {host}")
 
 

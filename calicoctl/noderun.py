@@ -15,12 +15,16 @@ depends on it:
    with `--backend=none`) and, with `--detach` (the default), wait until the programs
    run and name those that did not start; `--no-detach` replaces this process with
    supervisord in the foreground.
+That is `--runtime=none`. `--runtime=docker` (the default) hands over to
+`calicoctl.nodedocker` after step 1; the container then runs this same sequence inside
+(`calicoctl.nodeentry`); what both runtimes share is in `calicoctl.nodecommon`.
 `node stop` shuts supervisord down (refused while the node has endpoints, unless
 `--force`); the dataplane and the datastore entries stay. `node status` shows the
 programs' states and BIRD's BGP sessions.
 
 Leaves to others: supervisord's client (`calicoctl.supervisor`), the datastore writes
-(`calicoctl.nodestart`), BGP session parsing (`calicoctl.status`), `node show|remove`.
+(`calicoctl.nodestart`), BGP session parsing (`calicoctl.status`), `node show|remove`,
+the Docker runtime (`calicoctl.nodedocker`).
 """
 
 from __future__ import annotations
@@ -34,6 +38,13 @@ import click
 
 from calicoctl.context import ctl, this_hostname
 from calicoctl.errors import CommandFailed
+from calicoctl.nodecommon import (
+    detect_ipv4,
+    etcd_environment,
+    print_programs,
+    register,
+    show_status,
+)
 from calicoctl.supervisor import DEFAULT_LOG_DIR, DEFAULT_RUN_DIR, NodePaths, Supervisor
 
 FORWARDING_SYSCTLS = ("net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding")
@@ -56,9 +67,16 @@ def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--log-dir", default=DEFAULT_LOG_DIR, show_default=True,
                      type=click.Path(file_okay=False), help="Where the programs log."),
         run_dir_option,
-        click.option("--runtime", type=click.Choice(["none"]), default="none",
-                     show_default=True, help="none: run the programs on this host (in "
-                     "the current network namespace)."),
+        click.option("--runtime", type=click.Choice(["docker", "none"]), default="docker",
+                     show_default=True, help="docker: run felix, confd and BIRD in container "
+                     "calico-node on the engine DOCKER_HOST names; none: run them on this "
+                     "host (in the current network namespace)."),
+        click.option("--node-image", envvar="CALICO_NODE_IMAGE", default=None,
+                     metavar="NAME", help="The node image (docker) [env CALICO_NODE_IMAGE;"
+                     " default pycalico-net/node:<version>, built by `calicoctl node image "
+                     "build`]."),
+        click.option("--libnetwork", is_flag=True, help="Also run the Docker network and "
+                     "IPAM driver, as container calico-libnetwork (docker)."),
         click.option("--backend", type=click.Choice(["bird", "none"]), default="bird",
                      show_default=True, help="bird: run confd and BIRD for BGP; none: "
                      "felix only."),
@@ -75,19 +93,22 @@ def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def run_node(ip: str | None, ip6: str | None, as_num: str | None, name: str | None,
              log_dir: str, run_dir: str, runtime: str, backend: str, detach: bool,
-             timeout: float) -> None:
-    from calicoctl.nodestart import detect_addresses, initialise_cluster, register_node
+             timeout: float, node_image: str | None = None, libnetwork: bool = False) -> None:
     from libcalico.model import Node, parse_as_num
 
     host = this_hostname(name)
     asn = parse_as_num("as_num", as_num) if as_num is not None else None
     Node(host, ipv4=ip, ipv6=ip6, as_num=asn)  # validates before anything happens
-    if ip is None:
-        ip = detect_addresses((4,))[4]
-        if ip is None:
-            raise CommandFailed("could not auto-detect this host's IPv4 address; give --ip",
-                                code=2)
-        click.echo(f"Using auto-detected IPv4 address {ip}")
+    if runtime == "docker":
+        from calicoctl.nodedocker import DockerNodeSpec, run_in_docker
+
+        run_in_docker(DockerNodeSpec(host, ip, ip6, asn, backend, run_dir, log_dir,
+                                     node_image, libnetwork), detach, timeout)
+        return
+    if libnetwork or node_image:
+        raise CommandFailed(f"{'--libnetwork' if libnetwork else '--node-image'} needs "
+                            "--runtime=docker", code=2)
+    ip = ip or detect_ipv4()
     paths = NodePaths(Path(run_dir), Path(log_dir))
     supervisor = Supervisor(paths)
     pid = supervisor.pid()
@@ -98,22 +119,17 @@ def run_node(ip: str | None, ip6: str | None, as_num: str | None, name: str | No
                        "stop it first with `calicoctl node stop`")
     _enable_forwarding()
     _check_system(backend)
-    client = ctl().client
-    created = initialise_cluster(client, default_pools=not os.environ.get("NO_DEFAULT_POOLS"))
-    for what in created.created:
-        click.echo(f"Initialised the cluster: {what}")
-    register_node(client, host, ip, ip6, asn)
-    click.echo(f"Registered node {host} (IPv4 {ip}" + (f", IPv6 {ip6}" if ip6 else "") + ")")
+    register(host, ip, ip6, asn)
     paths.run_dir.mkdir(parents=True, exist_ok=True)
     paths.log_dir.mkdir(parents=True, exist_ok=True)
     env = paths.environment(host, backend, os.environ)
-    env.update(_etcd_environment())
+    env.update(etcd_environment())
     if backend == "bird":
         _initial_bird_config(paths, host, env, timeout)
     ctl().close()
     _start_supervisord(paths, env, detach)
     states = supervisor.wait_started(timeout)
-    _print_programs(states)
+    print_programs(states)
     failed = [s for s in states if s.state != "RUNNING"]
     if not states or failed:
         which = ", ".join(f"{s.name} ({s.state})" for s in failed) or "supervisord"
@@ -165,15 +181,6 @@ def _initial_bird_config(paths: NodePaths, host: str, env: Mapping[str, str],
         raise CommandFailed(f"could not write BIRD's configuration for {host}: {why}")
 
 
-def _etcd_environment() -> dict[str, str]:
-    """The etcd settings given on calicoctl's command line, for the programs."""
-    c = ctl()
-    given = {"ETCD_ENDPOINTS": c.endpoints, "ETCD_AUTHORITY": c.authority,
-             "ETCD_CA_CERT_FILE": c.ca_cert, "ETCD_CERT_FILE": c.cert_file,
-             "ETCD_KEY_FILE": c.key_file}
-    return {k: v for k, v in given.items() if v}
-
-
 def _start_supervisord(paths: NodePaths, env: dict[str, str], detach: bool) -> None:
     import shutil
     import subprocess
@@ -195,18 +202,13 @@ def _start_supervisord(paths: NodePaths, env: dict[str, str], detach: bool) -> N
             raise CommandFailed(f"supervisord did not start: {err.read().strip()}")
 
 
-def _print_programs(states: list[Any]) -> None:
-    from calicoctl.output import render_table
-
-    if states:
-        click.echo(render_table(["Program", "State", "Info"],
-                                [(s.name, s.state, s.description) for s in states]))
-
-
-def stop_node(hostname: str | None, run_dir: str, force: bool) -> None:
+def stop_node(hostname: str | None, run_dir: str, force: bool,
+              runtime: str | None = None) -> None:
+    from calicoctl.nodedocker import resolve_runtime
     from libcalico.errors import Conflict, DatastoreError
 
     host = this_hostname(hostname)
+    runtime = resolve_runtime(runtime)
     supervisor = Supervisor(NodePaths(Path(run_dir), Path(DEFAULT_LOG_DIR)))
     try:
         endpoints = ctl().client.list_workload_endpoints(host)
@@ -217,6 +219,11 @@ def stop_node(hostname: str | None, run_dir: str, force: bool) -> None:
     if endpoints and not force:
         raise Conflict(f"node {host} still has {len(endpoints)} endpoint(s); remove them "
                        "first, or use --force")
+    if runtime == "docker":
+        from calicoctl.nodedocker import stop_in_docker
+
+        stop_in_docker(host, run_dir)
+        return
     if supervisor.pid() is None:
         click.echo(f"Calico node {host} is not running")
         return
@@ -225,12 +232,15 @@ def stop_node(hostname: str | None, run_dir: str, force: bool) -> None:
     click.echo(f"Node stopped ({host})")
 
 
-def node_status(run_dir: str, output: str) -> None:
-    from dataclasses import asdict
+def node_status(run_dir: str, output: str, runtime: str | None = None) -> None:
+    from calicoctl.nodedocker import resolve_runtime
+    from calicoctl.status import parse_protocols, query_bird
 
-    from calicoctl.output import emit
-    from calicoctl.status import parse_protocols, print_sessions, query_bird
+    if resolve_runtime(runtime) == "docker":
+        from calicoctl.nodedocker import status_in_docker
 
+        status_in_docker(run_dir, output)
+        return
     paths = NodePaths(Path(run_dir), Path(DEFAULT_LOG_DIR))
     supervisor = Supervisor(paths)
     if not supervisor.running():
@@ -238,14 +248,6 @@ def node_status(run_dir: str, output: str) -> None:
     programs = supervisor.programs()
     bird = any(p.name == "bird" and p.state == "RUNNING" for p in programs)
     sessions = parse_protocols(query_bird(str(paths.bird_socket))) if bird else []
-    if output in ("json", "yaml"):
-        emit(output, {"programs": [asdict(p) for p in programs],
-                      "bgp": [asdict(s) for s in sessions]}, [], [])
-        return
-    click.echo("Calico process is running.\n")
-    _print_programs(programs)
-    if not bird:
-        click.echo("\nBIRD is not running: no BGP sessions.")
-        return
-    click.echo()
-    print_sessions(output, sessions)
+    show_status(programs, sessions, output)
+
+

@@ -86,10 +86,14 @@ class ProgramState:
 
 
 class Supervisor:
-    """One node's supervisord, reached through its unix socket."""
+    """One node's supervisord, reached through its unix socket.
 
-    def __init__(self, paths: NodePaths) -> None:
+    `local=False` for a supervisord in another pid namespace (the node container): its
+    pid file means nothing here, so only its socket is asked."""
+
+    def __init__(self, paths: NodePaths, local: bool = True) -> None:
         self.paths = paths
+        self.local = local
 
     def _proxy(self) -> Any:
         import xmlrpc.client
@@ -100,16 +104,20 @@ class Supervisor:
         return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
 
     def pid(self) -> int | None:
-        """The pid of the running supervisord, or None."""
+        """The pid of the running supervisord, or None. A pid file left by a supervisord
+        that ran elsewhere (a node container killed without cleaning up) can name an
+        unrelated process here: only a supervisord counts."""
         try:
             pid = int(self.paths.pidfile.read_text().strip())
-            os.kill(pid, 0)
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"supervisord" not in f.read():
+                    return None
         except (OSError, ValueError):
             return None
         return pid
 
     def running(self) -> bool:
-        if self.pid() is None:
+        if self.local and self.pid() is None:
             return False
         try:
             return self._proxy().supervisor.getState()["statename"] == "RUNNING"
@@ -120,6 +128,10 @@ class Supervisor:
         infos = self._proxy().supervisor.getAllProcessInfo()
         return [ProgramState(i["name"], i["statename"], i["pid"], i["description"])
                 for i in sorted(infos, key=lambda i: i["name"])]
+
+    def stop_program(self, name: str) -> None:
+        """Stop one program (its stopsignal; supervisord will not restart it)."""
+        self._proxy().supervisor.stopProcess(name, True)
 
     def wait_started(self, timeout: float) -> list[ProgramState]:
         """Wait until every program is RUNNING or has failed for good; the last states.

@@ -2,15 +2,17 @@
 
 Owns the demo's steps, in order: etcd and three hosts in network namespaces
 (`netsim.topology.Topology`, reused as the system tests use it), `calicoctl node
-run --runtime=none` in every host at once, an IPv4 pool (198.19.0.0/16, outside the
-fabric's 198.18.0.0/24) and an IPv6 pool (fd00:198:19::/64, blocks of /122), a profile,
-two workloads per host (`calicoctl container add NS ipv4`, `container NS ip add ipv6`,
-`container NS profile set`), waiting (polled, with a deadline) until every host has
-every BGP session Established and a BIRD route to every other host's workloads, each
-host's `calicoctl node status` and routing tables, then the ping/TCP matrix before and
-after `calicoctl profile demo rule add inbound --at=0 deny tcp to ports 8080` (each
-polled until as expected or its deadline passes). Exit status: 0 when both matrices are
-as expected, 1 when not, 2 for bad usage, 130 when interrupted.
+run --runtime=none` in every host at once (with `--runtime=docker`: a private Docker
+engine per host, `netsim.dockerhosts`, with this checkout's node image, and
+`calicoctl node --runtime=docker` running container calico-node on each), an IPv4 pool
+(198.19.0.0/16, outside the fabric's 198.18.0.0/24) and an IPv6 pool (fd00:198:19::/64,
+blocks of /122), a profile, two workloads per host (`calicoctl container add NS ipv4`,
+`container NS ip add ipv6`, `container NS profile set`), waiting (polled, with a
+deadline) until every host has every BGP session Established and a BIRD route to every
+other host's workloads, each host's `calicoctl node status` and routing tables, then the
+ping/TCP matrix before and after `calicoctl profile demo rule add inbound --at=0 deny
+tcp to ports 8080` (each polled until as expected or its deadline passes). Exit status:
+0 when both matrices are as expected, 1 when not, 2 for bad usage, 130 when interrupted.
 
 Everything is removed at the end, on Ctrl-C or SIGTERM; with `--keep` it stays and the
 demo prints how to explore it and how to remove it (`--teardown`, from the state file).
@@ -35,8 +37,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from calicoctl.nodeimage import DEFAULT_IMAGE
 from demo import matrix
 from demo.state import DEFAULT_PATH, DemoState, default_path, teardown
+from netsim.dockerhosts import DockerHosts
 from netsim.netns import Namespace
 from netsim.topology import Host, Topology, calicoctl_path
 
@@ -76,11 +80,20 @@ def parallel(fn: Callable[..., T], items: Sequence[Any]) -> list[T]:
 class Demo:
     """One run: builds the cluster step by step, recording it in `state` as it goes."""
 
-    def __init__(self, state: DemoState) -> None:
+    def __init__(self, state: DemoState, runtime: str = "none") -> None:
         self.state = state
+        self.runtime = runtime
         self.topo: Topology | None = None
+        self.docker: DockerHosts | None = None
         self.workloads: list[Workload] = []
         self.nodes_started = 0.0
+
+    def ctl(self, host: Host, *args: str) -> subprocess.CompletedProcess[str]:
+        """`calicoctl ARGS` on `host` (against its Docker engine with --runtime=docker)."""
+        if self.docker is not None:
+            return self.docker.calicoctl(host, *args)
+        assert self.topo is not None
+        return self.topo.calicoctl(host, *args)
 
     # --- building -----------------------------------------------------------------------------
 
@@ -96,21 +109,36 @@ class Demo:
         for h in topo.hosts:
             print(f"  {h.name}  namespace {h.ns.name:<16} eth0 {h.ip}/24  {h.ip6}/64")
 
-        section("2. calicoctl node run --runtime=none on every host at once")
+        if self.runtime == "docker":
+            section("1b. A Docker engine per host, and the node image loaded into each")
+            print("  (the first run on a machine builds the image: `calicoctl node image "
+                  "build`, a few minutes)", flush=True)
+            started = time.monotonic()
+            self.docker = DockerHosts(topo)
+            self.state.add(runtime="docker", engines={n: e.host for n, e
+                                                      in self.docker.engines.items()})
+            for h in topo.hosts:
+                print(f"  {h.name}  DOCKER_HOST={self.docker.engine(h).host}")
+            print(f"  engines up, image {DEFAULT_IMAGE} loaded in "
+                  f"{time.monotonic() - started:.1f} s")
+
+        section(f"2. calicoctl node --runtime={self.runtime} on every host at once")
         self.nodes_started = started = time.monotonic()
-        outs = parallel(lambda h: topo.start_node(h).stdout, topo.hosts)
+        docker = self.docker
+        outs = parallel(lambda h: (docker.start_node(h) if docker else topo.start_node(h)
+                                   ).stdout, topo.hosts)
         for h, out in zip(topo.hosts, outs, strict=True):
             print(f"  {h.name}: {out.strip().splitlines()[-1]}")
         print(f"  all nodes up in {time.monotonic() - started:.1f} s")
 
         section("3. Pools and a profile")
         h1 = topo.hosts[0]
-        topo.calicoctl(h1, "pool", "add", POOL_V4, POOL_V6)
-        topo.calicoctl(h1, "profile", "add", PROFILE)
+        self.ctl(h1, "pool", "add", POOL_V4, POOL_V6)
+        self.ctl(h1, "profile", "add", PROFILE)
         print("  $ calicoctl pool show")
-        print(indent(topo.calicoctl(h1, "pool", "show").stdout, "    "))
+        print(indent(self.ctl(h1, "pool", "show").stdout, "    "))
         print(f"  $ calicoctl profile {PROFILE} rule show")
-        print(indent(topo.calicoctl(h1, "profile", PROFILE, "rule", "show").stdout, "    "))
+        print(indent(self.ctl(h1, "profile", PROFILE, "rule", "show").stdout, "    "))
 
         section(f"4. {WORKLOADS_PER_HOST} workloads per host (calicoctl container add)")
         for h in topo.hosts:
@@ -131,9 +159,9 @@ class Demo:
         an IPv4 address, give it an IPv6 one, put it in the profile; start its listeners."""
         assert self.topo is not None
         for w in (w for w in self.workloads if w.host is host):
-            self.topo.calicoctl(host, "container", "add", w.ns.name, "ipv4")
-            self.topo.calicoctl(host, "container", w.ns.name, "ip", "add", "ipv6")
-            self.topo.calicoctl(host, "container", w.ns.name, "profile", "set", PROFILE)
+            self.ctl(host, "container", "add", w.ns.name, "ipv4")
+            self.ctl(host, "container", w.ns.name, "ip", "add", "ipv6")
+            self.ctl(host, "container", w.ns.name, "profile", "set", PROFILE)
             addrs = json.loads(w.ns.ip("-j", "addr", "show", "dev", "eth1").stdout)
             infos = [a for link in addrs for a in link.get("addr_info", [])
                      if a.get("scope") == "global"]
@@ -198,7 +226,7 @@ class Demo:
         topo = self.topo
         section("6. calicoctl node status on each host")
         for h, out in zip(topo.hosts, parallel(
-                lambda h: topo.calicoctl(h, "node", "status").stdout, topo.hosts), strict=True):
+                lambda h: self.ctl(h, "node", "status").stdout, topo.hosts), strict=True):
             print(f"--- {h.name} ({h.ns.name})\n{indent(out)}")
         section("7. Routing tables (proto bird: learned over BGP; blackhole: own blocks)")
         for h in topo.hosts:
@@ -247,8 +275,8 @@ class Demo:
         assert self.topo is not None
         h1 = self.topo.hosts[0]
         section(f"9. calicoctl profile {PROFILE} rule add {' '.join(DENY_RULE)}")
-        self.topo.calicoctl(h1, "profile", PROFILE, "rule", "add", *DENY_RULE)
-        print(indent(self.topo.calicoctl(h1, "profile", PROFILE, "rule", "show").stdout))
+        self.ctl(h1, "profile", PROFILE, "rule", "add", *DENY_RULE)
+        print(indent(self.ctl(h1, "profile", PROFILE, "rule", "show").stdout))
 
     # --- after --------------------------------------------------------------------------------
 
@@ -257,11 +285,18 @@ class Demo:
         h1, w = self.topo.hosts[0], self.workloads
         env = (f"env ETCD_ENDPOINTS={self.topo.etcd.url} HOSTNAME={h1.name} "
                f"CALICO_RUN_DIR={h1.dir / 'run'} NO_DEFAULT_POOLS=1")
+        docker = []
+        if self.docker is not None:
+            engine = self.docker.engine(h1).host
+            env += f" DOCKER_HOST={engine}"
+            docker = [f"  DOCKER_HOST={engine} docker ps    # calico-node on {h1.name}",
+                      f"  DOCKER_HOST={engine} docker logs calico-node"]
         far = next(x for x in w if x.host is not h1)
         return "\n".join([
             "The cluster keeps running. To explore it:",
             f"  ip netns exec {h1.ns.name} {env} \\\n      {calicoctl_path()} node status",
             f"  ip netns exec {h1.ns.name} {env} \\\n      {calicoctl_path()} endpoint show",
+            *docker,
             f"  birdc -s {h1.dir / 'run' / 'bird.ctl'} show route",
             f"  ip -n {far.host.ns.name} route",
             f"  ip netns exec {w[0].ns.name} ping -c 2 {far.target.ipv4}",
@@ -275,12 +310,14 @@ class Demo:
                                              else f" --state-file {self.state.path}")])
 
     def close(self) -> None:
+        if self.docker is not None:
+            self.docker.close()  # containers, engines, their mounts and directories
         teardown(self.state)
         if self.topo is not None:
             self.topo.close()
 
 
-def run(keep: bool, state_path: Path) -> int:
+def run(keep: bool, state_path: Path, runtime: str = "none") -> int:
     existing = DemoState.load(state_path)
     if existing is not None:
         print(f"demo: a demo is still set up (state file {state_path}, started by pid "
@@ -288,7 +325,7 @@ def run(keep: bool, state_path: Path) -> int:
               file=sys.stderr)
         return 2
     started = time.monotonic()
-    demo = Demo(DemoState(state_path))
+    demo = Demo(DemoState(state_path), runtime)
     demo.state.add()
     finished = False
     try:
@@ -333,6 +370,10 @@ def main(argv: list[str] | None = None) -> int:
                       help="leave the cluster running and print how to explore it")
     mode.add_argument("--teardown", action="store_true",
                       help="remove what a --keep run (or an interrupted one) left behind")
+    p.add_argument("--runtime", choices=("none", "docker"), default="none",
+                   help="how each host runs its node: none (felix, confd and BIRD under "
+                   "supervisord in the host's namespace) or docker (container calico-node "
+                   "on a Docker engine of the host's own)")
     p.add_argument("--state-file", type=Path, default=None,
                    help=f"where the demo records what it made (default $CALICO_DEMO_STATE "
                    f"or {default_path()})")
@@ -349,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if teardown(state) else 1
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _terminate)
-    return run(args.keep, state_path)
+    return run(args.keep, state_path, args.runtime)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
-"""Shared pytest fixtures: a real etcd for the session, a clean datastore per test, and an
-etcd on a unix socket for CLIs run inside other network namespaces."""
+"""Shared pytest fixtures: a real etcd for the session, a clean datastore per test, an
+etcd on a unix socket for CLIs run inside other network namespaces, and this checkout's
+node image (built once per content and cached on the machine)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -55,3 +57,14 @@ def unix_etcd() -> Iterator[EtcdServer]:
         yield server
     finally:
         server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def node_image_archive() -> Path:
+    """This checkout's node image as a `docker save` archive: built with `calicoctl node
+    image build` when the machine has none for this content yet (the first run on a
+    clean machine takes a couple of minutes), then reused. A failed build fails the
+    tests that need it."""
+    from netsim.nodeimage import node_image_archive as archive
+
+    return archive()

@@ -98,6 +98,21 @@ def _check_node(r: dict[str, Any]) -> None:
                         rel_tol=0.05)
 
 
+def _check_node_docker(r: dict[str, Any]) -> None:
+    assert r["benchmark"] == "node_docker" and r["quick"] is True
+    up, rb, rs = r["cluster_up"], r["rebuild"], r["restart"]
+    assert up["hosts"] == 2 and up["rounds"] == 1
+    for side in (up, up["baseline"]):
+        assert side["total_s"] == max(side["commands_returned_s"], side["bgp_established_s"])
+    assert math.isclose(r["ratio"], up["total_s"] / up["baseline"]["total_s"], rel_tol=0.05)
+    assert up["goal_met"] == (up["ratio"] <= up["goal"]["max_ratio"])
+    assert math.isclose(rb["ratio"], rb["rebuild_s"] / rb["baseline"]["build_s"], rel_tol=0.05)
+    assert rb["goal_met"] == (rb["rebuild_s"] <= rb["goal"]["max_s"])
+    for side in (rs, rs["baseline"]):
+        assert side["received"] + side["lost"] == side["sent"]
+    assert rs["goal_met"] == (rs["lost"] == 0)
+
+
 BENCHMARKS = [
     Bench("syncer",
           fields=("keys", "updates", "rounds", "ratio", "ratio_snapshot", "ratio_updates",
@@ -156,6 +171,22 @@ BENCHMARKS = [
           extra_fields=("cluster_up.goal_met", "workload_reachable.goal_met",
                         "cluster_up.baseline.name", "workload_reachable.baseline.name"),
           marks=(pytest.mark.root, pytest.mark.etcd), check=_check_node),
+    Bench("node_docker",
+          fields=("cluster_up.total_s", "cluster_up.commands_returned_s",
+                  "cluster_up.bgp_established_s", "cluster_up.baseline.total_s",
+                  "cluster_up.baseline.commands_returned_s",
+                  "cluster_up.baseline.bgp_established_s", "cluster_up.ratio",
+                  "cluster_up.goal.max_ratio", "rebuild.first_build_on_engine_s",
+                  "rebuild.rebuild_s", "rebuild.baseline.build_s", "rebuild.ratio",
+                  "rebuild.goal.max_s", "restart.interval_ms", "restart.sent",
+                  "restart.node_back_s", "restart.longest_gap_ms", "restart.baseline.sent",
+                  "restart.baseline.node_back_s"),
+          extra_fields=("cluster_up.goal_met", "rebuild.goal_met", "restart.goal_met",
+                        "restart.lost", "restart.baseline.lost", "cluster_up.baseline.name",
+                        "rebuild.baseline.name", "restart.baseline.name", "cluster_up.clock",
+                        "rebuild.clock", "restart.clock"),
+          marks=(pytest.mark.root, pytest.mark.etcd), check=_check_node_docker,
+          timeout=600.0),
 ]
 
 

@@ -1,172 +1,51 @@
 """`calicoctl container` with a real Docker container, named by Docker name or id.
 
-The test starts its own dockerd for the module: private data/exec roots and socket in a
-temp dir, no bridge, no iptables/ip6tables rules, no ip_forward or masquerading, and,
-to be sure nothing it does touches the machine's own networking, inside a namespace the
-test creates (`nsenter --net`, which keeps the mounts dockerd needs; `ip netns exec`
-would hide the cgroup mounts). DOCKER_HOST points calicoctl at that engine. The image
-is built without a registry: a static busybox and a few applet links, imported from a
-tar stream. calicoctl runs inside a simulated host namespace, so the host side of the
-veth (`cali...`) lands there. When dockerd is not installed (the README's install
-provides docker.io) or does not start, the tests fail saying why; they never skip.
-Everything the module creates is removed even on failure.
+The test starts its own dockerd for the module (`netsim.dockerd`: private data and
+exec roots, socket and plugin directory, no bridge, no iptables, inside a namespace the
+test creates); DOCKER_HOST points calicoctl at that engine. The image is built without a
+registry: a static busybox and a few applet links, imported from a tar stream. calicoctl
+runs inside a simulated host namespace, so the host side of the veth (`cali...`) lands
+there. dockerd comes with the README's install, so the module fails (never skips) when
+it cannot start; everything it creates is removed even on failure.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
-import shutil
-import signal
 import subprocess
-import tarfile
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 
 from libcalico import keyspace as ks
+from netsim.dockerd import DockerEngine, import_busybox
 from netsim.etcd import EtcdServer
 from netsim.netns import Namespace, unique_name
 from netsim.topology import calicoctl_path
-from netsim.wait import wait_for
 
 pytestmark = [pytest.mark.etcd, pytest.mark.root, pytest.mark.slow]
 
 POOL = "198.18.66.0/24"
-BUSYBOX = "/bin/busybox"  # Debian busybox-static: runs in an otherwise empty image
-APPLETS = ("sh", "sleep", "ip", "cat")
-
-
-@dataclass
-class Engine:
-    """The test's dockerd: its socket, the namespace it runs in, and its temp dir."""
-
-    tmp: str
-    ns: Namespace
-    proc: subprocess.Popen[bytes]
-
-    @property
-    def host(self) -> str:
-        return f"unix://{self.tmp}/docker.sock"
-
-    def docker(self, *args: str, input: bytes | None = None,  # noqa: A002
-               check: bool = True) -> subprocess.CompletedProcess[bytes]:
-        proc = subprocess.run(["docker", *args], input=input, capture_output=True,
-                              env={**os.environ, "DOCKER_HOST": self.host}, timeout=60,
-                              check=False)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"docker {' '.join(args)}: {proc.stderr.decode()}")
-        return proc
-
-    def log_tail(self) -> str:
-        try:
-            with open(os.path.join(self.tmp, "dockerd.log"), errors="replace") as f:
-                return " | ".join(f.read().strip().splitlines()[-3:])
-        except OSError:
-            return "(no log)"
-
-
-def _answering_or_gone(engine: Engine) -> bool:
-    return (engine.proc.poll() is not None
-            or engine.docker("version", check=False).returncode == 0)
-
-
-def _leftovers(tmp: str) -> list[int]:
-    """PIDs of processes our dockerd started (containerd, shims): they name our dir."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if tmp.encode() in f.read():
-                    pids.append(int(entry))
-        except OSError:
-            continue
-    return pids
-
-
-def _stop(engine: Engine) -> None:
-    """Stop dockerd (it stops its containerd), then anything of ours still running,
-    unmount whatever is left below the temp dir and remove it."""
-    if engine.proc.poll() is None:
-        engine.proc.terminate()
-        try:
-            engine.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            engine.proc.kill()
-            engine.proc.wait(timeout=10)
-    for pid in _leftovers(engine.tmp):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    with open("/proc/mounts") as f:
-        mounts = [line.split()[1] for line in f if engine.tmp in line.split()[1]]
-    for mount in sorted(mounts, key=len, reverse=True):
-        subprocess.run(["umount", "-l", mount], capture_output=True, check=False)
-    shutil.rmtree(engine.tmp, ignore_errors=True)
-    engine.ns.delete()
 
 
 @pytest.fixture(scope="module")
-def engine() -> Iterator[Engine]:
-    if shutil.which("dockerd") is None or shutil.which("docker") is None:
-        pytest.fail("Docker engine not installed (./scripts/bootstrap.sh installs docker.io)")
-    tmp = tempfile.mkdtemp(prefix="ctl-docker-")
+def engine() -> Iterator[DockerEngine]:
+    ns = Namespace("ctl-dk")
+    eng = None
     try:
-        ns = Namespace("ctl-dk")
-    except Exception:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    log = open(os.path.join(tmp, "dockerd.log"), "wb")  # noqa: SIM115 - closed below
-    cmd = ["nsenter", f"--net=/run/netns/{ns.name}", "dockerd",
-           "--iptables=false", "--ip6tables=false", "--ip-forward=false", "--ip-masq=false",
-           "--bridge=none", "--data-root", f"{tmp}/data", "--exec-root", f"{tmp}/exec",
-           "--pidfile", f"{tmp}/docker.pid", "-H", f"unix://{tmp}/docker.sock"]
-    try:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    except OSError as exc:
-        log.close()
-        shutil.rmtree(tmp, ignore_errors=True)
-        ns.delete()
-        pytest.fail(f"cannot run dockerd: {exc}")
-    eng = Engine(tmp, ns, proc)
-    try:
-        try:
-            wait_for(lambda: _answering_or_gone(eng), timeout=30, message="dockerd answering")
-        except TimeoutError as exc:
-            pytest.fail(f"dockerd did not start: {exc}; log: {eng.log_tail()}")
-        if proc.poll() is not None:
-            pytest.fail(f"dockerd did not start (exit {proc.returncode}); log: "
-                        f"{eng.log_tail()}")
+        eng = DockerEngine.start(ns.name)
         yield eng
     finally:
-        _stop(eng)
-        log.close()
-
-
-def _busybox_tar() -> bytes:
-    """A root filesystem with busybox and its applet links, as a tar stream."""
-    assert os.path.exists(BUSYBOX), f"{BUSYBOX} missing: apt-get install busybox-static"
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        tar.add(BUSYBOX, arcname="bin/busybox")
-        for applet in APPLETS:
-            link = tarfile.TarInfo(f"bin/{applet}")
-            link.type = tarfile.SYMTYPE
-            link.linkname = "busybox"
-            tar.addfile(link)
-    return buf.getvalue()
+        if eng is not None:
+            eng.stop()
+        ns.delete()
 
 
 @pytest.fixture(scope="module")
-def image(engine: Engine) -> Iterator[str]:
-    name = f"{unique_name('ctl-bb')}:test"
-    engine.docker("import", "-", name, input=_busybox_tar())
+def image(engine: DockerEngine) -> Iterator[str]:
+    name = import_busybox(engine, f"{unique_name('ctl-bb')}:test")
     try:
         yield name
     finally:
@@ -186,7 +65,7 @@ class Container:
 
 
 @pytest.fixture
-def setup(engine: Engine, image: str, unix_etcd: EtcdServer):
+def setup(engine: DockerEngine, image: str, unix_etcd: EtcdServer):
     store = unix_etcd.client()
     store.delete_prefix("/calico/")
     store.put(ks.pool_key(POOL), json.dumps({"cidr": POOL}))
@@ -204,7 +83,7 @@ def setup(engine: Engine, image: str, unix_etcd: EtcdServer):
         store.close()
 
 
-def ctl(engine: Engine, unix_etcd: EtcdServer, host: Namespace, *args: str,
+def ctl(engine: DockerEngine, unix_etcd: EtcdServer, host: Namespace, *args: str,
         code: int = 0) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **unix_etcd.env(), "HOSTNAME": "ctl-node", "DOCKER_HOST": engine.host}
     proc = subprocess.run(["ip", "netns", "exec", host.name, calicoctl_path(), *args],
@@ -229,7 +108,7 @@ def _addresses(c: Container, ifname: str) -> list[str]:
     return [f"{a['local']}/{a['prefixlen']}" for a in link["addr_info"]]
 
 
-def test_container_add_remove_docker(engine: Engine, unix_etcd: EtcdServer, setup) -> None:
+def test_container_add_remove_docker(engine: DockerEngine, unix_etcd: EtcdServer, setup) -> None:
     store, host, c = setup
     out = ctl(engine, unix_etcd, host, "container", "add", c.name, "198.18.66.10").stdout
     assert "198.18.66.10/32" in out
@@ -291,7 +170,7 @@ def test_container_add_remove_docker(engine: Engine, unix_etcd: EtcdServer, setu
     ctl(engine, unix_etcd, host, "container", c.name, "endpoint", "show", code=3)
 
 
-def test_unknown_docker_container_is_not_found(engine: Engine, unix_etcd: EtcdServer,
+def test_unknown_docker_container_is_not_found(engine: DockerEngine, unix_etcd: EtcdServer,
                                                setup) -> None:
     store, host, _ = setup
     res = ctl(engine, unix_etcd, host, "container", "add", "ctl-no-such-container", "ipv4",

@@ -1,5 +1,6 @@
-"""The README's main-job command end to end: `scripts/demo.sh` builds the 3-host cluster,
-shows the matrix before and after the deny rule, and leaves nothing behind.
+"""The README's main-job command end to end: `scripts/demo.sh` builds the 3-host cluster
+(nodes without Docker, and with `--runtime=docker` as node containers), shows the matrix
+before and after the deny rule, and leaves nothing behind.
 
 Each run uses its own state file (so a demo a person keeps running is never touched) and
 checks the outcome the demo prints (exit status, the matrix summaries) plus what is on the
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -122,3 +124,39 @@ def test_refuses_to_start_while_a_kept_demo_exists(tmp_path: Path) -> None:
     assert run.returncode == 2
     assert "--teardown" in run.stderr
     assert state.exists()
+
+
+def test_docker_runtime_runs_the_same_matrix_with_node_containers(tmp_path: Path) -> None:
+    """`--runtime=docker`: a Docker engine per host, container calico-node on each; the
+    same matrix; `--teardown` of the kept demo removes engines, containers and mounts."""
+    state = tmp_path / "state.json"
+    try:
+        run = demo("--runtime=docker", "--keep", "--state-file", str(state), timeout=420)
+        assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-3000:]
+        lines = run.stdout.splitlines()
+        for line in EXPECTED_LINES:
+            assert line in lines, run.stdout[-4000:]
+        assert "== 2. calicoctl node --runtime=docker on every host at once" in run.stdout
+        assert sum(1 for line in lines if re.search(r"host\d: Calico node host\d is running",
+                                                    line)) == 3
+        recorded = json.loads(state.read_text())
+        engines = recorded["info"]["engines"]
+        assert sorted(engines) == ["host1", "host2", "host3"]
+        for engine in engines.values():
+            ps = subprocess.run(["docker", "ps", "--format", "{{.Names}} {{.Image}}"],
+                                env={**os.environ, "DOCKER_HOST": engine},
+                                capture_output=True, text=True, check=True).stdout
+            assert "calico-node pycalico-net/node:" in ps
+        namespaces = recorded["namespaces"]
+        pids = [p for n in namespaces for p in namespace_pids(n)]
+
+        down = demo("--teardown", "--state-file", str(state), timeout=120)
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert [n for n in namespaces if namespace_exists(n)] == []
+        assert [p for p in pids if alive(p)] == []
+        assert [d for d in recorded["dirs"] if os.path.exists(d)] == []
+        with open("/proc/mounts") as f:
+            mounts = f.read()
+        assert not any(d in mounts for d in recorded["dirs"])
+    finally:
+        cleanup(state)

@@ -1,0 +1,224 @@
+"""A private Docker engine per simulated host, for tests, benchmarks and the demo.
+
+Owns: starting `dockerd` inside a host's network namespace with everything of its own
+under one directory (data root, exec root, pid file, socket, log) and its own plugin
+directory; waiting until it answers; running the docker client against it; loading
+images; and removing all of it again: its containers, the daemon with its containerd
+and shims, the mounts left below its directory, the directory.
+
+How it starts (see /work/shared/reference/environment.md):
+
+    nsenter --net=/run/netns/HOST unshare --mount --propagation private \\
+        sh -c 'mount -t tmpfs plugins /run/docker/plugins && exec dockerd ...'
+
+`nsenter --net` rather than `ip netns exec`, which remounts /sys and hides the cgroup
+mounts dockerd needs; a private mount namespace with a tmpfs on /run/docker/plugins so
+that a network plugin's socket is seen by this engine only; no bridge, no iptables, no
+forwarding or masquerading changes. Containers run with `--net=host` share HOST's
+namespace. An engine that does not start raises `EngineFailed` with its log tail: the
+README's install provides dockerd, so a test that needs one fails rather than skips.
+
+`import_busybox` makes a tiny workload image without a registry.
+
+Leaves to others: the namespaces (`netsim.netns`, `netsim.topology`) and
+the node image (`netsim.nodeimage`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import signal
+import subprocess
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from netsim.netns import process_alive
+
+PLUGIN_DIR = Path("/run/docker/plugins")
+START_TIMEOUT_S = 60.0
+BUSYBOX = "/bin/busybox"  # Debian busybox-static: runs in an otherwise empty image
+BUSYBOX_APPLETS = ("sh", "sleep", "ip", "cat", "ping", "nc", "true")
+
+
+class EngineFailed(RuntimeError):
+    """dockerd is missing, did not start, or a docker command failed."""
+
+
+@dataclass
+class DockerEngine:
+    """One dockerd and everything it made, below `dir`."""
+
+    netns: str
+    dir: Path
+    proc: subprocess.Popen[bytes] | None = None
+    loaded: list[str] = field(default_factory=list)
+
+    @property
+    def socket(self) -> Path:
+        return self.dir / "docker.sock"
+
+    @property
+    def host(self) -> str:
+        """The DOCKER_HOST value that reaches this engine."""
+        return f"unix://{self.socket}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / "dockerd.log"
+
+    def env(self) -> dict[str, str]:
+        return {"DOCKER_HOST": self.host}
+
+    # --- starting ---------------------------------------------------------------------------
+
+    @classmethod
+    def start(cls, netns: str, parent: str | os.PathLike[str] | None = None,
+              timeout: float = START_TIMEOUT_S) -> DockerEngine:
+        """A dockerd in /run/netns/`netns`, answering; its directory goes below `parent`."""
+        for binary in ("dockerd", "docker", "nsenter", "unshare"):
+            if shutil.which(binary) is None:
+                raise EngineFailed(f"{binary} is not installed (./scripts/bootstrap.sh "
+                                   "installs docker.io)")
+        # The mount point for each engine's private tmpfs; it stays (docker.io's own
+        # engine uses the same directory) and is never written to outside an engine.
+        PLUGIN_DIR.mkdir(parents=True, exist_ok=True)
+        engine = cls(netns, Path(tempfile.mkdtemp(prefix="dockerd-", dir=parent)))
+        d = engine.dir
+        cmd = ["nsenter", f"--net=/run/netns/{netns}", "unshare", "--mount",
+               "--propagation", "private", "sh", "-c",
+               f'mount -t tmpfs plugins {PLUGIN_DIR} && exec dockerd "$@"', "dockerd",
+               "--data-root", str(d / "data"), "--exec-root", str(d / "exec"),
+               "--pidfile", str(d / "docker.pid"), "-H", engine.host,
+               "--iptables=false", "--ip6tables=false", "--ip-forward=false",
+               "--ip-masq=false", "--bridge=none"]
+        try:
+            with open(engine.log_path, "wb") as log:
+                engine.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                               stdin=subprocess.DEVNULL,
+                                               start_new_session=True)
+            engine._wait_answering(timeout)
+        except BaseException:
+            engine.stop()
+            raise
+        return engine
+
+    def _wait_answering(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise EngineFailed(f"dockerd in {self.netns} exited ({self.proc.returncode})"
+                                   f": {self.log_tail()}")
+            if self.docker("version", check=False, timeout=10).returncode == 0:
+                return
+            if time.monotonic() > deadline:
+                raise EngineFailed(f"dockerd in {self.netns} did not answer within "
+                                   f"{timeout:.0f} s: {self.log_tail()}")
+            time.sleep(0.2)
+
+    # --- using ------------------------------------------------------------------------------
+
+    def docker(self, *args: str, input: bytes | None = None,  # noqa: A002
+               check: bool = True, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+        """`docker ARGS` against this engine; output decoded as text."""
+        try:
+            raw = subprocess.run(["docker", *args], input=input, capture_output=True,
+                                 env={**os.environ, **self.env(), "DOCKER_BUILDKIT": "0"},
+                                 timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            raise EngineFailed(f"docker {' '.join(args)} timed out after {timeout:.0f} s"
+                               ) from None
+        proc = subprocess.CompletedProcess(raw.args, raw.returncode,
+                                           raw.stdout.decode(errors="replace"),
+                                           raw.stderr.decode(errors="replace"))
+        if check and proc.returncode != 0:
+            raise EngineFailed(f"docker {' '.join(args)} exited {proc.returncode}: "
+                               f"{proc.stderr.strip()}")
+        return proc
+
+    def load(self, tar: str | os.PathLike[str]) -> None:
+        """`docker load` an image archive (`docker save` output)."""
+        with open(tar, "rb") as f:
+            raw = subprocess.run(["docker", "load", "-q"], stdin=f, capture_output=True,
+                                 env={**os.environ, **self.env()}, timeout=300, check=False)
+        if raw.returncode != 0:
+            raise EngineFailed(f"docker load {tar}: {raw.stderr.decode(errors='replace')}")
+
+    def has_image(self, name: str) -> bool:
+        return self.docker("image", "inspect", name, check=False).returncode == 0
+
+    def log_tail(self, lines: int = 5) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return " | ".join(text.strip().splitlines()[-lines:]) or "(empty log)"
+
+    # --- removing ---------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Remove every container, stop dockerd (it stops its containerd), kill what is
+        left of ours, unmount whatever remains below the directory and remove it."""
+        if self.proc is not None and self.proc.poll() is None:
+            ids = self.docker("ps", "-aq", check=False, timeout=30).stdout.split()
+            if ids:
+                self.docker("rm", "-f", *ids, check=False, timeout=60)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        pids = _processes_naming(str(self.dir))
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while any(process_alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with open("/proc/mounts") as f:
+            mounts = [line.split()[1] for line in f if line.split()[1].startswith(str(self.dir))]
+        for mount in sorted(mounts, key=len, reverse=True):
+            subprocess.run(["umount", "-l", mount], capture_output=True, check=False)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def import_busybox(engine: DockerEngine, name: str) -> str:
+    """An image with a static busybox and a few applet links, made without a registry
+    (`docker import` of a tar stream); returns its name."""
+    if not os.path.exists(BUSYBOX):
+        raise EngineFailed(f"{BUSYBOX} missing (./scripts/bootstrap.sh installs "
+                           "busybox-static)")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.add(BUSYBOX, arcname="bin/busybox")
+        for applet in BUSYBOX_APPLETS:
+            link = tarfile.TarInfo(f"bin/{applet}")
+            link.type = tarfile.SYMTYPE
+            link.linkname = "busybox"
+            tar.addfile(link)
+    engine.docker("import", "-", name, input=buf.getvalue())
+    return name
+
+
+def _processes_naming(text: str) -> list[int]:
+    """PIDs whose command line contains `text` (our containerd and shims name our dir)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if text.encode() in f.read():
+                    pids.append(int(entry))
+        except OSError:
+            continue
+    return pids
