@@ -165,6 +165,17 @@ def _check_node(r: dict[str, Any]) -> None:
                   "bgp_propagation.baseline.name", "cluster_up.baseline.name")
 
 
+def _check_confd(r: dict[str, Any]) -> None:
+    assert r["benchmark"] == "confd" and r["quick"] is True
+    lat = r["latency"]
+    assert r["render"]["nodes"] == lat["nodes"] == 100 and lat["changes"] == 10
+    assert math.isclose(r["ratio"], lat["change_to_reconfigured_ms"]["p50"]
+                        / lat["bare_birdc_configure_ms"]["p50"], rel_tol=0.05)
+    assert r["goals_met"]["render"] == (r["render"]["view_and_render_ms"]["p50"]
+                                        <= r["goals"]["render_ms_max"])
+    _clocks_named(r, "clock.render", "clock.change", "baseline")
+
+
 BENCHMARKS = [
     Bench("syncer",
           fields=("keys", "updates", "rounds", "ratio", "ratio_snapshot", "ratio_updates",
@@ -240,6 +251,14 @@ BENCHMARKS = [
                         "cluster_up.baseline.name", "workload_reachable.baseline.name",
                         "bgp_propagation.goal"),
           marks=(pytest.mark.root, pytest.mark.etcd), check=_check_node),
+    Bench("confd",
+          fields=("render.view_and_render_ms.p50", "render.view_and_render_ms.p99",
+                  "latency.change_to_reconfigured_ms.p50",
+                  "latency.change_to_reconfigured_ms.p99",
+                  "latency.bare_birdc_configure_ms.p50", "goals.render_ms_max",
+                  "goals.change_overhead_over_bare_ms_max"),
+          extra_fields=("goals_met.render", "goals_met.change_to_reconfigured"),
+          marks=(pytest.mark.root, pytest.mark.etcd), check=_check_confd),
 ]
 
 
