@@ -226,7 +226,6 @@ BENCHMARKS = [
     Bench("felix",
           fields=("endpoints", "cold_start.felix_s", "cold_start.floor.with_sysctls_s",
                   "cold_start.floor.iptables_restores_s",
-                  "cold_start.extra_not_a_floor.single_iptables_restore_per_table_s",
                   "idle.rss_mb", "endpoint_add.p50_ms", "endpoint_add.p99_ms",
                   "endpoint_add.floor.p99_ms", "endpoint_add.ratio_p99",
                   "endpoint_add.extra_felix_status_up.p99_ms",
