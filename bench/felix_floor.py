@@ -11,7 +11,8 @@ Owns:
   neighbours), `iptables-restore --noflush` in pieces of 1,000 chains ordered depth-first
   (every chain after the chains it jumps to, each root's subtree together, as felix
   does: iptables-nft-restore's cost grows with the square of the chains in one run),
-  base jumps last, and one `sysctl -p -`; each step timed;
+  base jumps and small tables in one last restore, and one `sysctl -p -`; each step
+  timed;
 - `naive_restore`: the whole ruleset as ONE iptables-restore (kept only as a labelled
   extra; it is quadratic in chains, not a floor);
 - `compare`: both snapshots equal after normalising only what legitimately differs
@@ -205,24 +206,32 @@ def depth_first(chains: dict[str, list[str]]) -> list[str]:
     return order
 
 
+def _section(table: Table, chains: Sequence[str], builtins: bool) -> str:
+    lines = [f"*{table.name}", *(f":{c} - [0:0]" for c in chains)]
+    if builtins:
+        lines += [f":{c} {p} [0:0]" for c, (p, _) in table.builtins.items()]
+    lines += [rule for c in chains for rule in table.chains[c]]
+    if builtins:
+        lines += [rule for _, rules in table.builtins.values() for rule in rules]
+    return "\n".join([*lines, "COMMIT"]) + "\n"
+
+
 def restore_pieces(tables: Sequence[Table], size: int = CHUNK_CHAINS) -> list[str]:
-    """iptables-restore --noflush payloads: user chains depth-first in pieces of `size`,
-    then one piece per table with the built-in chains' rules (the base jumps)."""
-    pieces = []
+    """iptables-restore --noflush payloads (one process each): the user chains of a large
+    table depth-first in pieces of `size`; then ONE last payload with, per table, the
+    built-in chains' rules (the base jumps) and the chains of any table small enough
+    for one piece (one section, i.e. one commit, per table)."""
+    pieces: list[str] = []
+    last: list[str] = []
     for table in tables:
         order = depth_first(table.chains)
-        for i in range(0, len(order), size):
-            part = order[i:i + size]
-            lines = [f"*{table.name}", *(f":{c} - [0:0]" for c in part)]
-            lines += [rule for c in part for rule in table.chains[c]]
-            pieces.append("\n".join([*lines, "COMMIT"]) + "\n")
-    for table in tables:
-        if table.builtins:
-            lines = [f"*{table.name}",
-                     *(f":{c} {p} [0:0]" for c, (p, _) in table.builtins.items())]
-            lines += [rule for _, rules in table.builtins.values() for rule in rules]
-            pieces.append("\n".join([*lines, "COMMIT"]) + "\n")
-    return pieces
+        if len(order) <= size:
+            last.append(_section(table, order, builtins=True))
+            continue
+        pieces += [_section(table, order[i:i + size], builtins=False)
+                   for i in range(0, len(order), size)]
+        last.append(_section(table, [], builtins=True))
+    return [*pieces, "".join(last)] if last else pieces
 
 
 def single_restore(tables: Sequence[Table]) -> str:

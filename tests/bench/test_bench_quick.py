@@ -110,7 +110,7 @@ def _check_felix_dataplane(r: dict[str, Any]) -> None:
     # the headline is against the floor, not the naive single restore
     assert math.isclose(r["ratio"], cold["felix"]["total_s"] / cold["floor"]["total_s"],
                         rel_tol=0.05)
-    assert cold["floor"]["iptables_restores"] >= 2  # depth-first pieces, then base jumps
+    assert cold["floor"]["iptables_restores"] >= 1  # chunking itself: test_felix_floor.py
     _same_state(cold["same_state"])
     assert cold["same_state"]["felix_routes"] == 300
     assert cold["extra_not_a_floor"]["naive_single_iptables_restore_s"] > 0

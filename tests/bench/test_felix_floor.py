@@ -85,6 +85,14 @@ def test_restore_pieces_are_chunked_and_only_refer_to_chains_already_written() -
             assert target in written
     assert pieces[-1].startswith("*filter\n:INPUT ACCEPT [0:0]")
     assert "-A FORWARD -m comment" in pieces[-1]
+    # a table that fits in one piece goes with the base jumps into the last restore
+    nat = ("*nat\n:POSTROUTING ACCEPT [0:0]\n:felix-POSTROUTING - [0:0]\n"
+           "-A POSTROUTING -j felix-POSTROUTING\n-A felix-POSTROUTING -j MASQUERADE\nCOMMIT\n")
+    both = restore_pieces(parse_save(SAVE + nat), size=3)
+    assert len(both) == len(pieces) and both[:-1] == pieces[:-1]
+    assert both[-1] == pieces[-1] + ("*nat\n:felix-POSTROUTING - [0:0]\n:POSTROUTING ACCEPT "
+                                     "[0:0]\n-A felix-POSTROUTING -j MASQUERADE\n"
+                                     "-A POSTROUTING -j felix-POSTROUTING\nCOMMIT\n")
     # every rule of the save is in exactly one piece, and in the one-restore version
     rules = [line for line in SAVE.splitlines() if line.startswith("-A ")]
     joined = "".join(pieces).splitlines()
