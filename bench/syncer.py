@@ -1,14 +1,21 @@
 """Benchmark: the syncer's snapshot and follow, against a bare etcd3 client, same run.
 
-Starts a private etcd, writes N keys (20,000; --quick 2,000) under one prefix in batched
-transactions, then measures, in alternating rounds:
-- the syncer: from `Syncer.start()` until it is in sync with all N keys in the consumer's
-  dict, then from the first of U updates (5,000; --quick 500, written by another client
-  in batched transactions) until the consumer holds all of them;
-- the baseline: a bare `etcd3` client doing `get_prefix` of the same prefix into a dict,
-  then a `watch_prefix` loop from the next revision receiving the same kind of U updates.
+Starts a private etcd (data on tmpfs), writes N keys (20,000; --quick 2,000) under one
+prefix in batched transactions, then measures, in alternating rounds, two phases:
+- snapshot: the syncer from `Syncer.start()` until it is in sync with all N keys in the
+  consumer's dict; the baseline, a bare `etcd3` client, from `get_prefix_response` of
+  the same prefix until the same dict is filled.
+- updates: both follow a watch from the snapshot's revision + 1. The consumer is held
+  (blocked on a marker update), U updates (5,000; --quick 500) are written by another
+  client in batched transactions while nobody consumes (the writer's time is reported
+  apart, `writer_s`, and is not in either clock), then the consumer is released; clock
+  from the release until the consumer holds all U. The baseline reads one Watch stream
+  with etcd3's gRPC stub in its consumer thread (as the syncer does; etcd3's
+  `watch_prefix` would decode the backlog in a helper thread while held, outside the
+  clock), held and released the same way.
 Both consumers do the same work per key (decode, store in a dict). The figures are the
-median over the rounds; ratio = syncer time / baseline time (goal: <= 1.5).
+median over the rounds; each phase's ratio = syncer / baseline, and each phase has its
+goal (<= 1.5); `ratio` is the worse of the two.
 Prints one JSON object.
 """
 
@@ -17,11 +24,13 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import etcd3
+import grpc
+from etcd3 import etcdrpc
 
 from bench.common import emit, median, parser, rate, ratio, timed
 from libcalico.datastore import GRPC_OPTIONS, Datastore, Put
@@ -31,8 +40,13 @@ from netsim.etcd import EtcdServer
 PREFIX = "/calico/bench/v1/host/"
 TXN_BATCH = 100  # etcd's default --max-txn-ops is 128
 WRITERS = 4
-GOAL_MAX_RATIO = 1.5
+GOAL_MAX_RATIO = 1.5  # for each phase
 DEADLINE = 120.0
+MARKER_KEY = 0  # key(0) carries the marker value that holds the consumer
+
+
+def marker_value(generation: int) -> str:
+    return json.dumps({"bench-marker": generation})
 
 
 def key(i: int) -> str:
@@ -65,14 +79,31 @@ def update_items(keys: int, updates: int, generation: int) -> list[tuple[str, st
     return [(key((j * step) % keys), value(j, generation)) for j in range(updates)]
 
 
+class _Hold:
+    """Holds a consumer when it meets the marker value, until released."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+        self.held = threading.Event()
+        self.release = threading.Event()
+
+    def check(self, value: str | None) -> None:
+        if value == self.marker:
+            self.held.set()
+            if not self.release.wait(DEADLINE):
+                raise RuntimeError("consumer held too long")
+
+
 class _DictConsumer:
-    """The syncer's consumer: applies updates to a dict, signals when it holds `target`."""
+    """The syncer's consumer: applies updates to a dict, signals when it holds `target`;
+    holds (blocks) after applying a batch that holds the marker, until released."""
 
     def __init__(self) -> None:
         self.data: dict[str, str] = {}
         self.delivered = 0
         self.target = 0
         self.reached = threading.Event()
+        self.hold: _Hold | None = None
 
     def expect(self, delivered: int) -> None:
         self.target = delivered
@@ -93,14 +124,19 @@ class _DictConsumer:
         self.delivered += len(updates)
         if self.delivered >= self.target:
             self.reached.set()
+        hold = self.hold
+        if hold is not None:
+            for u in updates:
+                hold.check(u.value)
 
 
 def measure_syncer(server: EtcdServer, writer: Datastore, keys: int,
-                   updates: list[tuple[str, str]]) -> dict[str, float]:
+                   updates: list[tuple[str, str]], generation: int) -> dict[str, float]:
     store = server.client()
     consumer = _DictConsumer()
     consumer.expect(keys)
     syncer = Syncer(store, [PREFIX], consumer, name="bench-syncer")
+    hold = _Hold(marker_value(generation))
     try:
         with timed() as snap:
             syncer.start()
@@ -108,24 +144,33 @@ def measure_syncer(server: EtcdServer, writer: Datastore, keys: int,
                 raise RuntimeError("syncer did not reach in-sync")
         if len(consumer.data) != keys:
             raise RuntimeError(f"syncer snapshot held {len(consumer.data)} keys, not {keys}")
-        consumer.expect(keys + len(updates))
-        with timed() as follow:
+        consumer.hold = hold
+        writer.put(key(MARKER_KEY), hold.marker)
+        if not hold.held.wait(DEADLINE):
+            raise RuntimeError("the syncer never delivered the marker")
+        consumer.expect(keys + 1 + len(updates))
+        with timed() as writing:
             write_batched(writer, updates)
+        with timed() as follow:
+            hold.release.set()
             if not consumer.reached.wait(DEADLINE):
                 raise RuntimeError("syncer did not deliver every update")
         if syncer.resyncs != 1:
             raise RuntimeError(f"syncer resynced {syncer.resyncs} times during the benchmark")
     finally:
+        hold.release.set()
         syncer.stop()
         store.close()
-    return {"snapshot_s": snap.seconds, "updates_s": follow.seconds}
+    return {"snapshot_s": snap.seconds, "updates_s": follow.seconds,
+            "writer_s": writing.seconds}
 
 
 def measure_bare(server: EtcdServer, writer: Datastore, keys: int,
-                 updates: list[tuple[str, str]]) -> dict[str, float]:
+                 updates: list[tuple[str, str]], generation: int) -> dict[str, float]:
     client = etcd3.client(host="127.0.0.1", port=server.port, timeout=30,
                           grpc_options=GRPC_OPTIONS)
     data: dict[str, str] = {}
+    hold = _Hold(marker_value(generation))
     try:
         with timed() as snap:
             resp = client.get_prefix_response(PREFIX)
@@ -134,35 +179,62 @@ def measure_bare(server: EtcdServer, writer: Datastore, keys: int,
             revision = resp.header.revision
         if len(data) != keys:
             raise RuntimeError(f"bare snapshot held {len(data)} keys, not {keys}")
-        events, cancel = client.watch_prefix(PREFIX, start_revision=revision + 1)
+        # The watch read in the consumer's own thread straight from etcd3's gRPC stub, so
+        # that a held consumer leaves the backlog undecoded, as the syncer's does.
+        stop = threading.Event()
+
+        def requests() -> Iterator[Any]:
+            start = PREFIX.encode()
+            yield etcdrpc.WatchRequest(create_request=etcdrpc.WatchCreateRequest(
+                key=start, range_end=start[:-1] + bytes([start[-1] + 1]),
+                start_revision=revision + 1))
+            stop.wait()
+
+        call = etcdrpc.WatchStub(client.channel).Watch(requests())
         received = 0
         done = threading.Event()
 
         def follow() -> None:
             nonlocal received
-            for ev in events:
-                if isinstance(ev, etcd3.events.DeleteEvent):
-                    data.pop(ev.key.decode(), None)
-                else:
-                    data[ev.key.decode()] = ev.value.decode()
-                received += 1
-                if received >= len(updates):
-                    done.set()
-                    return
+            try:
+                for rs in call:
+                    for ev in rs.events:
+                        name = ev.kv.key.decode()
+                        value = None if ev.type == 1 else ev.kv.value.decode()
+                        if value is None:
+                            data.pop(name, None)
+                        else:
+                            data[name] = value
+                        received += 1
+                        if received >= len(updates) + 1:
+                            done.set()
+                            return
+                        hold.check(value)
+            except grpc.RpcError:
+                if not stop.is_set():
+                    raise
 
         thread = threading.Thread(target=follow, name="bench-bare-watch", daemon=True)
         thread.start()
         try:
-            with timed() as follow_time:
+            writer.put(key(MARKER_KEY), hold.marker)
+            if not hold.held.wait(DEADLINE):
+                raise RuntimeError("the bare watch never received the marker")
+            with timed() as writing:
                 write_batched(writer, updates)
+            with timed() as follow_time:
+                hold.release.set()
                 if not done.wait(DEADLINE):
                     raise RuntimeError("bare watch did not receive every update")
         finally:
-            cancel()
+            hold.release.set()
+            stop.set()
+            call.cancel()
             thread.join(10)
     finally:
         client.close()
-    return {"snapshot_s": snap.seconds, "updates_s": follow_time.seconds}
+    return {"snapshot_s": snap.seconds, "updates_s": follow_time.seconds,
+            "writer_s": writing.seconds}
 
 
 def summarise(rounds: list[dict[str, float]], keys: int, updates: int) -> dict[str, Any]:
@@ -173,6 +245,7 @@ def summarise(rounds: list[dict[str, float]], keys: int, updates: int) -> dict[s
         "snapshot_s": round(snapshot, 4), "snapshot_keys_per_s": rate(keys, snapshot),
         "updates_s": round(follow, 4), "updates_per_s": rate(updates, follow),
         "total_s": round(total, 4), "keys_per_s": rate(keys + updates, total),
+        "writer_s": round(median([r["writer_s"] for r in rounds]), 4),
         "rounds_total_s": [round(r["snapshot_s"] + r["updates_s"], 4) for r in rounds],
     }
 
@@ -212,24 +285,37 @@ def run(keys: int, updates: int, rounds: int) -> dict[str, Any]:
             for name in order:
                 generation += 1
                 items = update_items(keys, updates, generation)
-                results[name].append(measures[name](server, writer, keys, items))
+                results[name].append(measures[name](server, writer, keys, items, generation))
     finally:
         writer.close()
         server.cleanup()
     syncer = summarise(results["syncer"], keys, updates)
     bare = summarise(results["baseline"], keys, updates)
-    total_ratio = ratio(syncer["total_s"], bare["total_s"])
+    ratios = {"snapshot": ratio(syncer["snapshot_s"], bare["snapshot_s"]),
+              "updates": ratio(syncer["updates_s"], bare["updates_s"])}
+    met = {phase: r <= GOAL_MAX_RATIO for phase, r in ratios.items()}
     return {
         "benchmark": "syncer",
         "keys": keys, "updates": updates, "rounds": rounds,
         "load_s": round(load.seconds, 3),
+        "clock": {
+            "snapshot": "syncer: Syncer.start() to in-sync with all keys in the consumer's "
+                        "dict; baseline: get_prefix_response call to the dict filled",
+            "updates": "from releasing the held consumer (the updates already committed, "
+                       "written while nobody consumed) until it holds all of them; the "
+                       "writer's own time is writer_s, outside the clock"},
         "syncer": syncer,
-        "baseline": {"name": "etcd3 get_prefix + watch_prefix", **bare},
-        "ratio": total_ratio,
-        "ratio_snapshot": ratio(syncer["snapshot_s"], bare["snapshot_s"]),
-        "ratio_updates": ratio(syncer["updates_s"], bare["updates_s"]),
-        "goal": {"max_ratio": GOAL_MAX_RATIO},
-        "goal_met": total_ratio <= GOAL_MAX_RATIO,
+        "baseline": {"name": "a bare etcd3 client: get_prefix_response of the same prefix, "
+                             "then one Watch stream from the next revision read with "
+                             "etcd3's gRPC stub in the consumer's thread, same dict work",
+                     **bare},
+        "ratio": max(ratios.values()),  # the worse phase
+        "ratio_snapshot": ratios["snapshot"],
+        "ratio_updates": ratios["updates"],
+        "ratio_total": ratio(syncer["total_s"], bare["total_s"]),
+        "goal": {"max_ratio": GOAL_MAX_RATIO, "applies_to": "each phase"},
+        "goals_met": met,
+        "goal_met": all(met.values()),
     }
 
 
