@@ -280,32 +280,26 @@ def _wait_node(docker: DockerCLI, paths: Any, timeout: float) -> None:
     """Until every program runs inside or one has failed for good; raises naming the
     failed ones with the tail of their logs (or the container's last output)."""
     from calicoctl.nodecommon import print_programs
-    from calicoctl.supervisor import FAILED_STATES, Supervisor
+    from calicoctl.supervisor import Supervisor
 
     supervisor = Supervisor(paths, local=False)
-    deadline = time.monotonic() + timeout
-    states: list[Any] = []
     inspected = 0.0
-    while True:
+
+    def container_alive() -> None:
         # The engine is asked once a second (each ask is a docker process competing with
         # the starting programs for CPU), supervisord's socket every 0.2 s.
-        if time.monotonic() - inspected >= 1.0:
-            inspected = time.monotonic()
-            info = docker.container(NODE_CONTAINER) or {}
-            state = _state(info)
-            if not state.get("Running") or state.get("Restarting") or \
-                    info.get("RestartCount"):
-                raise CommandFailed(f"container {NODE_CONTAINER} stopped (exit code "
-                                    f"{state.get('ExitCode')}): "
-                                    f"{_logs_tail(docker, NODE_CONTAINER)}")
-        if supervisor.running():
-            states = supervisor.programs()
-            if states and all(s.state == "RUNNING" or s.state in FAILED_STATES
-                              for s in states):
-                break
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+        nonlocal inspected
+        if time.monotonic() - inspected < 1.0:
+            return
+        inspected = time.monotonic()
+        info = docker.container(NODE_CONTAINER) or {}
+        state = _state(info)
+        if not state.get("Running") or state.get("Restarting") or info.get("RestartCount"):
+            raise CommandFailed(f"container {NODE_CONTAINER} stopped (exit code "
+                                f"{state.get('ExitCode')}): "
+                                f"{_logs_tail(docker, NODE_CONTAINER)}")
+
+    states = supervisor.wait_started(timeout, alive=container_alive)
     print_programs(states)
     failed = [s for s in states if s.state != "RUNNING"]
     if not states:

@@ -18,8 +18,8 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -133,20 +133,33 @@ class Supervisor:
         """Stop one program (its stopsignal; supervisord will not restart it)."""
         self._proxy().supervisor.stopProcess(name, True)
 
-    def wait_started(self, timeout: float) -> list[ProgramState]:
+    def wait_started(self, timeout: float,
+                     alive: Callable[[], None] | None = None) -> list[ProgramState]:
         """Wait until every program is RUNNING or has failed for good; the last states.
 
-        supervisord reports RUNNING only once a program has lived `startsecs`."""
+        supervisord reports RUNNING only once a program has lived `startsecs`. A program
+        that keeps failing to start flips between BACKOFF and STARTING; one seen in
+        BACKOFF during the wait and still not RUNNING at the deadline is reported as
+        BACKOFF, whichever of the two it was in at that instant. `alive`, when given, is
+        called on every round and raises when what hosts supervisord has gone (the
+        node container), so the wait ends at once with that error."""
         deadline = time.monotonic() + timeout
         states: list[ProgramState] = []
-        while time.monotonic() < deadline:
+        backed_off: set[str] = set()
+        while True:
+            if alive is not None:
+                alive()
             if self.running():
                 states = self.programs()
+                backed_off.update(s.name for s in states if s.state == "BACKOFF")
                 if states and all(s.state == "RUNNING" or s.state in FAILED_STATES
                                   for s in states):
                     return states
+            if time.monotonic() >= deadline:
+                break
             time.sleep(0.2)
-        return states
+        return [replace(s, state="BACKOFF") if s.state == "STARTING" and s.name in backed_off
+                else s for s in states]
 
     def shutdown(self, timeout: float = 30.0) -> bool:
         """Ask supervisord to stop its programs and exit; True once its pid is gone."""
