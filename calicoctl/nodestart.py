@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from libcalico import keyspace as ks
 from libcalico.client import CalicoClient
+from libcalico.codec import dumps
 from libcalico.errors import CalicoError, Conflict
 from libcalico.model import IPPool, Node
 
@@ -49,7 +50,7 @@ def initialise_cluster(client: CalicoClient, default_pools: bool = True) -> Clus
     store = client.store
     created: list[str] = []
     defaults = [(ks.BGP_GLOBAL_AS_KEY, str(DEFAULT_AS), f"default AS {DEFAULT_AS}"),
-                (ks.BGP_GLOBAL_MESH_KEY, json.dumps({"enabled": True}), "node-to-node mesh on")]
+                (ks.BGP_GLOBAL_MESH_KEY, dumps({"enabled": True}), "node-to-node mesh on")]
     for key, value, what in defaults:
         if store.txn([ModRevisionIs(key, 0)], [Put(key, value)], []):
             created.append(what)
@@ -59,7 +60,7 @@ def initialise_cluster(client: CalicoClient, default_pools: bool = True) -> Clus
             if client.list_pools(pool.version):
                 continue
             key = ks.pool_key(pool.cidr)
-            if store.txn([ModRevisionIs(key, 0)], [Put(key, json.dumps(pool.to_json()))], []):
+            if store.txn([ModRevisionIs(key, 0)], [Put(key, dumps(pool.to_json()))], []):
                 created.append(f"pool {cidr}")
     if store.txn([ModRevisionIs(ks.READY_KEY, 0)], [Put(ks.READY_KEY, "true")], []):
         created.append("ready flag")
