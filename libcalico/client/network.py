@@ -30,6 +30,7 @@ from libcalico.model import (
     Node,
     parse_as_num,
 )
+from libcalico.model.network import NODE_KEYS, NODE_RUNTIME_FIELDS
 
 if TYPE_CHECKING:
     from libcalico.datastore import Datastore, Op
@@ -124,20 +125,44 @@ class NetworkClient:
         return next((n for n in self.list_nodes() if n.hostname == hostname), None)
 
     def node_ops(self, node: Node) -> list[Op]:
-        """Operations that make the stored node equal `node` (unset fields deleted)."""
+        """Operations that make the stored node equal `node`: unset fields are deleted,
+        except the run-time fields (tunnel endpoints), which the node records itself and
+        which stay as stored unless `node` sets them (`set_node_runtime` changes them)."""
         from libcalico.datastore import Delete, Put
 
         values = node.to_json()
+        runtime = {NODE_KEYS[f] for f in NODE_RUNTIME_FIELDS}
         ops: list[Op] = []
         for name in ks.BGP_HOST_FIELDS:
             key = ks.bgp_host_key(node.hostname, name)
-            ops.append(Put(key, values[name]) if name in values else Delete(key))
+            if name in values:
+                ops.append(Put(key, values[name]))
+            elif name not in runtime:
+                ops.append(Delete(key))
         if node.ipv4:
             ops.append(Put(ks.host_bird_ip_key(node.hostname), node.ipv4))
         return ops
 
     def put_node(self, node: Node) -> None:
         self.store.txn([], self.node_ops(node), [])
+
+    def set_node_runtime(self, hostname: str, **fields: str | None) -> None:
+        """Set (None: delete) some of a node's run-time fields (`NODE_RUNTIME_FIELDS`:
+        its tunnel addresses and VXLAN MAC), in one transaction."""
+        from libcalico.datastore import Delete, Put
+
+        unknown = set(fields) - set(NODE_RUNTIME_FIELDS)
+        if unknown:
+            raise ValidationError("node field", sorted(unknown)[0], "not a run-time field")
+        values = Node(hostname, **{k: v for k, v in fields.items()  # type: ignore[arg-type]
+                                   if v is not None}).to_json()
+        ops: list[Op] = []
+        for attr in fields:
+            key = ks.bgp_host_key(hostname, NODE_KEYS[attr])
+            name = NODE_KEYS[attr]
+            ops.append(Put(key, values[name]) if name in values else Delete(key))
+        if ops:
+            self.store.txn([], ops, [])
 
     def remove_node(self, hostname: str, remove_endpoints: bool = False) -> None:
         """Delete every key of the node; refuses while it has endpoints unless asked to."""
