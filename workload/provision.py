@@ -7,10 +7,11 @@ Owns the order of the steps and what happens when one fails:
   are assigned (IPAM), the interface is created and configured (`workload.veth`) with
   the given MTU or, by default, the tunnel MTU when an address is in a pool with an
   encapsulation (`workload.mtu`), and the endpoint is written last, so felix never sees
-  an endpoint whose interface is not ready. A failure at any step undoes the steps before it (interface deleted, addresses
-  released) and re-raises. A process killed part-way cannot undo: what it assigned stays
-  recorded under the workload's handle (`calicoctl ipam check` reports it as a leak and
-  `--fix` releases it), and a veth it created stays until its namespace goes.
+  an endpoint whose interface is not ready. A failure at any step undoes the steps
+  before it (interface deleted, addresses released) and re-raises. A process killed
+  part-way cannot undo: what it assigned stays recorded under the workload's handle
+  (`calicoctl ipam check` reports it as a leak and `--fix` releases it), and a veth it
+  created stays until its namespace goes.
 - `remove_workload`: the endpoint is marked inactive first (felix withdraws its routes
   and drops its traffic; the record stays, as the marker a retry finds), then the
   interface is deleted, then the addresses IPAM still holds for the endpoint are
@@ -57,8 +58,8 @@ from libcalico.model.validate import (
     validate_name,
 )
 from workload import addresses, veth
-from workload.mtu import workload_mtu
 from workload.gateway import gateway_for, host_net, host_nets, ip_version
+from workload.mtu import workload_mtu
 
 if TYPE_CHECKING:
     from libcalico.client import CalicoClient
