@@ -17,7 +17,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from libcalico.errors import ValidationError
@@ -209,8 +209,8 @@ NODE_KEYS = {"ipv4": "ip_addr_v4", "ipv6": "ip_addr_v6", "as_num": "as_num",
              "rr_cluster_id": "rr_cluster_id", "loglevel": "loglevel",
              "ipv4_network": "network_v4", "vxlan_tunnel_addr": "vxlan_tunnel_addr_v4",
              "vxlan_tunnel_mac": "vxlan_tunnel_mac", "ipip_tunnel_addr": "ipip_tunnel_addr_v4"}
-# The fields a node writes about itself at run time (its tunnels), which the operator's
-# node writes (start-up, `calicoctl apply`) carry over rather than delete.
+# The fields a node writes about itself at run time (its tunnels): writes of the whole
+# node (start-up, `calicoctl apply`) leave them as stored unless they set them.
 NODE_RUNTIME_FIELDS = ("vxlan_tunnel_addr", "vxlan_tunnel_mac", "ipip_tunnel_addr")
 
 
@@ -309,14 +309,6 @@ class Node(Resource):
         data = validate_mapping("node", data)
         check_keys("node", data, NODE_KEYS.values())
         return cls(hostname, **{attr: _optional(data, key) for attr, key in NODE_KEYS.items()})
-
-    def with_runtime_fields(self, stored: Node | None) -> Node:
-        """This node with the run-time fields (tunnels) of `stored` where it has none."""
-        if stored is None:
-            return self
-        kept = {f: getattr(stored, f) for f in NODE_RUNTIME_FIELDS
-                if getattr(self, f) is None and getattr(stored, f) is not None}
-        return replace(self, **kept) if kept else self
 
     def to_resource(self) -> JSONDict:
         spec: JSONDict = {k: getattr(self, k) for k in NODE_KEYS

@@ -362,6 +362,7 @@ def test_turning_vxlan_off_goes_back_to_plain_routes_and_releases_tunnels(
              message="same-segment reachability through BGP routes again")
     result = matrix(f)
     assert {p for p, ok in result.items() if ok} == SAME_SEGMENT, result
+    for host in f.fab.hosts:
         node = f.client.get_node(host.name)
         assert node is not None and node.vxlan_tunnel_addr is None
         assert node.vxlan_tunnel_mac is None
