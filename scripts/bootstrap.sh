@@ -6,10 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # docker.io and busybox-static serve the tests that run a real Docker container (each test
-# starts its own dockerd with a private socket; the packaged service is not started).
+# starts its own dockerd with a private socket; the packaged service is not started);
+# tcpdump the routing tests (what crosses the simulated router), iperf3 the routing
+# benchmark (bench/routing.py).
 DEBS=(etcd-server etcd-client bird2 iptables ipset iproute2 conntrack supervisor
-      iputils-ping netcat-openbsd tcpdump openssl procps kmod python3 python3-venv python3-pip
-      docker.io busybox-static)
+      iputils-ping netcat-openbsd tcpdump iperf3 openssl procps kmod python3 python3-venv
+      python3-pip docker.io busybox-static)
 
 if [ "$(id -u)" != 0 ]; then
     echo "bootstrap: run as root (it installs Debian packages and creates namespaces)" >&2

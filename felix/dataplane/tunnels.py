@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -193,8 +194,8 @@ class Tunnels:
     @staticmethod
     def _reason(want: TunnelDevice | None, name: str, code: int, exc: BaseException) -> str:
         if want is not None and code == errno.EOPNOTSUPP:
-            return (f"{name}: this kernel cannot create {want.kind} devices ("
-                    f"{errno_text(code)}); {want.kind.upper()} pools cannot work on this host")
+            return (f"{name}: this kernel cannot create {want.kind} devices "
+                    f"({os.strerror(code)}); {want.kind.upper()} pools cannot work on this host")
         return f"{name}: {errno_text(code) if code else exc}"
 
     def _read(self, ipr: Any, name: str) -> DeviceState | None:
