@@ -95,9 +95,12 @@ class NetworkClient:
 
     # --- nodes ------------------------------------------------------------------------------
 
-    def _host_keys(self) -> list[tuple[str, ks.ParsedKey, str]]:
-        """(hostname, parsed key, value) for every key below the host trees."""
-        kvs, _ = self.store.list_many([ks.BGP_HOST_DIR, ks.HOST_DIR])
+    def _host_keys(self, hostname: str | None = None) -> list[tuple[str, ks.ParsedKey, str]]:
+        """(hostname, parsed key, value) for every key below the host trees (of one host
+        only, when given)."""
+        dirs = ([ks.BGP_HOST_DIR, ks.HOST_DIR] if hostname is None
+                else [ks.bgp_host_dir(hostname), ks.host_dir(hostname)])
+        kvs, _ = self.store.list_many(dirs)
         out = []
         for kv in kvs:
             parsed = ks.parse_key(kv.key)
@@ -110,10 +113,11 @@ class NetworkClient:
         """Every host that has any key below the host or BGP host trees."""
         return sorted({h for h, _, _ in self._host_keys()})
 
-    def list_nodes(self) -> list[Node]:
-        """Every node, with its BGP fields (a host with only endpoints has none set)."""
+    def list_nodes(self, hostname: str | None = None) -> list[Node]:
+        """Every node (or just `hostname`), with its fields (a host with only endpoints
+        has none set)."""
         fields: dict[str, dict[str, str]] = {}
-        for host, parsed, value in self._host_keys():
+        for host, parsed, value in self._host_keys(hostname):
             host_fields = fields.setdefault(host, {})
             if isinstance(parsed, ks.BGPHostKey):
                 host_fields[parsed.name] = value
@@ -122,7 +126,8 @@ class NetworkClient:
         return [n for n in nodes if n is not None]
 
     def get_node(self, hostname: str) -> Node | None:
-        return next((n for n in self.list_nodes() if n.hostname == hostname), None)
+        """One node, reading only its own keys; None when it has none."""
+        return next((n for n in self.list_nodes(hostname) if n.hostname == hostname), None)
 
     def node_ops(self, node: Node) -> list[Op]:
         """Operations that make the stored node equal `node`: unset fields are deleted,
