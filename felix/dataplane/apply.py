@@ -82,7 +82,7 @@ class Owners:
     interfaces: Interfaces
     generation: RulesetGeneration = field(
         default_factory=lambda: RulesetGeneration(None, enabled=False))
-    tunnels: Tunnels | None = None
+    tunnels: Tunnels | None = None  # None: no tunnel owner (tests of the others)
     table_failures: dict[TableKey, str] = field(default_factory=dict, init=False)
     _unprogrammed: dict[TableKey, frozenset[str]] = field(default_factory=dict, init=False,
                                                           repr=False)
