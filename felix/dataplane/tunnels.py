@@ -180,7 +180,7 @@ class Tunnels:
                 if self._apply_device(ipr, name, want):
                     created.add(name)
                 self._failed.pop(name, None)
-            except (PyNetlinkError, OSError) as exc:
+            except (PyNetlinkError, OSError, DataplaneError) as exc:
                 code = getattr(exc, "code", None) or getattr(exc, "errno", None) or 0
                 reason = self._reason(want, name, code, exc)
                 self._failed[name] = reason
@@ -248,7 +248,8 @@ class Tunnels:
             self._create(ipr, want)
             created = True
             have = self._read(ipr, name)
-            assert have is not None
+            if have is None:
+                raise DataplaneError(f"{name}: created, but the kernel does not show it")
         if have.mtu != want.mtu:
             ipr.link("set", index=have.index, mtu=want.mtu)
         if want.mac and (have.mac or "").lower() != want.mac:
@@ -275,6 +276,18 @@ class Tunnels:
 
     @staticmethod
     def _create(ipr: Any, want: TunnelDevice) -> None:
+        """Create the device. Loading the ipip module to do so makes the kernel create
+        its own `tunl0` first, so EEXIST there means the device is now there."""
+        from pyroute2 import NetlinkError as PyNetlinkError
+
+        try:
+            Tunnels._add(ipr, want)
+        except PyNetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise
+
+    @staticmethod
+    def _add(ipr: Any, want: TunnelDevice) -> None:
         if want.kind == "vxlan":
             args: dict[str, Any] = {"vxlan_id": want.vni, "vxlan_port": want.port,
                                     "vxlan_learning": 0}
