@@ -24,7 +24,7 @@ Clock: throughput is iperf3's own (one TCP stream, client in the first workload,
 in the second, `-t` 5 s (--quick 1 s), received bits per second over the whole run);
 RTT is ping's average over 50 (--quick 10) echo requests 10 ms apart - both measured
 between the workloads' own namespaces, where the user feels them. Calico's path and the
-direct veth are measured in turns, 3 rounds (--quick 1), medians reported, so both see
+direct veth are measured in turns, 5 rounds (--quick 1), medians reported, so both see
 the same background load. Goals: native >= 0.9x and VXLAN >= 0.7x of the direct veth's
 throughput.
 """
@@ -147,7 +147,7 @@ def route_to(host: Host, wl: Wl) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser(__doc__.splitlines()[0]).parse_args(argv)
-    seconds, pings, rounds = (1, 10, 1) if args.quick else (5, 50, 3)
+    seconds, pings, rounds = (1, 10, 1) if args.quick else (5, 50, 5)
     result: dict[str, Any] = {
         "benchmark": "routing", "quick": args.quick,
         "machine": {"cpus": os.cpu_count(), "loadavg_1m_at_start": os.getloadavg()[0]},
