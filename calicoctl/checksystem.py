@@ -7,6 +7,11 @@ iptables-restore, ipset, ip and bird binaries; etcd reachable and at least 3.0; 
 forwarding sysctls felix needs (read only: this command never changes the system).
 Exits 1 when any check fails. `--fix` is accepted and ignored, as in v0.x.
 
+The tunnels are optional checks (a WARN line, not a failure): whether this kernel can
+create VXLAN and IPIP devices (`tunnel_support`), found by creating one in a throw-away
+network namespace (`unshare --net`, which leaves the system as it was), else from the
+module and kernel-config files above. `calicoctl pool add --ipip` asks the same.
+
 Leaves to others: fixing anything (the node issue's start-up, the operator).
 """
 
@@ -23,7 +28,13 @@ from calicoctl.context import ctl
 
 REQUIRED_MODULES = ("xt_set", "ip6_tables")
 # The kernel config option of each module, for kernels without /lib/modules.
-MODULE_CONFIG = {"xt_set": "CONFIG_NETFILTER_XT_SET", "ip6_tables": "CONFIG_IP6_NF_IPTABLES"}
+MODULE_CONFIG = {"xt_set": "CONFIG_NETFILTER_XT_SET", "ip6_tables": "CONFIG_IP6_NF_IPTABLES",
+                 "ipip": "CONFIG_NET_IPIP", "vxlan": "CONFIG_VXLAN"}
+# Encapsulations: (check name, device kind, module, what to do without it).
+TUNNEL_CHECKS = (("kernel VXLAN", "vxlan", "vxlan", "VXLAN pools cannot work on this host"),
+                 ("kernel IPIP", "ipip", "ipip", "IPIP pools cannot work on this host; "
+                  "use VXLAN pools (pool add --vxlan)"))
+OPTIONAL_CHECKS = frozenset(name for name, *_ in TUNNEL_CHECKS)
 REQUIRED_BINARIES = ("iptables", "ip6tables", "iptables-restore", "ipset", "ip", "bird")
 REQUIRED_SYSCTLS = {"net/ipv4/ip_forward": "1", "net/ipv6/conf/all/forwarding": "1"}
 MIN_KERNEL = (2, 6, 24)
@@ -82,6 +93,51 @@ def module_available(name: str, release: str | None = None, root: str = "/") -> 
     return None
 
 
+def _probe_device(kind: str) -> tuple[bool | None, str]:
+    """Create a `kind` device in a throw-away network namespace: (True, "") if the
+    kernel can, (False, why) if it cannot, (None, why) if the probe could not run."""
+    import subprocess
+
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        return None, "unshare or ip missing"
+    try:
+        extra = ["id", "1", "dstport", "4789"] if kind == "vxlan" else []
+        proc = subprocess.run(["unshare", "--net", "--", "ip", "link", "add", "calico-probe",
+                               "type", kind, *extra], capture_output=True, text=True,
+                              timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return None, str(exc)
+    if proc.returncode == 0:
+        return True, ""
+    err = " ".join(proc.stderr.split())
+    if proc.stderr.startswith("unshare"):
+        return None, err
+    return False, err
+
+
+def tunnel_support(kind: str, root: str = "/", probe: bool = True) -> tuple[bool | None, str]:
+    """Can this kernel create `kind` ("vxlan", "ipip") devices? (True, how), (False, why)
+    or (None, why) when it cannot tell."""
+    if probe:
+        ok, why = _probe_device(kind)
+        if ok is not None:
+            return ok, (f"`ip link add type {kind}` works" if ok
+                        else f"`ip link add type {kind}`: {why}")
+    how = module_available(kind, root=root)
+    if how is not None:
+        return True, f"module {how}"
+    option = MODULE_CONFIG[kind]
+    try:
+        import gzip
+
+        with gzip.open(os.path.join(root, "proc/config.gz"), "rt") as f:
+            if any(line.startswith(f"# {option} is not set") for line in f):
+                return False, f"{option} is not set in this kernel and it has no module"
+    except OSError:
+        pass
+    return None, f"no {kind} module found (no /proc/config.gz to be sure)"
+
+
 def run_checks(etcd_version: Callable[[], str]) -> list[Check]:
     checks: list[Check] = []
     kernel = platform.release()
@@ -106,6 +162,10 @@ def run_checks(etcd_version: Callable[[], str]) -> list[Check]:
         checks.append(("etcd", ok, f"version {version}" + ("" if ok else " (needs >= 3.0)")))
     except Exception as exc:  # noqa: BLE001 - any failure is the check's result
         checks.append(("etcd", False, f"unreachable: {exc}"))
+    for name, kind, _module, without in TUNNEL_CHECKS:
+        supported, detail = tunnel_support(kind)
+        checks.append((name, supported is True,
+                       detail if supported else f"{detail}: {without}"))
     return checks
 
 
@@ -119,8 +179,9 @@ def checksystem(fix: bool) -> None:
         click.echo("Warning: --fix is deprecated and does nothing", err=True)
     checks = run_checks(lambda: ctl().store.version())
     for what, ok, detail in checks:
-        click.echo(f"[{'OK' if ok else 'FAIL':>4}] {what}: {detail}")
-    failed = [c for c in checks if not c[1]]
+        level = "OK" if ok else "WARN" if what in OPTIONAL_CHECKS else "FAIL"
+        click.echo(f"[{level:>4}] {what}: {detail}")
+    failed = [c for c in checks if not c[1] and c[0] not in OPTIONAL_CHECKS]
     if failed:
         raise CommandFailed(f"{len(failed)} check(s) failed: "
                             + ", ".join(c[0] for c in failed))

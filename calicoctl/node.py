@@ -4,9 +4,10 @@ Owns the `node` group: `node [run]` (the group itself with no subcommand runs th
 node), `node stop`, `node status` (their work is in `calicoctl.noderun`), `node show`,
 `node remove [--hostname] [--remove-endpoints]` and `node bgp peer add|remove|show`.
 
-`node remove` also gives the node's endpoint addresses and block affinities back to
-IPAM, and removes this host's stopped node containers. `node image build` is
-`calicoctl.nodeimage`. Leaves to others: storage (`libcalico.client`), IPAM (`libcalico.ipam`).
+`node remove` also gives the node's endpoint addresses, its tunnel addresses and its
+block affinities back to IPAM, and removes this host's stopped node containers. `node image
+build` is `calicoctl.nodeimage`. Leaves to others: storage (`libcalico.client`), IPAM
+(`libcalico.ipam`).
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ def node_remove(hostname: str | None, remove_endpoints: bool) -> None:
     from calicoctl.nodedocker import containers_to_remove
     from libcalico.errors import Conflict, NotFound
     from libcalico.ipam import IPAMClient
+    from libcalico.tunnel import release_tunnels
 
     host = this_hostname(hostname)
     client = ctl().client
@@ -104,11 +106,13 @@ def node_remove(hostname: str | None, remove_endpoints: bool) -> None:
     if eps and not remove_endpoints:
         raise Conflict(f"node {host} still has {len(eps)} workload endpoint(s); "
                        "use --remove-endpoints")
-    # Give the node's addresses and blocks back to IPAM before its keys go.
+    # Give the node's addresses (its endpoints', its tunnels') and blocks back to IPAM
+    # before its keys go.
     ipam = IPAMClient(ctl().store)
     ips = [str(ipaddress.ip_interface(n).ip) for e in eps for n in (*e.ipv4_nets, *e.ipv6_nets)]
     if ips:
         ipam.release_ips(ips)
+    release_tunnels(ipam, host)
     for block in ipam.host_blocks(host):
         ipam.release_affinity(host, block)
     client.remove_node(host, remove_endpoints)

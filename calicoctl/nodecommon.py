@@ -19,19 +19,32 @@ from calicoctl.context import ctl
 from calicoctl.errors import CommandFailed
 
 
-def detect_ipv4() -> str:
-    """This host's IPv4 address for BGP, auto-detected (said on stdout)."""
-    from calicoctl.nodestart import detect_addresses
+def node_ipv4(given: str | None) -> tuple[str, str | None]:
+    """This node's IPv4 address for BGP and the subnet it sits in (for cross-subnet
+    encapsulation): from `--ip ADDRESS[/LEN]`, else auto-detected; the subnet, when `--ip`
+    gives no length, from the interface address that holds it (said on stdout)."""
+    from calicoctl.nodestart import detect_addresses, detect_network
+    from libcalico.model import Node
 
-    ip = detect_addresses((4,))[4]
+    parsed = Node("node", ipv4=given) if given else None
+    ip = parsed.ipv4 if parsed else None
+    network = parsed.ipv4_network if parsed else None
     if ip is None:
-        raise CommandFailed("could not auto-detect this host's IPv4 address; give --ip",
-                            code=2)
-    click.echo(f"Using auto-detected IPv4 address {ip}")
-    return ip
+        ip = detect_addresses((4,))[4]
+        if ip is None:
+            raise CommandFailed("could not auto-detect this host's IPv4 address; give --ip",
+                                code=2)
+        click.echo(f"Using auto-detected IPv4 address {ip}")
+    if network is None:
+        network = detect_network(ip)
+        if network is None:
+            click.echo(f"IPv4 address {ip} is on no interface with a subnet: cross-subnet "
+                       "pools will encapsulate to every host (give --ip ADDRESS/LEN)")
+    return ip, network
 
 
-def register(host: str, ip: str, ip6: str | None, asn: int | None) -> None:
+def register(host: str, ip: str, ip6: str | None, asn: int | None,
+             network: str | None = None) -> None:
     """Create the cluster defaults still missing and register this node (said on stdout)."""
     from calicoctl.nodestart import initialise_cluster, register_node
 
@@ -39,8 +52,9 @@ def register(host: str, ip: str, ip6: str | None, asn: int | None) -> None:
     created = initialise_cluster(client, default_pools=not os.environ.get("NO_DEFAULT_POOLS"))
     for what in created.created:
         click.echo(f"Initialised the cluster: {what}")
-    register_node(client, host, ip, ip6, asn)
-    click.echo(f"Registered node {host} (IPv4 {ip}" + (f", IPv6 {ip6}" if ip6 else "") + ")")
+    register_node(client, host, ip, ip6, asn, network)
+    click.echo(f"Registered node {host} (IPv4 {ip}" + (f" in {network}" if network else "")
+               + (f", IPv6 {ip6}" if ip6 else "") + ")")
 
 
 def etcd_environment() -> dict[str, str]:

@@ -223,7 +223,7 @@ def _check_name_free(docker: DockerCLI, name: str, component: str) -> bool:
 
 def run_in_docker(spec: DockerNodeSpec, detach: bool, timeout: float) -> None:
     from calicoctl.context import ctl
-    from calicoctl.nodecommon import detect_ipv4, etcd_environment, register
+    from calicoctl.nodecommon import etcd_environment, node_ipv4, register
     from calicoctl.supervisor import NodePaths, Supervisor
     from libcalico.errors import Conflict, NotFound
 
@@ -248,8 +248,10 @@ def run_in_docker(spec: DockerNodeSpec, detach: bool, timeout: float) -> None:
     if Supervisor(paths, local=False).running():
         raise Conflict(f"a Calico node already runs from {spec.run_dir} without Docker; stop "
                        "it first with `calicoctl node stop --runtime=none`")
-    ip = spec.ip or detect_ipv4()
-    register(spec.name, ip, spec.ip6, spec.as_num)
+    ip, network = node_ipv4(spec.ip)
+    register(spec.name, ip, spec.ip6, spec.as_num, network)
+    if network is not None:  # the container registers the same address and subnet
+        ip = f"{ip}/{network.split('/')[1]}"
     etcd = etcd_environment()
     ctl().close()
     include_dir = _include_dir()

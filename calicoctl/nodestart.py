@@ -7,10 +7,14 @@ Owns:
   fd80:24e2:f998:72d6::/64) when the cluster has no pool of that version and the caller
   asks for them. Each key is created only if absent, in one transaction per key, so two
   nodes starting together cannot overwrite each other.
-- `register_node`: this node's BGP identity (addresses, AS), refusing a name that already
-  belongs to another address and an address that already belongs to another node.
+- `register_node`: this node's BGP identity (addresses, AS) and the subnet of its IPv4
+  address, refusing a name that already belongs to another address and an address that
+  already belongs to another node; the fields the node records itself at run time (its
+  tunnel endpoints) are left as they are.
 - `detect_addresses`: this host's first global IPv4 and IPv6 addresses (for `--ip`
-  auto-detection), read from `ip -j addr` so that no netlink library is imported.
+  auto-detection), and `detect_network`: the subnet of the interface address that
+  holds a given IPv4 address (when `--ip` gives no prefix length); both read from
+  `ip -j addr` so that no netlink library is imported.
 
 Leaves to others: starting processes (`calicoctl.noderun`), validation of the values
 (`libcalico.model`), keys (`libcalico.keyspace`).
@@ -68,13 +72,15 @@ def initialise_cluster(client: CalicoClient, default_pools: bool = True) -> Clus
 
 
 def register_node(client: CalicoClient, hostname: str, ipv4: str | None, ipv6: str | None,
-                  as_num: int | None) -> Node:
+                  as_num: int | None, ipv4_network: str | None = None) -> Node:
     """Write this node's BGP identity; refuse clashes with other nodes' identities.
 
     A name that exists with a different IPv4 address is refused (another host has it);
     an address that another node already uses is refused too. A node that restarts with
-    the same identity is accepted and left as it is apart from the given fields."""
-    node = Node(hostname, ipv4=ipv4, ipv6=ipv6, as_num=as_num)
+    the same identity is accepted and left as it is apart from the given fields (and
+    keeps the tunnel endpoints it recorded)."""
+    node = Node(hostname, ipv4=ipv4, ipv6=ipv6, as_num=as_num,
+                ipv4_network=ipv4_network).check_consistent()
     others = client.list_nodes()
     for other in others:
         if other.hostname == hostname:
@@ -89,6 +95,34 @@ def register_node(client: CalicoClient, hostname: str, ipv4: str | None, ipv6: s
                                f"{other.hostname}; give this node another --ip")
     client.put_node(node)
     return node
+
+
+def find_network(text: str, ip: str) -> str | None:
+    """The subnet (CIDR) of the interface address equal to `ip` in `ip -j addr` output,
+    None if no interface holds it or it is a host address (/32) (pure)."""
+    try:
+        data = json.loads(text or "[]")
+    except ValueError as exc:
+        raise CalicoError(f"cannot read `ip -j addr` output: {exc}") from None
+    wanted = ipaddress.ip_address(ip)
+    for link in data:
+        for info in link.get("addr_info") or []:
+            try:
+                iface = ipaddress.ip_interface(f"{info['local']}/{info['prefixlen']}")
+            except (KeyError, ValueError):
+                continue
+            if iface.ip == wanted and iface.network.prefixlen < iface.max_prefixlen:
+                return str(iface.network)
+    return None
+
+
+def detect_network(ip: str) -> str | None:
+    """The subnet of the interface address that holds `ip` on this host (namespace)."""
+    proc = subprocess.run(["ip", "-j", "addr", "show"], capture_output=True, text=True,
+                          check=False)
+    if proc.returncode != 0:
+        raise CalicoError(f"ip -j addr show failed: {proc.stderr.strip()}")
+    return find_network(proc.stdout, ip)
 
 
 def _global_addresses(data: Iterable[dict[str, object]], version: int) -> list[str]:

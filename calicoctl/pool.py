@@ -1,7 +1,9 @@
 """`calicoctl pool`: add, remove and show IP pools, and add pools covering a range.
 
-Owns: the pool command words and their output. Validation is the model's (`IPPool`:
-CIDR, IPIP only for IPv4, block size); overlap checks and the write are the client's
+Owns: the pool command words, their options (`--ipip`/`--vxlan` with their modes, which
+are exclusive) and their output, and refusing an IPIP pool on a host whose kernel cannot
+do IPIP (one line, nothing stored). Validation is the model's (`IPPool`: CIDR,
+encapsulation only for IPv4, block size); overlap checks and the write are the client's
 (`CalicoClient.apply_resources`, one transaction for all CIDRs given); removing pools
 is IPAM's (`IPAMClient.remove_pools`: all or nothing, refused while any has allocations
 unless forced).
@@ -10,6 +12,9 @@ unless forced).
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import click
 
@@ -22,26 +27,88 @@ def pool() -> None:
     """Manage IP address pools."""
 
 
-def _pools(cidrs: tuple[str, ...], ipip: bool, nat: bool, block_size: int | None) -> list:
+def _pools(cidrs: tuple[str, ...], encap: Encap, nat: bool,
+           block_size: int | None) -> list:
     from libcalico.model import IPPool
 
-    return [IPPool(c, ipip=ipip, nat_outgoing=nat, block_size=block_size) for c in cidrs]
+    pools = [IPPool(c, ipip=encap.ipip, ipip_mode=encap.ipip_mode or "always",
+                    vxlan=encap.vxlan, vxlan_mode=encap.vxlan_mode or "always",
+                    nat_outgoing=nat, block_size=block_size) for c in cidrs]
+    if encap.ipip:
+        _refuse_ipip_without_kernel_support()
+    return pools
 
 
-_ipip = click.option("--ipip", is_flag=True, help="Use IP-in-IP to reach workloads (IPv4).")
+def _refuse_ipip_without_kernel_support() -> None:
+    """IPIP pools need the ipip module on the hosts; refuse to store one that could not
+    work on this host's kernel (one line, nothing written)."""
+    from calicoctl.checksystem import tunnel_support
+    from libcalico.errors import ValidationError
+
+    ok, detail = tunnel_support("ipip")
+    if ok is False:
+        raise ValidationError("ipip", True, f"this host's kernel cannot do IPIP ({detail}), "
+                              "so an IPIP pool would not work here; use --vxlan instead")
+
+
+@dataclass(frozen=True)
+class Encap:
+    """The encapsulation options as given (modes None: not given)."""
+
+    ipip: bool = False
+    ipip_mode: str | None = None
+    vxlan: bool = False
+    vxlan_mode: str | None = None
+
+
+_MODES = click.Choice(["always", "cross-subnet"])
+
+
+def encap_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--ipip", is_flag=True, help="Reach workloads through IP-in-IP (IPv4; "
+                     "needs the kernel's ipip module on every host)."),
+        click.option("--ipip-mode", type=_MODES, default=None,
+                     help="With --ipip: always (default) or cross-subnet (only to hosts "
+                     "in another subnet)."),
+        click.option("--vxlan", is_flag=True, help="Reach workloads through VXLAN (IPv4)."),
+        click.option("--vxlan-mode", type=_MODES, default=None,
+                     help="With --vxlan: always (default) or cross-subnet (only to hosts "
+                     "in another subnet)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _encap(ipip: bool, ipip_mode: str | None, vxlan: bool, vxlan_mode: str | None) -> Encap:
+    from libcalico.errors import ValidationError
+
+    if ipip and vxlan:
+        raise ValidationError("--vxlan", True, "--vxlan and --ipip are exclusive: a pool "
+                              "uses at most one encapsulation")
+    for flag, on, mode in (("--ipip-mode", ipip, ipip_mode), ("--vxlan-mode", vxlan,
+                                                                vxlan_mode)):
+        if mode is not None and not on:
+            raise ValidationError(flag, mode, f"needs {flag.removesuffix('-mode')}")
+    return Encap(ipip, ipip_mode, vxlan, vxlan_mode)
+
+
 _nat = click.option("--nat-outgoing", is_flag=True, help="Masquerade traffic leaving the pool.")
 
 
 @pool.command("add")
 @click.argument("cidrs", nargs=-1, required=True)
-@_ipip
+@encap_options
 @_nat
 @click.option("--block-size", type=int, default=None,
               help="Prefix length of allocation blocks (default 26 for IPv4, 122 for IPv6).")
-def pool_add(cidrs: tuple[str, ...], ipip: bool, nat_outgoing: bool,
-             block_size: int | None) -> None:
-    """Add (or update the options of) one or more pools."""
-    ctl().client.apply_resources(_pools(cidrs, ipip, nat_outgoing, block_size), "apply")
+def pool_add(cidrs: tuple[str, ...], ipip: bool, ipip_mode: str | None, vxlan: bool,
+             vxlan_mode: str | None, nat_outgoing: bool, block_size: int | None) -> None:
+    """Add (or update the options of) one or more pools. Changing the encapsulation of a
+    pool in use takes effect on every host without restarting anything."""
+    encap = _encap(ipip, ipip_mode, vxlan, vxlan_mode)
+    ctl().client.apply_resources(_pools(cidrs, encap, nat_outgoing, block_size), "apply")
 
 
 @pool.group("range")
@@ -52,12 +119,14 @@ def pool_range() -> None:
 @pool_range.command("add")
 @click.argument("start_ip")
 @click.argument("end_ip")
-@_ipip
+@encap_options
 @_nat
-def pool_range_add(start_ip: str, end_ip: str, ipip: bool, nat_outgoing: bool) -> None:
+def pool_range_add(start_ip: str, end_ip: str, ipip: bool, ipip_mode: str | None, vxlan: bool,
+                   vxlan_mode: str | None, nat_outgoing: bool) -> None:
     """Add the smallest set of pools covering START_IP..END_IP."""
     from libcalico.errors import ValidationError
 
+    encap = _encap(ipip, ipip_mode, vxlan, vxlan_mode)
     try:
         start = ipaddress.ip_address(start_ip)
     except ValueError:
@@ -71,7 +140,7 @@ def pool_range_add(start_ip: str, end_ip: str, ipip: bool, nat_outgoing: bool) -
     if int(end) < int(start):
         raise ValidationError("END_IP", end_ip, "must not be below START_IP")
     nets = [str(n) for n in ipaddress.summarize_address_range(start, end)]
-    ctl().client.apply_resources(_pools(tuple(nets), ipip, nat_outgoing, None), "apply")
+    ctl().client.apply_resources(_pools(tuple(nets), encap, nat_outgoing, None), "apply")
     for net in nets:
         click.echo(f"Added pool {net}")
 
@@ -95,10 +164,14 @@ def pool_remove(cidrs: tuple[str, ...], force: bool) -> None:
     IPAMClient(ctl().store).remove_pools(nets, force=force)
 
 
-def _options(p: object) -> str:
-    opts = [o for o, on in (("ipip", p.ipip), ("nat-outgoing", p.nat_outgoing),  # type: ignore[attr-defined]
-                            ("disabled", p.disabled)) if on]  # type: ignore[attr-defined]
-    return ",".join(opts)
+def _options(p: Any) -> str:
+    """`ipip`, `vxlan:cross-subnet`, `nat-outgoing`, `disabled`, comma-separated."""
+    encap = p.encapsulation
+    if encap is not None and p.encap_mode != "always":
+        encap = f"{encap}:{p.encap_mode}"
+    opts = [o for o, on in ((encap, encap is not None), ("nat-outgoing", p.nat_outgoing),
+                            ("disabled", p.disabled)) if on]
+    return ",".join(o for o in opts if o)
 
 
 @pool.command("show")

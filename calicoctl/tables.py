@@ -33,8 +33,10 @@ def _labels(labels: Any) -> str:
 
 
 def _pools(rs: Sequence[Any], wide: bool) -> tuple[list[str], Rows]:
-    headers = ["CIDR", "IPIP", "NAT"] + (["DISABLED", "IPAM", "BLOCK SIZE"] if wide else [])
-    rows = [(p.cidr, _yes(p.ipip), _yes(p.nat_outgoing))
+    headers = ["CIDR", "IPIP", "VXLAN", "NAT"] + (["DISABLED", "IPAM", "BLOCK SIZE"] if wide
+                                                   else [])
+    rows = [(p.cidr, p.ipip_mode if p.ipip else "never", p.vxlan_mode if p.vxlan else "never",
+             _yes(p.nat_outgoing))
             + ((_yes(p.disabled), _yes(p.ipam), p.block_size) if wide else ()) for p in rs]
     return headers, rows
 

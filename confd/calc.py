@@ -4,7 +4,8 @@ Owns: the session topology seen from one host (the node-to-node mesh, route refl
 global and node-specific peers, iBGP or eBGP by AS numbers), the stable protocol names
 that keep a reconfigure from restarting unchanged sessions, and the prefixes the host
 announces (its affine blocks as aggregates, the addresses it holds in other hosts'
-blocks, all inside the pools). Pure: `calculate_host_config(view, hostname)`.
+blocks, all inside the pools and outside the encapsulated ones). Pure:
+`calculate_host_config(view, hostname)`.
 
 Rules (docs/confd.md has the operator's version):
 - Node-to-node sessions are named `Mesh_<peer ip>` whether they come from the full mesh
@@ -15,6 +16,10 @@ Rules (docs/confd.md has the operator's version):
   A reflector marks sessions to non-reflectors in its own AS `rr client`.
 - Then node-specific peers (`Node_<ip>`), then global peers (`Global_<ip>`); an address
   gets one session (the first of mesh, node, global) and never our own address.
+- Pools with an encapsulation (VXLAN, IPIP) belong to felix, which routes their blocks
+  through the tunnels (or, cross-subnet, plainly) from the blocks in etcd: BIRD neither
+  announces them nor programs routes to them into the kernel, so the two never hold
+  routes to the same prefix (see docs/architecture.md, "Who owns which route").
 
 Leaves to others: the text of BIRD's configuration (`confd.render` and the templates).
 """
@@ -62,6 +67,7 @@ class HostConfig:
     mesh_enabled: bool
     pools_v4: tuple[str, ...]
     pools_v6: tuple[str, ...]
+    encap_pools_v4: tuple[str, ...]  # VXLAN and IPIP pools: felix routes them, not BIRD
     blocks_v4: tuple[str, ...]
     blocks_v6: tuple[str, ...]
     borrowed_v4: tuple[str, ...]
@@ -138,6 +144,7 @@ def calculate_host_config(view: BGPView, hostname: str) -> HostConfig:
 
     pools_v4 = tuple(p.cidr for p in view.pools if p.version == 4)
     pools_v6 = tuple(p.cidr for p in view.pools if p.version == 6)
+    encap_v4 = tuple(p.cidr for p in view.pools if p.version == 4 and p.encapsulation)
     blocks = view.affinities.get(hostname, ())
     borrowed = view.borrowed.get(hostname, ())
 
@@ -146,6 +153,8 @@ def calculate_host_config(view: BGPView, hostname: str) -> HostConfig:
         for cidr in items:
             if ipaddress.ip_network(cidr).version != version:
                 continue
+            if _in_pools(cidr, encap_v4):
+                continue  # felix's: reached through a tunnel, never announced
             if _in_pools(cidr, pools):
                 kept.append(cidr)
             else:
@@ -164,6 +173,7 @@ def calculate_host_config(view: BGPView, hostname: str) -> HostConfig:
         mesh_enabled=view.mesh_enabled,
         pools_v4=pools_v4,
         pools_v6=pools_v6,
+        encap_pools_v4=encap_v4,
         blocks_v4=family(blocks, 4, pools_v4),
         blocks_v6=family(blocks, 6, pools_v6),
         borrowed_v4=family(borrowed, 4, pools_v4),

@@ -36,10 +36,16 @@ from libcalico.keyspace import (
     CustomFilterKey,
     PoolKey,
 )
-from libcalico.model.network import DEFAULT_AS_NUM, BGPGlobalConfig, BGPPeer, IPPool, Node
+from libcalico.model.network import (
+    DEFAULT_AS_NUM,
+    NODE_KEYS,
+    BGPGlobalConfig,
+    BGPPeer,
+    IPPool,
+    Node,
+)
 
-_NODE_ATTRS = {"ip_addr_v4": "ipv4", "ip_addr_v6": "ipv6", "as_num": "as_num",
-               "loglevel": "loglevel", "rr_cluster_id": "rr_cluster_id"}
+_NODE_ATTRS = {key: attr for attr, key in NODE_KEYS.items()}
 
 
 def watch_prefixes(hostname: str) -> list[str]:
@@ -115,8 +121,7 @@ def _global_setting(name: str, text: str) -> Any:
 def _node_field(hostname: str, name: str, text: str) -> Any:
     """One `/calico/bgp/v1/host/<hostname>/<name>` value, validated by `Node`."""
     node = Node.from_json(hostname, {name: text.strip()})
-    attr = {"ip_addr_v4": "ipv4", "ip_addr_v6": "ipv6"}.get(name, name)
-    return getattr(node, attr)
+    return getattr(node, _NODE_ATTRS[name])
 
 
 def _peer(ip: str, hostname: str | None, text: str) -> BGPPeer:

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from libcalico.errors import ValidationError
+from libcalico.model.tunnel import DEFAULT_IPIP_MTU, DEFAULT_VXLAN_MTU, VXLAN_PORT, VXLAN_VNI
 
 _log = logging.getLogger(__name__)
 
@@ -85,6 +86,15 @@ def _port(text: str) -> int:
     if not 0 < value < 65536:
         raise ValueError("expected a port number 1-65535")
     return value
+
+
+def _ranged(lo: int, hi: int, what: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = _int(text)
+        if not lo <= value <= hi:
+            raise ValueError(f"expected {what} from {lo} to {hi}")
+        return value
+    return parse
 
 
 def _float(text: str) -> float:
@@ -202,6 +212,15 @@ PARAMS: tuple[Param, ...] = (
     Param("FailsafeInboundHostPorts", _ports, "22", "TCP ports always open to host endpoints."),
     Param("FailsafeOutboundHostPorts", _ports, "179,2379,2380,4001,7001",
           "TCP ports host endpoints may always reach (BGP and etcd)."),
+    # tunnels (used while a pool with that encapsulation exists; see docs/felix.md)
+    Param("VXLANMTU", _ranged(68, 65535, "an MTU"), str(DEFAULT_VXLAN_MTU),
+          "MTU of vxlan.calico, and of workload interfaces in VXLAN pools (fabric MTU "
+          "minus 50)."),
+    Param("VXLANVNI", _ranged(1, 16777215, "a VXLAN network identifier"), str(VXLAN_VNI),
+          "VXLAN network identifier of vxlan.calico (the same on every host)."),
+    Param("VXLANPort", _port, str(VXLAN_PORT), "UDP port of VXLAN (the same on every host)."),
+    Param("IpInIpMtu", _ranged(68, 65535, "an MTU"), str(DEFAULT_IPIP_MTU),
+          "MTU of tunl0, and of workload interfaces in IPIP pools (fabric MTU minus 20)."),
     # logging
     Param("LogSeverityScreen", _log_level, "INFO", "Level logged to stderr (NONE: off)."),
     Param("LogSeverityFile", _log_level, "INFO", "Level logged to LogFilePath (NONE: off)."),

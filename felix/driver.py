@@ -21,6 +21,9 @@ Owns the sequencing of felix:
   6. Config keys are followed too; when the configuration in etcd changes so that the
      resulting `Config` differs, the loop ends with `restart_requested` and main
      re-executes felix (documented in felix.config).
+  7. When pools or this node's record change (and at the first in-sync and every
+     refresh), the tunnel keeper (`felix.tunnel_keeper`) is poked to bring this node's
+     tunnel addresses in line on its own thread.
 
 Leaves to others: the calculation (`felix.calc`), the owners and their order
 (`felix.dataplane.apply`), the status decision (`felix.endpoint_status`), status
@@ -43,7 +46,9 @@ from felix.dataplane.interfaces import InterfaceEvent, InterfaceWatcher
 from felix.endpoint_status import EndpointStatuses
 from felix.health import Health, Metrics
 from felix.status import StatusReporter
+from felix.tunnel_keeper import TunnelKeeper
 from libcalico import keyspace
+from libcalico.model.tunnel import IPIP_INTERFACE, VXLAN_INTERFACE
 from libcalico.retry import Backoff
 from libcalico.syncer import SyncStatus, Update
 
@@ -54,8 +59,10 @@ MAX_RETRY = 30.0
 
 
 def felix_prefixes() -> list[str]:
-    """What felix follows: config, all hosts (endpoints), policy and pools."""
-    return [keyspace.CONFIG_DIR, keyspace.HOST_DIR, keyspace.POLICY_DIR, keyspace.POOL_DIR]
+    """What felix follows: config, all hosts (endpoints), policy, pools, and for the
+    tunnels the nodes' records and the allocation blocks."""
+    return [keyspace.CONFIG_DIR, keyspace.HOST_DIR, keyspace.POLICY_DIR, keyspace.POOL_DIR,
+            keyspace.BGP_HOST_DIR, keyspace.BLOCK_DIR]
 
 
 class Driver:
@@ -64,7 +71,8 @@ class Driver:
     def __init__(self, config: Config, owners: Owners, calc: CalcGraph, *,
                  status: StatusReporter | None = None, metrics: Metrics | None = None,
                  health: Health | None = None, file_values: dict[str, str] | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None,
+                 tunnels: TunnelKeeper | None = None) -> None:
         self.config = config
         self.owners = owners
         self.calc = calc
@@ -72,6 +80,8 @@ class Driver:
         self.metrics = metrics or Metrics()
         self.health = health or Health()
         self.statuses = EndpointStatuses(owners)
+        self.tunnels = tunnels
+        self._my_node_dir = keyspace.bgp_host_dir(config.FelixHostname)
         self._file_values = file_values or {}
         self._env = env
         self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
@@ -126,6 +136,7 @@ class Driver:
             now = time.monotonic()
             if self.ever_in_sync and refresh > 0 and now >= self._next_refresh:
                 self._next_refresh = now + refresh
+                self._poke_tunnels()
                 self.owners.mark_resync()
                 self.metrics.resyncs.inc()
                 self._needs_apply = True
@@ -147,6 +158,9 @@ class Driver:
             for u in payload:
                 if not self._config_update(u.key, u.value):
                     self.calc.on_update(u.key, u.value)
+                    if self.in_sync and (u.key.startswith(keyspace.POOL_DIR)
+                                         or u.key.startswith(self._my_node_dir)):
+                        self._poke_tunnels()
             self._needs_apply = True
             if self.in_sync:
                 self._check_config()
@@ -158,6 +172,7 @@ class Driver:
                     _log.info("datastore in sync: programming the dataplane")
                     self._next_refresh = time.monotonic() + self.config.refresh_interval
                 self.ever_in_sync = True
+                self._poke_tunnels()
                 self._check_config()
                 self._needs_apply = True
             elif self.ever_in_sync:
@@ -168,6 +183,10 @@ class Driver:
                                        None if event.kind == "removed" else event.up)
             self.owners.on_interface_update(event.ifname)
             self._needs_apply = True
+
+    def _poke_tunnels(self) -> None:
+        if self.tunnels is not None:
+            self.tunnels.poke()
 
     # --- config ------------------------------------------------------------------------------
 
@@ -235,6 +254,7 @@ class Driver:
 def start_watcher(driver: Driver, config: Config, netns: str | None = None) -> InterfaceWatcher:
     """Start the interface watcher that feeds `driver` (after its initial dump)."""
     watcher = InterfaceWatcher(driver.on_interface_event, netns=netns,
-                               prefixes=config.InterfacePrefix)
+                               prefixes=(*config.InterfacePrefix, VXLAN_INTERFACE,
+                                         IPIP_INTERFACE))
     watcher.start()
     return watcher

@@ -3,7 +3,7 @@
 Owns: command-line parsing (click), logging set-up, the start-up sequence (bootstrap
 config from file + environment -> etcd client -> config from etcd, retried with
 backoff until etcd answers -> metrics/health servers -> dataplane owners, calculation,
-status reporter, interface watcher, syncer -> the driver loop), signal handling
+status reporter, tunnel keeper, interface watcher, syncer -> the driver loop), signal handling
 (SIGTERM/SIGINT end the loop; the dataplane is left as it is) and the self re-exec
 when the configuration in etcd changes.
 
@@ -116,6 +116,7 @@ def run(config_path: str | None, log_level: str | None) -> int:
     from felix.driver import Driver, felix_prefixes, start_watcher
     from felix.health import Health, Metrics
     from felix.status import StatusReporter
+    from felix.tunnel_keeper import TunnelKeeper
     from libcalico.datastore import Datastore, EtcdSettings
     from libcalico.errors import ValidationError
     from libcalico.syncer import Syncer
@@ -155,8 +156,9 @@ def run(config_path: str | None, log_level: str | None) -> int:
         status = StatusReporter(store, config.FelixHostname, config.ReportingIntervalSecs,
                                 config.ReportingTTLSecs, config.EndpointReportingEnabled,
                                 config.EndpointReportingDelaySecs).start()
+    tunnels = TunnelKeeper(store, config.FelixHostname, config.refresh_interval).start()
     driver = Driver(config, owners, calc, status=status, metrics=metrics, health=health,
-                    file_values=file_values)
+                    file_values=file_values, tunnels=tunnels)
     driver_box.append(driver)
     if stop.is_set():
         driver.stop()
@@ -168,6 +170,7 @@ def run(config_path: str | None, log_level: str | None) -> int:
     finally:
         syncer.stop()
         watcher.stop()
+        tunnels.stop()
         if status is not None:
             status.stop(revoke=not driver.restart_requested)
         health.stop()

@@ -170,7 +170,12 @@ def pool_key(cidr: str) -> str:
 BGP_GLOBAL_AS_KEY = f"{BGP_GLOBAL_DIR}as_num"
 BGP_GLOBAL_MESH_KEY = f"{BGP_GLOBAL_DIR}node_mesh"
 BGP_GLOBAL_LOGLEVEL_KEY = f"{BGP_GLOBAL_DIR}loglevel"
-BGP_HOST_FIELDS = ("ip_addr_v4", "ip_addr_v6", "as_num", "loglevel", "rr_cluster_id")
+# A node's fields, one key each (`libcalico.model.network.NODE_KEYS` maps them onto the
+# Node's attributes): its BGP identity, the subnet of its IPv4 address (`network_v4`, for
+# cross-subnet encapsulation) and the tunnel endpoints it records itself.
+BGP_HOST_FIELDS = ("ip_addr_v4", "ip_addr_v6", "as_num", "loglevel", "rr_cluster_id",
+                   "network_v4", "vxlan_tunnel_addr_v4", "vxlan_tunnel_mac",
+                   "ipip_tunnel_addr_v4")
 
 
 def bgp_global_key(name: str) -> str:
@@ -398,7 +403,7 @@ _PATTERNS: list[tuple[re.Pattern[str], object]] = [
     (re.compile(rf"^{BGP}/global/peer_v[46]/{_S}$"), lambda m: BGPPeerKey(None, m[1])),
     (re.compile(rf"^{BGP}/global/custom_filters/v([46])/{_S}$"),
      lambda m: CustomFilterKey(int(m[1]), m[2])),
-    (re.compile(rf"^{BGP}/host/{_S}/(ip_addr_v4|ip_addr_v6|as_num|loglevel|rr_cluster_id)$"),
+    (re.compile(rf"^{BGP}/host/{_S}/({'|'.join(BGP_HOST_FIELDS)})$"),
      lambda m: BGPHostKey(m[1], m[2])),
     (re.compile(rf"^{BGP}/host/{_S}/peer_v[46]/{_S}$"), lambda m: BGPPeerKey(m[1], m[2])),
     (re.compile(rf"^{IPAM}/config$"), lambda m: IPAMConfigKey()),

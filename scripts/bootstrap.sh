@@ -7,10 +7,12 @@ cd "$(dirname "$0")/.."
 
 # docker.io and busybox-static serve the tests that run a real Docker container (each test
 # starts its own dockerd with a private socket; the packaged service is not started);
-# debootstrap makes the node image's Debian base (`calicoctl node image build`).
+# debootstrap makes the node image's Debian base (`calicoctl node image build`); tcpdump
+# serves the routing tests (what crosses the simulated router), iperf3 the routing
+# benchmark (bench/routing.py).
 DEBS=(etcd-server etcd-client bird2 iptables ipset iproute2 conntrack supervisor
-      iputils-ping netcat-openbsd tcpdump openssl procps kmod python3 python3-venv python3-pip
-      docker.io busybox-static debootstrap)
+      iputils-ping netcat-openbsd tcpdump iperf3 openssl procps kmod python3 python3-venv
+      python3-pip docker.io busybox-static debootstrap)
 
 if [ "$(id -u)" != 0 ]; then
     echo "bootstrap: run as root (it installs Debian packages and creates namespaces)" >&2

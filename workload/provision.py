@@ -4,12 +4,14 @@ endpoint together, so that no failure leaves one without the others.
 Owns the order of the steps and what happens when one fails:
 - `add_workload` (and `add_address`): every input is checked first (interface name,
   MTU, identity, profiles, labels, address requests and their pools), then addresses
-  are assigned (IPAM), the interface is created and configured (`workload.veth`), and
-  the endpoint is written last, so felix never sees an endpoint whose interface is not
-  ready. A failure at any step undoes the steps before it (interface deleted, addresses
-  released) and re-raises. A process killed part-way cannot undo: what it assigned stays
-  recorded under the workload's handle (`calicoctl ipam check` reports it as a leak and
-  `--fix` releases it), and a veth it created stays until its namespace goes.
+  are assigned (IPAM), the interface is created and configured (`workload.veth`) with
+  the given MTU or, by default, the tunnel MTU when an address is in a pool with an
+  encapsulation (`workload.mtu`), and the endpoint is written last, so felix never sees
+  an endpoint whose interface is not ready. A failure at any step undoes the steps
+  before it (interface deleted, addresses released) and re-raises. A process killed
+  part-way cannot undo: what it assigned stays recorded under the workload's handle
+  (`calicoctl ipam check` reports it as a leak and `--fix` releases it), and a veth it
+  created stays until its namespace goes.
 - `remove_workload`: the endpoint is marked inactive first (felix withdraws its routes
   and drops its traffic; the record stays, as the marker a retry finds), then the
   interface is deleted, then the addresses IPAM still holds for the endpoint are
@@ -57,6 +59,7 @@ from libcalico.model.validate import (
 )
 from workload import addresses, veth
 from workload.gateway import gateway_for, host_net, host_nets, ip_version
+from workload.mtu import workload_mtu
 
 if TYPE_CHECKING:
     from libcalico.client import CalicoClient
@@ -159,6 +162,8 @@ def add_workload(client: CalicoClient, ipam: IPAMClient, where: Workload,
                                           where.hostname)
             ips.append(ip)
             undo.push(f"release {ip}", partial(ipam.release_ips, [ip]))
+        if mtu is None:
+            mtu = workload_mtu(client, where.hostname, ips)
         iface = veth.create_workload_interface(where.netns, host_ifname, ifname, ips,
                                                host_netns=host_netns, mtu=mtu)
         undo.push(f"delete {host_ifname}",

@@ -9,13 +9,15 @@ with one job:
   - `membership.MembershipIndex`: ipset members from every endpoint in the cluster;
   - `endpoints.EndpointCalculator`: local endpoints -> endpoint and dispatch chains,
     routes, neighbour entries, interface settings, endpoint infos;
+  - `tunnels.TunnelCalculator`: encapsulated pools, allocation blocks and nodes ->
+    tunnel devices, routes to remote blocks, VXLAN neighbour and FDB entries;
   - `recorder.ChangeRecorder`: the desired state so far and the delta since the last
     flush.
 This module routes each update to the parts that need it (`on_update`), renders the
 few things too small for a part of their own (the static chains and base jumps from
 the settings, and the pools' nat-outgoing ipsets) and fixes the order of `flush()`:
-static chains, rule sources and ipsets, endpoints (routes, interfaces, dispatch), pools;
-then the recorder hands over one `Changes`. `on_update()` only records and marks dirty;
+static chains, rule sources and ipsets, endpoints (routes, interfaces, dispatch), pools,
+tunnels; then the recorder hands over one `Changes`. `on_update()` only records and marks dirty;
 the result depends only on the set of (key, value) pairs seen last, never on their
 order or on how updates were batched between flushes.
 
@@ -37,12 +39,17 @@ from felix.calc.membership import EndpointData, MembershipIndex
 from felix.calc.parse import parse_update
 from felix.calc.policy_resolver import PolicyResolver
 from felix.calc.recorder import ChangeRecorder
+from felix.calc.tunnels import TunnelCalculator, TunnelSettings
 from felix.calc.types import Changes, DesiredState, TableKey
 from felix.dataplane.types import IPSetState
 from felix.rules.names import IPSET_ALL_POOLS, IPSET_MASQ_POOLS, Marks
 from felix.rules.static import render_base_jumps, render_filter_chains, render_nat_chains
 from libcalico import keyspace
 from libcalico.model import HostEndpoint, IPPool, WorkloadEndpoint
+from libcalico.model.network import NODE_KEYS
+from libcalico.model.tunnel import DEFAULT_IPIP_MTU, DEFAULT_VXLAN_MTU, VXLAN_PORT, VXLAN_VNI
+
+NODE_ATTRS = {key: attr for attr, key in NODE_KEYS.items()}
 
 _log = logging.getLogger(__name__)
 
@@ -58,13 +65,23 @@ class CalcSettings:
     failsafe_in: tuple[int, ...] = (22,)
     failsafe_out: tuple[int, ...] = (179, 2379, 2380, 4001, 7001)
     ipv6: bool = True
+    vxlan_mtu: int = DEFAULT_VXLAN_MTU
+    vxlan_vni: int = VXLAN_VNI
+    vxlan_port: int = VXLAN_PORT
+    ipip_mtu: int = DEFAULT_IPIP_MTU
 
     @classmethod
     def from_config(cls, config: Any, ipv6: bool) -> CalcSettings:
         return cls(config.FelixHostname, tuple(config.InterfacePrefix),
                    config.DefaultEndpointToHostAction, config.IptablesMarkMask,
                    tuple(config.FailsafeInboundHostPorts),
-                   tuple(config.FailsafeOutboundHostPorts), ipv6)
+                   tuple(config.FailsafeOutboundHostPorts), ipv6, config.VXLANMTU,
+                   config.VXLANVNI, config.VXLANPort, config.IpInIpMtu)
+
+    @property
+    def tunnels(self) -> TunnelSettings:
+        return TunnelSettings(self.hostname, self.vxlan_mtu, self.vxlan_vni, self.vxlan_port,
+                              self.ipip_mtu)
 
 
 def _plain(nets: Iterable[str]) -> tuple[str, ...]:
@@ -89,6 +106,7 @@ class CalcGraph:
                                             tiers_for=lambda key: self.resolver.tiers_for(key))
         self.resolver = PolicyResolver(on_active=self.active_rules.set_active,
                                        on_endpoint_dirty=self.endpoints.mark_dirty)
+        self.tunnels = TunnelCalculator(settings.tunnels, self.recorder)
         self._pools: dict[str, IPPool] = {}
         self._pools_dirty = True
         self._static_dirty = True
@@ -113,6 +131,11 @@ class CalcGraph:
             self.active_rules.on_policy((k.tier, k.name), v)
         elif isinstance(k, keyspace.PoolKey):
             self._on_pool(k.cidr, v)
+            self.tunnels.on_pool(k.cidr, v)
+        elif isinstance(k, keyspace.BlockKey):
+            self.tunnels.on_block(k.cidr, v)
+        elif isinstance(k, keyspace.BGPHostKey):
+            self.tunnels.on_node_field(k.hostname, NODE_ATTRS[k.name], v)
 
     def on_updates(self, updates: Iterable[tuple[str, str | None]]) -> None:
         for key, value in updates:
@@ -175,6 +198,7 @@ class CalcGraph:
         self.endpoints.flush()
         if self._pools_dirty:
             self._render_pools()
+        self.tunnels.flush()
         return self.recorder.take()
 
     def _render_static(self) -> None:

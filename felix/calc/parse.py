@@ -1,8 +1,10 @@
 """Turning one syncer update (key, JSON text | None) into a typed model value.
 
 Owns: the boundary between etcd text and the model: `parse_key`, JSON decoding and the
-model's `from_json`. Invalid JSON or an invalid resource is treated as absent and logged
-once, in one line naming the key and the reason, so the rest keeps working.
+model's `from_json` (node fields are plain strings; allocation blocks are reduced to
+what the tunnel part needs, `BlockInfo`). Invalid JSON or an invalid resource is treated
+as absent and logged once, in one line naming the key and the reason, so the rest keeps
+working.
 
 Leaves to others: what the values mean for the dataplane (`felix.calc.graph`).
 """
@@ -14,18 +16,22 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from felix.calc.types import BlockInfo
 from libcalico import keyspace
 from libcalico.errors import ValidationError
+from libcalico.ipam.block import AllocationBlock
 from libcalico.model import (
     HostEndpoint,
     HostEndpointId,
     IPPool,
+    Node,
     Policy,
     Profile,
     Tier,
     WorkloadEndpoint,
     WorkloadEndpointId,
 )
+from libcalico.model.network import NODE_KEYS
 from libcalico.model.rules import Rules
 
 _log = logging.getLogger(__name__)
@@ -56,19 +62,57 @@ def _profile_part(key: keyspace.ProfileKey, data: Any) -> Any:
     return Profile.from_parts(key.name, labels=data).labels
 
 
+_NODE_ATTRS = {key: attr for attr, key in NODE_KEYS.items()}
+
+
+def _allocation_host(secondary: Any) -> str | None:
+    """The host an allocation was made for (`{"host": ...}`; Calico v3 says `node`)."""
+    if isinstance(secondary, dict):
+        host = secondary.get("host") or secondary.get("node")
+        if isinstance(host, str) and host:
+            return host
+    return None
+
+
+def parse_block(data: Any) -> BlockInfo:
+    """Affinity and borrowed addresses of a stored allocation block."""
+    try:
+        block = AllocationBlock.from_json(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValidationError("block", str(data)[:60], str(exc)) from None
+    owner = block.host
+    plen = block.network.max_prefixlen
+    borrowed = []
+    for ordinal, index in enumerate(block.allocations):
+        if index is None:
+            continue
+        host = _allocation_host(block.attributes[index].get("secondary"))
+        if host is not None and host != owner:
+            borrowed.append((f"{block.address(ordinal)}/{plen}", host))
+    return BlockInfo(owner, tuple(borrowed))
+
+
 def parse_update(key: str, value: str | None) -> Parsed | None:
-    """None for keys felix does not follow; else the parsed key and value."""
+    """None for keys felix does not follow; else the parsed key and value. A node field
+    (`BGPHostKey`) is a plain string, its value the Node attribute it sets."""
     parsed = keyspace.parse_key(key)
     if not isinstance(parsed, keyspace.WorkloadEndpointKey | keyspace.HostEndpointKey
                       | keyspace.ProfileKey | keyspace.TierKey | keyspace.PolicyKey
-                      | keyspace.PoolKey):
+                      | keyspace.PoolKey | keyspace.BlockKey | keyspace.BGPHostKey):
         return None
     if value is None:
         return Parsed(parsed, None)
     try:
+        if isinstance(parsed, keyspace.BGPHostKey):
+            attr = _NODE_ATTRS[parsed.name]
+            text = value.strip()
+            field = getattr(Node.from_json(parsed.hostname, {parsed.name: text}), attr)
+            return Parsed(parsed, field)
         data = _decode(value)
         model: Any
-        if isinstance(parsed, keyspace.WorkloadEndpointKey):
+        if isinstance(parsed, keyspace.BlockKey):
+            model = parse_block(data)
+        elif isinstance(parsed, keyspace.WorkloadEndpointKey):
             model = WorkloadEndpoint.from_json(
                 WorkloadEndpointId(parsed.hostname, parsed.orchestrator, parsed.workload,
                                    parsed.endpoint_id), data)

@@ -2,7 +2,9 @@
 since the last flush. Pure.
 
 Owns, as the calculation parts set them: the felix chains and base jumps of every
-table, the ipsets, routes, interface settings, each local endpoint's neighbour entries
+table, the ipsets, routes (local workloads' and, from the tunnel part, remote blocks'; a
+destination both want gets the local workload's route), interface settings, neighbour
+entries (per local endpoint, and the tunnel part's), tunnel devices, VXLAN FDB entries
 and each local endpoint's `EndpointInfo`; and the `Changes` accumulated since the last
 `take()`. Every setter compares with what it holds and records only a real difference
 (a chain that comes back as the very same object, as unchanged dispatch subtrees do, is
@@ -24,19 +26,23 @@ from collections.abc import Iterable, Sequence
 from felix.calc.types import Changes, DesiredState, EndpointInfo, EpKey, TableKey
 from felix.dataplane.types import (
     Chain,
+    FDBState,
     InterfaceState,
     IPSetState,
     NeighbourState,
     RouteState,
     Rule,
+    TunnelDevice,
 )
 
 
 class ChangeRecorder:
     """Desired state plus the pending delta. State fields: `_chains`/`_jumps` per table,
-    `_ipsets` by name, `_routes` by destination, `_interfaces` by name, `_neighbours` and
-    `_ep_info` by endpoint key (desired); `_changes` (the delta to hand over next);
-    `_neigh_dirty` (the union of neighbour entries changed since the last take)."""
+    `_ipsets` by name, `_routes` by destination (the effective route: `_local_routes`
+    first, else `_remote_routes`), `_interfaces` by name, `_neighbours` and `_ep_info` by
+    endpoint key (or the tunnel part's key), `_devices` by name, `_fdb` (desired);
+    `_changes` (the delta to hand over next); `_neigh_dirty` (the union of neighbour
+    entries changed since the last take)."""
 
     def __init__(self, tables: Sequence[TableKey]) -> None:
         self.tables = tuple(tables)
@@ -44,6 +50,10 @@ class ChangeRecorder:
         self._jumps: dict[TableKey, dict[str, tuple[Rule, ...]]] = {t: {} for t in self.tables}
         self._ipsets: dict[str, IPSetState] = {}
         self._routes: dict[str, RouteState] = {}
+        self._local_routes: dict[str, RouteState] = {}
+        self._remote_routes: dict[str, RouteState] = {}
+        self._devices: dict[str, TunnelDevice] = {}
+        self._fdb: frozenset[FDBState] = frozenset()
         self._interfaces: dict[str, InterfaceState] = {}
         self._neighbours: dict[EpKey, frozenset[NeighbourState]] = {}
         self._neigh_dirty = False
@@ -85,12 +95,44 @@ class ChangeRecorder:
             self._changes.ipsets.setdefault(version, {})[name] = None
 
     def set_route(self, dest: str, route: RouteState | None) -> None:
-        if self._routes.get(dest) != route:
-            if route is None:
+        """A local workload's route (the endpoint calculator's)."""
+        self._set_route(self._local_routes, dest, route)
+
+    def set_remote_route(self, dest: str, route: RouteState | None) -> None:
+        """A route to a remote block or workload of an encapsulated pool (or a local
+        block's blackhole): the tunnel part's. A local workload's route to the same
+        destination wins."""
+        self._set_route(self._remote_routes, dest, route)
+
+    def _set_route(self, table: dict[str, RouteState], dest: str,
+                   route: RouteState | None) -> None:
+        if table.get(dest) == route:
+            return
+        if route is None:
+            del table[dest]
+        else:
+            table[dest] = route
+        effective = self._local_routes.get(dest) or self._remote_routes.get(dest)
+        if self._routes.get(dest) != effective:
+            if effective is None:
                 del self._routes[dest]
             else:
-                self._routes[dest] = route
-            self._changes.routes[dest] = route
+                self._routes[dest] = effective
+            self._changes.routes[dest] = effective
+
+    def set_device(self, name: str, device: TunnelDevice | None) -> None:
+        if self._devices.get(name) != device:
+            if device is None:
+                del self._devices[name]
+            else:
+                self._devices[name] = device
+            self._changes.devices[name] = device
+
+    def set_fdb(self, entries: frozenset[FDBState]) -> None:
+        """The whole set of VXLAN FDB entries."""
+        if entries != self._fdb:
+            self._fdb = entries
+            self._changes.fdb = entries
 
     def set_interface(self, ifname: str, state: InterfaceState | None) -> None:
         if self._interfaces.get(ifname) != state:
@@ -137,4 +179,4 @@ class ChangeRecorder:
             base_jumps={t: dict(j) for t, j in self._jumps.items()},
             ipsets=dict(self._ipsets), routes=dict(self._routes),
             interfaces=dict(self._interfaces), neighbours=self._all_neighbours(),
-            endpoints=dict(self._ep_info))
+            endpoints=dict(self._ep_info), devices=dict(self._devices), fdb=self._fdb)

@@ -1,7 +1,8 @@
 """The values felix's calculation parts exchange and hand to the driver. Pure.
 
 Owns: the key aliases the parts share (`TableKey`, `EpKey`, `PolicyId`, `Source`),
-`EndpointInfo` (a local workload endpoint as the status decision sees it), `Changes`
+`EndpointInfo` (a local workload endpoint as the status decision sees it), `BlockInfo`
+(an allocation block as the tunnel part sees it), `Changes`
 (what one flush hands to the dataplane: the delta since the previous flush) and
 `DesiredState` (a full snapshot, which tests compare).
 
@@ -17,11 +18,13 @@ from typing import Any
 
 from felix.dataplane.types import (
     Chain,
+    FDBState,
     InterfaceState,
     IPSetState,
     NeighbourState,
     RouteState,
     Rule,
+    TunnelDevice,
 )
 
 TableKey = tuple[int, str]  # (IP version, table)
@@ -45,6 +48,15 @@ class EndpointInfo:
     chains: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class BlockInfo:
+    """An allocation block as the tunnel part needs it: the host it is affine to (None:
+    nobody's) and its addresses held by other hosts, as ("a.b.c.d/32", host) pairs."""
+
+    host: str | None
+    borrowed: tuple[tuple[str, str], ...] = ()
+
+
 @dataclass
 class Changes:
     """What changed since the last flush. None values mean "remove"."""
@@ -56,11 +68,14 @@ class Changes:
     interfaces: dict[str, InterfaceState | None] = field(default_factory=dict)
     neighbours: frozenset[NeighbourState] | None = None  # the full set, when it changed
     endpoints: dict[Any, EndpointInfo | None] = field(default_factory=dict)
+    devices: dict[str, TunnelDevice | None] = field(default_factory=dict)
+    fdb: frozenset[FDBState] | None = None  # the full set, when it changed
 
     def __bool__(self) -> bool:
         return bool(any(self.chains.values()) or any(self.base_jumps.values())
                     or any(self.ipsets.values()) or self.routes or self.interfaces
-                    or self.neighbours is not None or self.endpoints)
+                    or self.neighbours is not None or self.endpoints or self.devices
+                    or self.fdb is not None)
 
 
 @dataclass(frozen=True)
@@ -74,3 +89,5 @@ class DesiredState:
     interfaces: Mapping[str, InterfaceState]
     neighbours: frozenset[NeighbourState]
     endpoints: Mapping[Any, EndpointInfo]
+    devices: Mapping[str, TunnelDevice] = field(default_factory=dict)
+    fdb: frozenset[FDBState] = frozenset()

@@ -1,13 +1,15 @@
 """The set of dataplane owners and the one fixed order in which they are applied.
 
 Owns `Owners`: one owner per kernel table - `IPSets` per IP version, `IptablesTable` per
-(IP version, table), `Routes` (routes and neighbour entries), `Interfaces` (sysctls and
-proxy NDP) - plus the nf_tables generation tracker. `take(changes)` hands one calculated
-batch to the owners (no I/O); `apply()` then applies them in this order, as Go Felix's
-`int_dataplane` does:
+(IP version, table), `Tunnels` (tunnel devices and VXLAN FDB entries), `Routes` (routes
+and neighbour entries), `Interfaces` (sysctls and proxy NDP) - plus the nf_tables
+generation tracker. `take(changes)` hands one calculated batch to the owners (no I/O);
+`apply()` then applies them in this order, as Go Felix's `int_dataplane` does:
 
     1. ipsets (create/update), per IP version
-    2. routes and neighbour entries, then interface settings
+    2. tunnel devices and their FDB entries, then routes and neighbour entries (a
+       device the tunnel owner (re)created has its routes and neighbours rewritten:
+       the kernel dropped them with the old one), then interface settings
     3. iptables: filter v4, filter v6, nat v4
     4. ipset deletions, per IP version
 
@@ -43,8 +45,10 @@ from felix.dataplane.ipsets import IPSets
 from felix.dataplane.iptables import IptablesTable
 from felix.dataplane.nftgen import RulesetGeneration, iptables_is_nft
 from felix.dataplane.routes import Routes
+from felix.dataplane.tunnels import Tunnels
 from felix.rules.dispatch import dispatch_target, is_workload_dispatch_chain
 from felix.rules.names import CHAIN_FROM_ENDPOINT, CHAIN_TO_ENDPOINT
+from libcalico.model.tunnel import VXLAN_INTERFACE
 
 if TYPE_CHECKING:  # the shapes only: nothing here runs calc, config or metrics code
     from felix.calc.types import Changes, TableKey
@@ -78,6 +82,7 @@ class Owners:
     interfaces: Interfaces
     generation: RulesetGeneration = field(
         default_factory=lambda: RulesetGeneration(None, enabled=False))
+    tunnels: Tunnels | None = None  # None: no tunnel owner (tests of the others)
     table_failures: dict[TableKey, str] = field(default_factory=dict, init=False)
     _unprogrammed: dict[TableKey, frozenset[str]] = field(default_factory=dict, init=False,
                                                           repr=False)
@@ -94,13 +99,17 @@ class Owners:
             nft = iptables_is_nft(runner.run(["iptables", "-V"]))
         except CommandFailed:
             nft = False
+        # Neighbour entries felix owns: on workload interfaces and on vxlan.calico.
+        prefixes = (*config.InterfacePrefix, VXLAN_INTERFACE)
         return cls({v: IPSets(v, runner, max_size=config.MaxIpsetSize) for v in versions},
-                   tables, Routes(netns, iface_prefixes=config.InterfacePrefix),
-                   Interfaces(netns), RulesetGeneration(netns, enabled=nft))
+                   tables, Routes(netns, iface_prefixes=prefixes),
+                   Interfaces(netns), RulesetGeneration(netns, enabled=nft), Tunnels(netns))
 
     def close(self) -> None:
         self.routes.close()
         self.interfaces.close()
+        if self.tunnels is not None:
+            self.tunnels.close()
 
     # ---- desired state ----------------------------------------------------------------
 
@@ -133,9 +142,19 @@ class Owners:
                 self.interfaces.remove_interface(ifname)
             else:
                 self.interfaces.set_interface(iface)
+        if self.tunnels is not None:
+            for name, device in changes.devices.items():
+                if device is None:
+                    self.tunnels.remove_device(name)
+                else:
+                    self.tunnels.set_device(device)
+            if changes.fdb is not None:
+                self.tunnels.set_fdb(changes.fdb)
 
     def on_interface_update(self, ifname: str) -> None:
         """An interface appeared, changed or vanished: look at its routes and settings."""
+        if self.tunnels is not None:
+            self.tunnels.on_interface_update(ifname)
         self.routes.on_interface_update(ifname)
         self.interfaces.on_interface_update(ifname)
 
@@ -151,6 +170,8 @@ class Owners:
                 t.mark_resync()
         self.routes.mark_resync()
         self.interfaces.mark_resync()
+        if self.tunnels is not None:
+            self.tunnels.mark_resync()
 
     # ---- apply ------------------------------------------------------------------------
 
@@ -169,6 +190,8 @@ class Owners:
 
         for v, sets in self.ipsets.items():
             step(f"ipsets-v{v}", sets.apply)
+        if self.tunnels is not None:
+            step("tunnels", self._apply_tunnels)
         step("routes", self.routes.apply)
         step("interfaces", self.interfaces.apply)
         read_back = all(t.needs_resync for t in self.tables.values())
@@ -191,6 +214,14 @@ class Owners:
                 step(f"ipset-deletions-v{v}", sets.apply_deletions)
         self._note_failures(failed, skipped)
         return failed
+
+    def _apply_tunnels(self) -> None:
+        assert self.tunnels is not None
+        try:
+            self.tunnels.apply()
+        finally:  # also when another device failed after one was created
+            for name in self.tunnels.last_created:
+                self.routes.on_interface_update(name)
 
     def _note_failures(self, failed: Mapping[str, str],
                        skipped: Mapping[TableKey, str]) -> None:

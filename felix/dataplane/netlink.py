@@ -1,9 +1,10 @@
 """A small rtnetlink client for bulk route/neighbour writes and fast dumps.
 
 Owns: one NETLINK_ROUTE socket (opened inside a network namespace if asked, with a
-large receive buffer), encoding of the few messages felix writes (routes, neighbour
-entries), and decoding of link, route and neighbour dumps and link events, reading only
-the fields felix needs. Writes are pipelined: a whole batch of requests goes out in a
+large receive buffer), encoding of the few messages felix writes (routes - link scope,
+via a gateway (onlink), blackhole -, neighbour entries, VXLAN FDB entries), and decoding
+of link, route, neighbour and FDB dumps and link events, reading only the fields felix
+needs. Writes are pipelined: a whole batch of requests goes out in a
 few `send` calls and the per-request acks come back as errno values, so 10,000 routes
 cost one round of syscalls rather than 10,000 round trips.
 
@@ -54,8 +55,8 @@ from pyroute2.netlink.rtnl import (
     rtypes,
 )
 from pyroute2.netlink.rtnl.ifinfmsg import IFF_LOWER_UP, IFF_RUNNING, IFF_UP, ifinfmsg
-from pyroute2.netlink.rtnl.ndmsg import NTF_PROXY, NUD_PERMANENT, ndmsg
-from pyroute2.netlink.rtnl.rtmsg import rtmsg
+from pyroute2.netlink.rtnl.ndmsg import NTF_PROXY, NTF_SELF, NUD_PERMANENT, ndmsg
+from pyroute2.netlink.rtnl.rtmsg import RTNH_F_ONLINK, rtmsg
 
 from felix.dataplane.cmd import DataplaneError
 from felix.dataplane.netns import run_in_netns
@@ -74,12 +75,16 @@ def _nla_type(msg: type, name: str) -> int:
 IFLA_IFNAME = _nla_type(ifinfmsg, "IFLA_IFNAME")
 RTA_DST = _nla_type(rtmsg, "RTA_DST")
 RTA_OIF = _nla_type(rtmsg, "RTA_OIF")
+RTA_GATEWAY = _nla_type(rtmsg, "RTA_GATEWAY")
 RTA_TABLE = _nla_type(rtmsg, "RTA_TABLE")
 NDA_DST = _nla_type(ndmsg, "NDA_DST")
 NDA_LLADDR = _nla_type(ndmsg, "NDA_LLADDR")
 RT_SCOPE_LINK = rt_scope["link"]
 RT_SCOPE_NOWHERE = rt_scope["nowhere"]
+RT_SCOPE_UNIVERSE = rt_scope["universe"]
+RTN_UNSPEC = rtypes["RTN_UNSPEC"]
 RTN_UNICAST = rtypes["RTN_UNICAST"]
+RTN_BLACKHOLE = rtypes["RTN_BLACKHOLE"]
 # Not exported by pyroute2 or the socket module (linux/rtnetlink.h, asm/socket.h).
 RT_TABLE_MAIN = 254
 SO_RCVBUFFORCE = 33
@@ -93,6 +98,7 @@ _RTA = struct.Struct("=HH")
 _ERR = struct.Struct("=i")
 _U32 = struct.Struct("=I")
 _FAMILY_BYTES = {socket.AF_INET: 4, socket.AF_INET6: 16}
+_ADDR_FAMILY = {4: socket.AF_INET, 16: socket.AF_INET6}  # by address length
 
 # Requests per send; their acks (one small skb each) must fit the receive buffer.
 _WINDOW = 512
@@ -137,12 +143,26 @@ class KernelRoute:
     proto: int
     table: int
     scope: int
+    gateway: str | None = None
+    rtype: int = RTN_UNICAST
+    flags: int = 0  # rtm_flags (RTNH_F_ONLINK for an onlink gateway)
+
+    @property
+    def onlink(self) -> bool:
+        return bool(self.flags & RTNH_F_ONLINK)
+
+    @property
+    def blackhole(self) -> bool:
+        return self.rtype == RTN_BLACKHOLE
 
 
 @dataclass(frozen=True)
 class KernelNeighbour:
+    """A neighbour entry; for an FDB entry (family AF_BRIDGE) `lladdr` is the MAC and
+    `dst` the remote address it forwards to (None when the entry has none)."""
+
     family: int
-    dst: str
+    dst: str | None
     lladdr: str | None
     ifindex: int
     state: int
@@ -176,14 +196,27 @@ def _family_of(address: str) -> int:
     return socket.AF_INET6 if ":" in address else socket.AF_INET
 
 
-def route_request(dst: str, prefixlen: int, oif: int, proto: int, delete: bool = False) -> Request:
-    """RTM_NEWROUTE (create or replace) or RTM_DELROUTE for a link-scope host route."""
+def route_request(dst: str, prefixlen: int, oif: int, proto: int, delete: bool = False,
+                  gateway: str | None = None, onlink: bool = False,
+                  blackhole: bool = False) -> Request:
+    """RTM_NEWROUTE (create or replace) or RTM_DELROUTE in the main table, metric 0: a
+    link-scope route out of `oif`, a route via `gateway` (optionally `onlink`, out of
+    `oif` or wherever the kernel finds the gateway when `oif` is 0), or a blackhole.
+    A delete matches the destination, protocol and (if given) device, whatever the type."""
     family = _family_of(dst)
-    body = _RTMSG.pack(family, prefixlen, 0, 0, RT_TABLE_MAIN, proto,
-                       RT_SCOPE_NOWHERE if delete else RT_SCOPE_LINK, RTN_UNICAST, 0)
+    if delete:
+        scope, rtype = RT_SCOPE_NOWHERE, RTN_UNSPEC
+    elif blackhole or gateway:
+        scope, rtype = RT_SCOPE_UNIVERSE, RTN_BLACKHOLE if blackhole else RTN_UNICAST
+    else:
+        scope, rtype = RT_SCOPE_LINK, RTN_UNICAST
+    flags = RTNH_F_ONLINK if onlink and not delete else 0
+    body = _RTMSG.pack(family, prefixlen, 0, 0, RT_TABLE_MAIN, proto, scope, rtype, flags)
     body += _attr(RTA_DST, socket.inet_pton(family, dst))
-    if oif:
+    if oif and not blackhole:
         body += _attr(RTA_OIF, _U32.pack(oif))
+    if gateway and not delete:
+        body += _attr(RTA_GATEWAY, socket.inet_pton(_family_of(gateway), gateway))
     if delete:
         return Request(RTM_DELROUTE, 0, body)
     return Request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, body)
@@ -202,6 +235,17 @@ def neighbour_request(ip: str, mac: str | None, ifindex: int, delete: bool = Fal
     return Request(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, body)
 
 
+def fdb_request(mac: str, dst: str, ifindex: int, delete: bool = False) -> Request:
+    """RTM_NEWNEIGH (create or replace: one remote per MAC) or RTM_DELNEIGH for a
+    permanent FDB entry of a VXLAN device: `mac` is forwarded to the remote `dst`."""
+    body = _NDMSG.pack(socket.AF_BRIDGE, ifindex, NUD_PERMANENT, NTF_SELF, 0)
+    body += _attr(NDA_LLADDR, bytes.fromhex(mac.replace(":", "")))
+    body += _attr(NDA_DST, socket.inet_pton(_family_of(dst), dst))
+    if delete:
+        return Request(RTM_DELNEIGH, 0, body)
+    return Request(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, body)
+
+
 def _parse_link(data: bytes, offset: int, end: int) -> Link | None:
     _family, _type, index, flags, _change = _IFINFO.unpack_from(data, offset)
     for attr_type, payload in _attrs(data, offset + _IFINFO.size, end):
@@ -214,30 +258,33 @@ def _parse_route(data: bytes, offset: int, end: int) -> KernelRoute | None:
     family, dst_len, _s, _t, table, proto, scope, _rtype, _f = _RTMSG.unpack_from(data, offset)
     if family not in _FAMILY_BYTES:
         return None
-    dst = oif = None
+    dst = oif = gateway = None
     for attr_type, payload in _attrs(data, offset + _RTMSG.size, end):
         if attr_type == RTA_DST:
             dst = socket.inet_ntop(family, payload)
         elif attr_type == RTA_OIF:
             oif = _U32.unpack(payload)[0]
+        elif attr_type == RTA_GATEWAY and len(payload) in _ADDR_FAMILY:
+            gateway = socket.inet_ntop(_ADDR_FAMILY[len(payload)], payload)
         elif attr_type == RTA_TABLE:
             table = _U32.unpack(payload)[0]
     if dst is None:
         dst = "0.0.0.0" if family == socket.AF_INET else "::"
-    return KernelRoute(f"{dst}/{dst_len}", oif or 0, proto, table, scope)
+    return KernelRoute(f"{dst}/{dst_len}", oif or 0, proto, table, scope, gateway, _rtype,
+                       _f)
 
 
 def _parse_neighbour(data: bytes, offset: int, end: int) -> KernelNeighbour | None:
     family, ifindex, state, flags, _type = _NDMSG.unpack_from(data, offset)
-    if family not in _FAMILY_BYTES:
+    if family not in _FAMILY_BYTES and family != socket.AF_BRIDGE:
         return None
     dst = mac = None
     for attr_type, payload in _attrs(data, offset + _NDMSG.size, end):
-        if attr_type == NDA_DST:
-            dst = socket.inet_ntop(family, payload)
+        if attr_type == NDA_DST and len(payload) in _ADDR_FAMILY:
+            dst = socket.inet_ntop(_ADDR_FAMILY[len(payload)], payload)
         elif attr_type == NDA_LLADDR:
             mac = ":".join(f"{b:02x}" for b in payload)
-    if dst is None:
+    if dst is None and family != socket.AF_BRIDGE:
         return None
     return KernelNeighbour(family, dst, mac, ifindex, state, flags)
 
@@ -354,13 +401,24 @@ class NetlinkSocket:
                 routes.append(route)
         return routes
 
+    def dump_fdb(self, ifindex: int) -> list[KernelNeighbour]:
+        """The FDB entries of one device (a VXLAN device's remotes)."""
+        body = _NDMSG.pack(socket.AF_BRIDGE, ifindex, 0, 0, 0)
+        out = []
+        for data, mtype, off, end in self._dump(RTM_GETNEIGH, body):
+            n = _parse_neighbour(data, off, end) if mtype == RTM_NEWNEIGH else None
+            if n is not None and n.family == socket.AF_BRIDGE and n.ifindex == ifindex:
+                out.append(n)
+        return out
+
     def dump_neighbours(self, proxy: bool = False) -> list[KernelNeighbour]:
         """Neighbour entries (`proxy=True`: the proxy ARP/NDP entries instead)."""
         body = _NDMSG.pack(0, 0, 0, NTF_PROXY if proxy else 0, 0)
         out = []
         for data, mtype, off, end in self._dump(RTM_GETNEIGH, body):
             n = _parse_neighbour(data, off, end) if mtype == RTM_NEWNEIGH else None
-            if n is not None and bool(n.flags & NTF_PROXY) == proxy:
+            if (n is not None and n.family in _FAMILY_BYTES
+                    and bool(n.flags & NTF_PROXY) == proxy):
                 out.append(n)
         return out
 

@@ -1,8 +1,11 @@
-"""The owner of felix's workload routes and static neighbour entries.
+"""The owner of felix's routes and static neighbour entries.
 
-Owns: the desired host routes (/32, /128 via a workload interface, `proto 80`, scope
-link, main table) and permanent neighbour entries (workload IP -> MAC), what it believes
-the kernel holds, a dirty set and the entries waiting for their interface. `apply()`
+Owns: the desired felix routes (`proto 80`, metric 0, main table): host routes to local
+workloads (/32, /128 via a workload interface, scope link) and, for encapsulated pools,
+routes to remote blocks via a gateway (onlink on a tunnel device, or plain) and
+blackholes for local blocks; and the permanent neighbour entries (workload IP -> MAC,
+remote tunnel address -> VTEP MAC on `vxlan.calico`); what it believes the kernel
+holds, a dirty set and the entries waiting for their interface. `apply()`
 sends every change as one pipelined netlink batch (`felix.dataplane.netlink`):
 create-or-replace for missing or wrong routes, delete for felix routes (proto 80) that
 are no longer desired. It is idempotent: a delete that finds nothing is done. A route or
@@ -14,8 +17,10 @@ links, routes and neighbours once and marks every difference dirty. An entry who
 failed (the kernel refused it, or the batch never got an answer) is listed with the
 reason in `failures` (by interface) until a later apply writes it.
 
-Never touched: routes with another protocol, other tables, neighbour entries that are
-not permanent or not on an interface with one of `iface_prefixes`.
+Never touched: routes with another protocol (BIRD's are protocol bird with metric 32, so
+the kernel keeps a felix route and a BIRD route to one prefix side by side and neither
+replaces or deletes the other), other tables, neighbour entries that are not permanent
+or not on an interface with one of `iface_prefixes`.
 
 Leaves to others: which routes exist (felix.calc), interface sysctls (interfaces.py),
 watching interfaces (interfaces.InterfaceWatcher), ordering (felix.dataplane.apply).
@@ -27,7 +32,7 @@ import errno
 import ipaddress
 import logging
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from pyroute2.netlink.rtnl.ndmsg import NUD_PERMANENT
 
@@ -52,6 +57,23 @@ _NO_IFACE = (errno.ENODEV, errno.ENETDOWN)  # interface vanished or went down me
 NeighKey = tuple[str, str]  # (ifname, ip)
 
 
+class RouteValue(NamedTuple):
+    """A route as the kernel holds it: device index (0: none, or the kernel's choice for
+    a plain gateway route), gateway, blackhole, onlink."""
+
+    oif: int
+    gateway: str | None = None
+    blackhole: bool = False
+    onlink: bool = False
+
+    def satisfies(self, want: RouteValue) -> bool:
+        """Whether this kernel route is the desired one (`want.oif` 0 on a gateway route:
+        any device)."""
+        any_oif = want.oif == 0 and want.gateway is not None
+        return ((any_oif or self.oif == want.oif) and self.gateway == want.gateway
+                and self.blackhole == want.blackhole and self.onlink == want.onlink)
+
+
 def route_key(dest: str) -> str:
     """Canonical "address/prefixlen" of a route destination."""
     try:
@@ -65,7 +87,7 @@ class Routes:
     """Felix routes and neighbour entries in one namespace, applied in one netlink batch.
 
     State fields: `_routes` (key -> RouteState) and `_neighs` ((ifname, ip) -> mac) are
-    desired; `_kernel_routes` (key -> oif) and `_kernel_neighs` ((ifname, ip) ->
+    desired; `_kernel_routes` (key -> RouteValue) and `_kernel_neighs` ((ifname, ip) ->
     (ifindex, mac)) are believed; `_dirty_*` are the keys the next apply looks at;
     `_pending_*` are keys skipped because their interface is missing or down;
     `_failed` are keys whose last write failed (or that a failed apply never reached),
@@ -82,7 +104,7 @@ class Routes:
         self._nl = nl or NetlinkSocket(netns)
         self._routes: dict[str, RouteState] = {}
         self._neighs: dict[NeighKey, str] = {}
-        self._kernel_routes: dict[str, int] = {}
+        self._kernel_routes: dict[str, RouteValue] = {}
         self._kernel_neighs: dict[NeighKey, tuple[int, str | None]] = {}
         self._dirty_routes: set[str] = set()
         self._dirty_neighs: set[NeighKey] = set()
@@ -150,7 +172,8 @@ class Routes:
     @property
     def pending_interfaces(self) -> frozenset[str]:
         names = {self._routes[k].ifname for k in self._pending_routes if k in self._routes}
-        return frozenset(names | {k[0] for k in self._pending_neighs if k in self._neighs})
+        return frozenset({n for n in names if n is not None}
+                         | {k[0] for k in self._pending_neighs if k in self._neighs})
 
     @property
     def failures(self) -> dict[str, str]:
@@ -185,7 +208,8 @@ class Routes:
             if not (self._dirty_routes or self._dirty_neighs):
                 return False
             if links is None:
-                names = {self._routes[k].ifname for k in self._dirty_routes if k in self._routes}
+                names = {n for k in self._dirty_routes if k in self._routes
+                         and (n := self._routes[k].ifname) is not None}
                 names.update(k[0] for k in self._dirty_neighs)
                 links = self._nl.get_links(names)
         except (NetlinkError, OSError) as exc:
@@ -207,18 +231,21 @@ class Routes:
         for key in self._dirty_routes:
             want = self._routes.get(key)
             have = self._kernel_routes.get(key)
-            link = links.get(want.ifname) if want is not None else None
             addr, plen = key.split("/")
-            if want is not None and (link is None or not link.up):
-                self._pending_routes.add(key)
+            value = self._wanted(want, links) if want is not None else None
+            if want is not None and value is None:
+                self._pending_routes.add(key)  # its interface is missing or down
             else:
                 self._pending_routes.discard(key)
-            if link is not None and link.up:
-                if have != link.index:
-                    requests.append(route_request(addr, int(plen), link.index, self.proto))
-                    actions.append(("route", key, link.index))
+            if value is not None:
+                if have is None or not have.satisfies(value):
+                    requests.append(route_request(addr, int(plen), value.oif, self.proto,
+                                                  gateway=value.gateway, onlink=value.onlink,
+                                                  blackhole=value.blackhole))
+                    actions.append(("route", key, value))
             elif have is not None:
-                requests.append(route_request(addr, int(plen), have, self.proto, delete=True))
+                requests.append(route_request(addr, int(plen), have.oif, self.proto,
+                                              delete=True))
                 actions.append(("route", key, None))
         for nkey in self._dirty_neighs:
             ifname, ip = nkey
@@ -277,18 +304,31 @@ class Routes:
                                + "; ".join(failures[:5]))
         return True
 
+    @staticmethod
+    def _wanted(want: RouteState, links: dict[str, Link]) -> RouteValue | None:
+        """The kernel route `want` needs; None while its interface is missing or down."""
+        if want.blackhole:
+            return RouteValue(0, None, True, False)
+        if want.ifname is None:
+            return RouteValue(0, want.gateway, False, False)
+        link = links.get(want.ifname)
+        if link is None or not link.up:
+            return None
+        return RouteValue(link.index, want.gateway, False, want.onlink)
+
     # ---- resync ----------------------------------------------------------------------
 
     def resync(self) -> dict[str, Link]:
         """Dump links, routes and neighbours; mark every difference dirty; return links."""
         links = {link.name: link for link in self._nl.dump_links()}
         by_index = {link.index: link.name for link in links.values()}
-        self._kernel_routes = {r.dst: r.oif for r in self._nl.dump_routes()
+        self._kernel_routes = {r.dst: RouteValue(r.oif, r.gateway, r.blackhole, r.onlink)
+                               for r in self._nl.dump_routes()
                                if r.proto == self.proto and r.table == RT_TABLE_MAIN}
         self._kernel_neighs = {}
         for n in self._nl.dump_neighbours():
             name = by_index.get(n.ifindex)
-            if (n.state & NUD_PERMANENT and name is not None
+            if (n.state & NUD_PERMANENT and name is not None and n.dst is not None
                     and name.startswith(self.iface_prefixes)):
                 self._kernel_neighs[(name, n.dst)] = (n.ifindex, n.lladdr)
         self._dirty_routes = set(self._routes) | set(self._kernel_routes)

@@ -103,10 +103,47 @@ class IPSetState:
 
 @dataclass(frozen=True)
 class RouteState:
-    """A host route to a local workload: `dest` (a /32 or /128) via interface `ifname`."""
+    """A felix route (protocol 80, metric 0, main table) to `dest`.
+
+    A local workload's: `dest` (a /32 or /128) via its interface `ifname`, scope link.
+    A remote block of an encapsulated pool (or a remote workload in one): via the other
+    node's tunnel address (VXLAN) or host address (IPIP) on the tunnel device `ifname`
+    with `onlink` (the gateway needs no route of its own), or, in cross-subnet mode to a
+    node of this subnet, plainly via its host address (`ifname` None: the kernel picks
+    the device). A local block of an encapsulated pool: `blackhole` (no gateway, no
+    device), so that unused addresses in it go nowhere.
+    """
 
     dest: str
+    ifname: str | None
+    gateway: str | None = None
+    onlink: bool = False
+    blackhole: bool = False
+
+
+@dataclass(frozen=True)
+class FDBState:
+    """A permanent forwarding entry of a VXLAN device: remote VTEP MAC -> remote host."""
+
+    mac: str
+    dst: str
     ifname: str
+
+
+@dataclass(frozen=True)
+class TunnelDevice:
+    """A tunnel device felix keeps: `vxlan.calico` (kind "vxlan": VNI, UDP port, this
+    host's address as the outer source `local`, a fixed MAC) or `tunl0` (kind "ipip").
+    `address`: the node's tunnel address, put on the device as a /32."""
+
+    name: str
+    kind: str
+    address: str
+    mtu: int
+    mac: str | None = None
+    vni: int | None = None
+    port: int | None = None
+    local: str | None = None
 
 
 @dataclass(frozen=True)
@@ -124,7 +161,8 @@ class InterfaceState:
 
 @dataclass(frozen=True)
 class NeighbourState:
-    """A permanent neighbour entry: workload address -> workload MAC on its interface."""
+    """A permanent neighbour entry: workload address -> workload MAC on its interface
+    (or a remote node's VXLAN tunnel address -> its VTEP MAC on `vxlan.calico`)."""
 
     ip: str
     mac: str

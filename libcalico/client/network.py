@@ -30,6 +30,7 @@ from libcalico.model import (
     Node,
     parse_as_num,
 )
+from libcalico.model.network import NODE_KEYS, NODE_RUNTIME_FIELDS
 
 if TYPE_CHECKING:
     from libcalico.datastore import Datastore, Op
@@ -94,9 +95,12 @@ class NetworkClient:
 
     # --- nodes ------------------------------------------------------------------------------
 
-    def _host_keys(self) -> list[tuple[str, ks.ParsedKey, str]]:
-        """(hostname, parsed key, value) for every key below the host trees."""
-        kvs, _ = self.store.list_many([ks.BGP_HOST_DIR, ks.HOST_DIR])
+    def _host_keys(self, hostname: str | None = None) -> list[tuple[str, ks.ParsedKey, str]]:
+        """(hostname, parsed key, value) for every key below the host trees (of one host
+        only, when given)."""
+        dirs = ([ks.BGP_HOST_DIR, ks.HOST_DIR] if hostname is None
+                else [ks.bgp_host_dir(hostname), ks.host_dir(hostname)])
+        kvs, _ = self.store.list_many(dirs)
         out = []
         for kv in kvs:
             parsed = ks.parse_key(kv.key)
@@ -109,10 +113,11 @@ class NetworkClient:
         """Every host that has any key below the host or BGP host trees."""
         return sorted({h for h, _, _ in self._host_keys()})
 
-    def list_nodes(self) -> list[Node]:
-        """Every node, with its BGP fields (a host with only endpoints has none set)."""
+    def list_nodes(self, hostname: str | None = None) -> list[Node]:
+        """Every node (or just `hostname`), with its fields (a host with only endpoints
+        has none set)."""
         fields: dict[str, dict[str, str]] = {}
-        for host, parsed, value in self._host_keys():
+        for host, parsed, value in self._host_keys(hostname):
             host_fields = fields.setdefault(host, {})
             if isinstance(parsed, ks.BGPHostKey):
                 host_fields[parsed.name] = value
@@ -121,23 +126,48 @@ class NetworkClient:
         return [n for n in nodes if n is not None]
 
     def get_node(self, hostname: str) -> Node | None:
-        return next((n for n in self.list_nodes() if n.hostname == hostname), None)
+        """One node, reading only its own keys; None when it has none."""
+        return next((n for n in self.list_nodes(hostname) if n.hostname == hostname), None)
 
     def node_ops(self, node: Node) -> list[Op]:
-        """Operations that make the stored node equal `node` (unset fields deleted)."""
+        """Operations that make the stored node equal `node`: unset fields are deleted,
+        except the run-time fields (tunnel endpoints), which the node records itself and
+        which stay as stored unless `node` sets them (`set_node_runtime` changes them)."""
         from libcalico.datastore import Delete, Put
 
         values = node.to_json()
+        runtime = {NODE_KEYS[f] for f in NODE_RUNTIME_FIELDS}
         ops: list[Op] = []
         for name in ks.BGP_HOST_FIELDS:
             key = ks.bgp_host_key(node.hostname, name)
-            ops.append(Put(key, values[name]) if name in values else Delete(key))
+            if name in values:
+                ops.append(Put(key, values[name]))
+            elif name not in runtime:
+                ops.append(Delete(key))
         if node.ipv4:
             ops.append(Put(ks.host_bird_ip_key(node.hostname), node.ipv4))
         return ops
 
     def put_node(self, node: Node) -> None:
         self.store.txn([], self.node_ops(node), [])
+
+    def set_node_runtime(self, hostname: str, **fields: str | None) -> None:
+        """Set (None: delete) some of a node's run-time fields (`NODE_RUNTIME_FIELDS`:
+        its tunnel addresses and VXLAN MAC), in one transaction."""
+        from libcalico.datastore import Delete, Put
+
+        unknown = set(fields) - set(NODE_RUNTIME_FIELDS)
+        if unknown:
+            raise ValidationError("node field", sorted(unknown)[0], "not a run-time field")
+        values = Node(hostname, **{k: v for k, v in fields.items()  # type: ignore[arg-type]
+                                   if v is not None}).to_json()
+        ops: list[Op] = []
+        for attr in fields:
+            key = ks.bgp_host_key(hostname, NODE_KEYS[attr])
+            name = NODE_KEYS[attr]
+            ops.append(Put(key, values[name]) if name in values else Delete(key))
+        if ops:
+            self.store.txn([], ops, [])
 
     def remove_node(self, hostname: str, remove_endpoints: bool = False) -> None:
         """Delete every key of the node; refuses while it has endpoints unless asked to."""

@@ -2,8 +2,9 @@
 
 Owns: `check`, which reads blocks, handles, affinities, pools, workload endpoints and
 hosts at ONE revision and reports, as typed findings:
-- leaks: allocated addresses that no workload endpoint uses and that were allocated at
-  least `grace_period` seconds ago (or at an unrecorded time);
+- leaks: allocated addresses that no workload endpoint uses (and that no node records as
+  its tunnel address) and that were allocated at least `grace_period` seconds ago (or at
+  an unrecorded time);
 - in progress: allocations without an endpoint that are younger than that - a workload
   being set up assigns its address before it writes its endpoint, so these are work in
   progress, never leaks, and nothing repairs them;
@@ -54,6 +55,8 @@ _log = logging.getLogger(__name__)
 # far longer than a workload set-up takes (assign, veth, endpoint write), as Calico's
 # kube-controllers wait before they garbage-collect a leaked address.
 DEFAULT_GRACE_PERIOD = 60.0
+# A node's tunnel addresses (`libcalico.tunnel`) are in use while the node records them.
+TUNNEL_KEYS = ("vxlan_tunnel_addr_v4", "ipip_tunnel_addr_v4")
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,7 @@ class _Snapshot:
     pools: list[IPPool]
     endpoints: dict[str, list[keyspace.WorkloadEndpointKey]]  # ip -> endpoints
     hosts: set[str]
+    tunnels: set[str] = field(default_factory=set)  # nodes' recorded tunnel addresses
 
 
 def _endpoint_ips(text: str) -> list[str]:
@@ -177,6 +181,9 @@ def _snapshot(store: Datastore) -> _Snapshot:
             if isinstance(parsed, keyspace.WorkloadEndpointKey):
                 for ip in _endpoint_ips(kv.value):
                     snap.endpoints.setdefault(ip, []).append(parsed)
+            elif (isinstance(parsed, keyspace.BGPHostKey) and parsed.name in TUNNEL_KEYS
+                  and kv.value.strip()):
+                snap.tunnels.add(kv.value.strip())
             hostname = getattr(parsed, "hostname", None)
             if isinstance(hostname, str):
                 snap.hosts.add(hostname)
@@ -207,7 +214,7 @@ def check(store: Datastore, grace_period: float = DEFAULT_GRACE_PERIOD,
             allocated[ip] = (handle_id, cidr)
             if handle_id is not None:
                 actual.setdefault(handle_id, Counter())[cidr] += 1
-            if ip in snap.endpoints:
+            if ip in snap.endpoints or ip in snap.tunnels:
                 continue
             when = block.allocated_at_of(ip)
             if grace_period and when is not None and now - when < grace_period:
@@ -268,6 +275,8 @@ def _repair_leaks(client: IPAMClient, report: CheckReport, now: _Snapshot,
     for leak in report.leaks:
         if leak.ip in now.endpoints:
             result.skipped.append(f"leak {leak.ip}: now used by an endpoint")
+        elif leak.ip in now.tunnels:
+            result.skipped.append(f"leak {leak.ip}: now a node's tunnel address")
         else:
             by_block.setdefault(leak.block, {})[leak.ip] = leak.handle_id
     cutoff = int(clock() - report.grace_period) if report.grace_period else None

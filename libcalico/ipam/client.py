@@ -411,6 +411,15 @@ class IPAMClient:
         resolve_host(host)
         return [c for v in (4, 6) for c in self.state.affine_blocks(host, v, fresh=True)]
 
+    def ips_by_handle(self, handle_id: str) -> list[str]:
+        """The addresses allocated under a handle, read from its blocks (sorted)."""
+        out: list[str] = []
+        for cidr in sorted(self.handle_counts(handle_id)):
+            block = self.state.read_block(cidr).value
+            if block is not None:
+                out += [ip for ip, h in block.allocated().items() if h == handle_id]
+        return sorted(out, key=ipaddress.ip_address)
+
     def handle_counts(self, handle_id: str) -> dict[str, int]:
         """The handle's recorded count of addresses per block ({} if it does not exist)."""
         handle = self.state.read_handle(handle_id).value

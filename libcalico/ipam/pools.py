@@ -2,7 +2,8 @@
 
 Owns: `usage` (per pool and per block), `claim_block` / `release_affinity` (a host's
 affinity to one block), and `remove_pools`, which removes several pools all or nothing:
-it checks every pool first (each exists; none has allocated addresses unless forced) and
+it checks every pool first (each exists; none has allocated addresses unless forced;
+nodes' tunnel addresses do not count and are released with the pool) and
 writes nothing when one is refused; otherwise it disables them all in one transaction (no
 new block can appear in a disabled pool, and every allocation compares the pool's
 revision), checks again, releases what is allocated when forced (block by block, each
@@ -43,6 +44,7 @@ from libcalico.ipam.block import AllocationBlock
 from libcalico.ipam.commit import Committer
 from libcalico.ipam.release import release_in_block
 from libcalico.model import IPPool
+from libcalico.model.tunnel import tunnel_handle_owner
 
 __all__ = ["BlockUsage", "PoolInUse", "PoolUsage", "claim_block", "release_affinity",
            "remove_pools", "usage"]
@@ -229,8 +231,8 @@ def _check_and_disable(txn: Committer, nets: list[str], force: bool) -> _Disable
 
 
 def _refuse_if_in_use(nets: list[str], blocks: dict[str, Versioned[AllocationBlock]]) -> None:
-    """`PoolInUse` naming every pool of `nets` with allocated addresses (or unreadable
-    blocks, which may hold some)."""
+    """`PoolInUse` naming every pool of `nets` with allocated addresses other than nodes'
+    tunnel addresses (or unreadable blocks, which may hold some)."""
     allocated: dict[str, int] = {}
     unreadable: dict[str, int] = {}
     for cidr, entry in blocks.items():
@@ -239,8 +241,13 @@ def _refuse_if_in_use(nets: list[str], blocks: dict[str, Versioned[AllocationBlo
             continue
         if entry.value is None:
             unreadable[net] = unreadable.get(net, 0) + 1
-        elif entry.value.allocated_count:
-            allocated[net] = allocated.get(net, 0) + entry.value.allocated_count
+            continue
+        # Nodes' tunnel addresses do not hold a pool: they are released with it, and
+        # each node takes a new one from another encapsulated pool (libcalico.tunnel).
+        count = sum(1 for h in entry.value.allocated().values()
+                    if tunnel_handle_owner(h) is None)
+        if count:
+            allocated[net] = allocated.get(net, 0) + count
     in_use = [n for n in nets if n in allocated or n in unreadable]
     if not in_use:
         return

@@ -22,8 +22,10 @@ from typing import Any
 
 from libcalico.errors import ValidationError
 from libcalico.model.base import JSONDict, Resource
+from libcalico.model.tunnel import ENCAP_MODES, IPIP, IPIP_INTERFACE, VXLAN, VXLAN_INTERFACE
 from libcalico.model.validate import (
     canonical_address,
+    canonical_mac,
     canonical_net,
     check_keys,
     validate_bool,
@@ -33,12 +35,12 @@ from libcalico.model.validate import (
 )
 
 __all__ = ["BGPGlobalConfig", "BGPPeer", "FelixConfig", "IPAMConfig", "IPPool", "Node",
-           "BGP_LOGLEVELS", "DEFAULT_AS_NUM", "parse_as_num"]
+           "BGP_LOGLEVELS", "DEFAULT_AS_NUM", "NODE_KEYS", "NODE_RUNTIME_FIELDS",
+           "parse_as_num"]
 
 AS_MAX = 4294967295
 DEFAULT_AS_NUM = 64512
 BGP_LOGLEVELS = ("none", "debug", "info")
-IPIP_INTERFACE = "tunl0"
 _FELIX_NAME_RE = re.compile(r"^[A-Za-z0-9]+$")
 
 
@@ -68,11 +70,25 @@ def _optional(data: Mapping[str, Any], key: str) -> Any:
 
 # --- IP pools ----------------------------------------------------------------------------
 
-_POOL_SPEC = ("ipip", "nat_outgoing", "disabled", "ipam", "block_size")
+_POOL_SPEC = ("ipip", "ipip_mode", "vxlan", "vxlan_mode", "nat_outgoing", "disabled", "ipam",
+              "block_size")
+
+
+def _encap_device(field_name: str, value: Any) -> bool:
+    """`"ipip": "tunl0"` / `"vxlan": "vxlan.calico"` (or a boolean) in pool JSON."""
+    if not isinstance(value, str | bool | None):
+        raise ValidationError(field_name, value, "must be an interface name")
+    return bool(value)
+
 
 @dataclass(frozen=True)
 class IPPool(Resource):
-    """An IP pool. `block_size` is resolved on construction (26 for IPv4, 122 for IPv6)."""
+    """An IP pool. `block_size` is resolved on construction (26 for IPv4, 122 for IPv6).
+
+    Encapsulation: at most one of `ipip` and `vxlan` (IPv4 pools only), each with a mode,
+    `always` (every packet between hosts is encapsulated) or `cross-subnet` (only packets
+    to hosts outside this host's subnet). A mode other than `always` without its
+    encapsulation is an error."""
 
     KIND = "ipPool"
 
@@ -82,14 +98,28 @@ class IPPool(Resource):
     disabled: bool = False
     ipam: bool = True
     block_size: int | None = None
+    ipip_mode: str = "always"
+    vxlan: bool = False
+    vxlan_mode: str = "always"
 
     def __post_init__(self) -> None:
         cidr = canonical_net("cidr", self.cidr, strict=True)
         object.__setattr__(self, "cidr", cidr)
-        for name in ("ipip", "nat_outgoing", "disabled", "ipam"):
+        for name in ("ipip", "vxlan", "nat_outgoing", "disabled", "ipam"):
             validate_bool(name, getattr(self, name))
-        if self.ipip and self.version != 4:
-            raise ValidationError("ipip", self.ipip, "IPIP is only supported for IPv4 pools")
+        for name, on in (("ipip", self.ipip), ("vxlan", self.vxlan)):
+            mode = getattr(self, f"{name}_mode")
+            if mode not in ENCAP_MODES:
+                raise ValidationError(f"{name}_mode", mode,
+                                      f"must be one of {', '.join(ENCAP_MODES)}")
+            if mode != "always" and not on:
+                raise ValidationError(f"{name}_mode", mode, f"needs {name} to be on")
+            if on and self.version != 4:
+                raise ValidationError(name, on, f"{name.upper()} is only supported for "
+                                      "IPv4 pools")
+        if self.ipip and self.vxlan:
+            raise ValidationError("vxlan", self.vxlan, "a pool uses at most one "
+                                  "encapsulation: ipip and vxlan are exclusive")
         net = ipaddress.ip_network(cidr)
         size = self.default_block_size if self.block_size is None else self.block_size
         validate_int("block_size", size, net.prefixlen, net.max_prefixlen)
@@ -103,11 +133,27 @@ class IPPool(Resource):
     def default_block_size(self) -> int:
         return 26 if self.version == 4 else 122
 
+    @property
+    def encapsulation(self) -> str | None:
+        """"vxlan", "ipip" or None (workloads reached by plain routes, announced by BGP)."""
+        return VXLAN if self.vxlan else IPIP if self.ipip else None
+
+    @property
+    def encap_mode(self) -> str | None:
+        """The mode of the pool's encapsulation; None without one."""
+        return self.vxlan_mode if self.vxlan else self.ipip_mode if self.ipip else None
+
     def to_json(self) -> JSONDict:
         """Calico v1 pool JSON: optional keys only when they differ from the default."""
         out: JSONDict = {"cidr": self.cidr}
         if self.ipip:
             out["ipip"] = IPIP_INTERFACE
+            if self.ipip_mode != "always":
+                out["ipip_mode"] = self.ipip_mode
+        if self.vxlan:
+            out["vxlan"] = VXLAN_INTERFACE
+            if self.vxlan_mode != "always":
+                out["vxlan_mode"] = self.vxlan_mode
         if self.nat_outgoing:
             out["masquerade"] = True
         if not self.ipam:
@@ -121,13 +167,13 @@ class IPPool(Resource):
     @classmethod
     def from_json(cls, data: Any) -> IPPool:
         data = validate_mapping("ip pool", data)
-        check_keys("ip pool", data, ("cidr", "ipip", "masquerade", "ipam", "disabled",
-                                     "block_size"))
-        ipip = data.get("ipip")
-        if not isinstance(ipip, str | bool | None):
-            raise ValidationError("ipip", ipip, "must be an interface name")
+        check_keys("ip pool", data, ("cidr", "ipip", "ipip_mode", "vxlan", "vxlan_mode",
+                                     "masquerade", "ipam", "disabled", "block_size"))
         return cls(data.get("cidr", ""),
-                   ipip=bool(ipip),
+                   ipip=_encap_device("ipip", data.get("ipip")),
+                   ipip_mode=data.get("ipip_mode") or "always",
+                   vxlan=_encap_device("vxlan", data.get("vxlan")),
+                   vxlan_mode=data.get("vxlan_mode") or "always",
                    nat_outgoing=data.get("masquerade", False),
                    disabled=data.get("disabled", False),
                    ipam=data.get("ipam", True),
@@ -135,7 +181,11 @@ class IPPool(Resource):
 
     def to_resource(self) -> JSONDict:
         spec: JSONDict = {}
-        for name in ("ipip", "nat_outgoing", "disabled"):
+        if self.ipip:
+            spec.update(ipip=True, ipip_mode=self.ipip_mode)
+        if self.vxlan:
+            spec.update(vxlan=True, vxlan_mode=self.vxlan_mode)
+        for name in ("nat_outgoing", "disabled"):
             if getattr(self, name):
                 spec[name] = True
         if not self.ipam:
@@ -152,14 +202,42 @@ class IPPool(Resource):
 
 # --- nodes and BGP -------------------------------------------------------------------------
 
-_NODE_JSON = {"ipv4": "ip_addr_v4", "ipv6": "ip_addr_v6", "as_num": "as_num",
-              "rr_cluster_id": "rr_cluster_id", "loglevel": "loglevel"}
+# Attribute -> the key under /calico/bgp/v1/host/<host>/ that stores it (one plain string
+# per key). `network_v4` is the subnet of the node's IPv4 address (the name Calico's
+# v1 compatibility layer used); the tunnel fields are written by the node itself.
+NODE_KEYS = {"ipv4": "ip_addr_v4", "ipv6": "ip_addr_v6", "as_num": "as_num",
+             "rr_cluster_id": "rr_cluster_id", "loglevel": "loglevel",
+             "ipv4_network": "network_v4", "vxlan_tunnel_addr": "vxlan_tunnel_addr_v4",
+             "vxlan_tunnel_mac": "vxlan_tunnel_mac", "ipip_tunnel_addr": "ipip_tunnel_addr_v4"}
+# The fields a node writes about itself at run time (its tunnels): writes of the whole
+# node (start-up, `calicoctl apply`) leave them as stored unless they set them.
+NODE_RUNTIME_FIELDS = ("vxlan_tunnel_addr", "vxlan_tunnel_mac", "ipip_tunnel_addr")
+
+
+def _split_interface(field_name: str, value: str) -> tuple[str, str]:
+    """"198.18.1.1/24" -> ("198.18.1.1", "198.18.1.0/24")."""
+    try:
+        iface = ipaddress.ip_interface(value)
+    except ValueError:
+        raise ValidationError(field_name, value, "not a valid IP address or "
+                              "address/prefix length") from None
+    if iface.version != 4:
+        raise ValidationError(field_name, value, "must be an IPv4 address")
+    if iface.network.prefixlen < 31 and iface.ip in (iface.network.network_address,
+                                                      iface.network.broadcast_address):
+        raise ValidationError(field_name, value, "is the address of the network itself "
+                              "(or its broadcast), not of a host")
+    return str(iface.ip), str(iface.network)
 
 
 @dataclass(frozen=True)
 class Node(Resource):
-    """A node's BGP identity. `as_num` None means the global default AS; `loglevel`
-    None means the global BGP log level."""
+    """A node: its BGP identity (addresses, AS, route reflection, log level), the subnet
+    of its IPv4 address (`ipv4_network`, for cross-subnet encapsulation) and its tunnel
+    endpoints (VXLAN address and MAC, IPIP address), which the node records itself.
+
+    `as_num` None means the global default AS; `loglevel` None the global BGP log level.
+    `ipv4` may be given as "address/prefix length", which sets `ipv4_network` too."""
 
     KIND = "node"
 
@@ -169,9 +247,21 @@ class Node(Resource):
     as_num: int | None = None
     rr_cluster_id: str | None = None
     loglevel: str | None = None
+    ipv4_network: str | None = None
+    vxlan_tunnel_addr: str | None = None
+    vxlan_tunnel_mac: str | None = None
+    ipip_tunnel_addr: str | None = None
 
     def __post_init__(self) -> None:
         validate_id("hostname", self.hostname)
+        if isinstance(self.ipv4, str) and "/" in self.ipv4:
+            ip, network = _split_interface("ipv4", self.ipv4)
+            if self.ipv4_network is not None and canonical_net(
+                    "ipv4_network", self.ipv4_network, 4) != network:
+                raise ValidationError("ipv4_network", self.ipv4_network,
+                                      f"differs from the network of ipv4 {self.ipv4}")
+            object.__setattr__(self, "ipv4", ip)
+            object.__setattr__(self, "ipv4_network", network)
         if self.ipv4 is not None:
             object.__setattr__(self, "ipv4", canonical_address("ipv4", self.ipv4, 4))
         if self.ipv6 is not None:
@@ -183,12 +273,31 @@ class Node(Resource):
                                canonical_address("rr_cluster_id", self.rr_cluster_id, 4))
         if self.loglevel is not None:
             _loglevel("loglevel", self.loglevel)
+        if self.ipv4_network is not None:
+            object.__setattr__(self, "ipv4_network",
+                               canonical_net("ipv4_network", self.ipv4_network, 4))
+        for name in ("vxlan_tunnel_addr", "ipip_tunnel_addr"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, canonical_address(name, getattr(self, name), 4))
+        if self.vxlan_tunnel_mac is not None:
+            object.__setattr__(self, "vxlan_tunnel_mac",
+                               canonical_mac("vxlan_tunnel_mac", self.vxlan_tunnel_mac))
+
+    def check_consistent(self) -> Node:
+        """Cross-field checks for input from users (stored values are taken field by
+        field): the IPv4 address lies in `ipv4_network`."""
+        if (self.ipv4 is not None and self.ipv4_network is not None
+                and ipaddress.ip_address(self.ipv4) not in ipaddress.ip_network(
+                    self.ipv4_network)):
+            raise ValidationError("ipv4_network", self.ipv4_network,
+                                  f"does not contain the node's IPv4 address {self.ipv4}")
+        return self
 
     def to_json(self) -> dict[str, str]:
-        """One string per `/calico/bgp/v1/host/<host>/<key>` key, only for set fields:
-        ip_addr_v4, ip_addr_v6, as_num, rr_cluster_id, loglevel."""
+        """One string per `/calico/bgp/v1/host/<host>/<key>` key (`NODE_KEYS`), only for
+        set fields."""
         out: dict[str, str] = {}
-        for attr, key in _NODE_JSON.items():
+        for attr, key in NODE_KEYS.items():
             value = getattr(self, attr)
             if value is not None:
                 out[key] = str(value)
@@ -198,18 +307,18 @@ class Node(Resource):
     def from_json(cls, hostname: str, data: Any) -> Node:
         """Parse the per-key values; absent keys and "" mean unset."""
         data = validate_mapping("node", data)
-        check_keys("node", data, _NODE_JSON.values())
-        return cls(hostname, **{attr: _optional(data, key) for attr, key in _NODE_JSON.items()})
+        check_keys("node", data, NODE_KEYS.values())
+        return cls(hostname, **{attr: _optional(data, key) for attr, key in NODE_KEYS.items()})
 
     def to_resource(self) -> JSONDict:
-        spec: JSONDict = {k: getattr(self, k) for k in _NODE_JSON
+        spec: JSONDict = {k: getattr(self, k) for k in NODE_KEYS
                           if getattr(self, k) is not None}
         return self._envelope({"hostname": self.hostname}, spec)
 
     @classmethod
     def from_resource(cls, doc: Mapping[str, Any]) -> Node:
-        meta, spec = cls._unwrap(doc, ("hostname",), _NODE_JSON)
-        return cls(meta.get("hostname", ""), **spec)
+        meta, spec = cls._unwrap(doc, ("hostname",), NODE_KEYS)
+        return cls(meta.get("hostname", ""), **spec).check_consistent()
 
 
 @dataclass(frozen=True)

@@ -191,6 +191,25 @@ def _check_node_docker(r: dict[str, Any]) -> None:
     assert rs["goal_met"] == (rs["lost"] == 0)
 
 
+def _check_routing(r: dict[str, Any]) -> None:
+    assert r["benchmark"] == "routing" and r["quick"] is True
+    assert "veth" in r["baseline"]["name"] and r["clock"]["throughput"]
+    pairs = [("native", "same_segment"), ("vxlan_always", "same_segment"),
+             ("vxlan_always", "across_router"), ("vxlan_cross_subnet", "same_segment"),
+             ("vxlan_cross_subnet", "across_router")]
+    for mode, where in pairs:
+        m = r["modes"][mode][where]
+        assert m["to"] == ("host2" if where == "same_segment" else "host3")
+        assert m["mtu"] == (1500 if mode == "native" else 1450)  # calicoctl's MTU per pool
+        assert math.isclose(m["throughput_ratio"], m["gbit_s"] / m["baseline"]["gbit_s"],
+                            rel_tol=0.01)
+        assert math.isclose(m["rtt_ratio"], m["baseline"]["rtt_ms"] / m["rtt_ms"],
+                            rel_tol=0.01)
+    assert r["ratio"] == r["throughput_ratios"]["vxlan_always"]
+    assert r["goals_met"]["native"] == (r["throughput_ratios"]["native"]
+                                        >= r["goals"]["native_min"])
+
+
 BENCHMARKS = [
     Bench("syncer",
           fields=("keys", "updates", "rounds", "ratio", "ratio_snapshot", "ratio_updates",
@@ -290,6 +309,19 @@ BENCHMARKS = [
                   "goals.change_overhead_over_bare_ms_max"),
           extra_fields=("goals_met.render", "goals_met.change_to_reconfigured"),
           marks=(pytest.mark.root, pytest.mark.etcd), check=_check_confd),
+    Bench("routing",
+          fields=("modes.native.same_segment.gbit_s", "modes.native.same_segment.rtt_ms",
+                  "modes.native.same_segment.baseline.gbit_s",
+                  "modes.native.same_segment.baseline.rtt_ms",
+                  "modes.vxlan_always.same_segment.gbit_s",
+                  "modes.vxlan_always.across_router.gbit_s",
+                  "modes.vxlan_cross_subnet.same_segment.gbit_s",
+                  "modes.vxlan_cross_subnet.across_router.gbit_s",
+                  "throughput_ratios.native", "throughput_ratios.vxlan_always",
+                  "throughput_ratios.vxlan_cross_subnet_across_router",
+                  "goals.native_min", "goals.vxlan_min"),
+          extra_fields=("goals_met.native", "goals_met.vxlan", "clock.rtt"),
+          marks=(pytest.mark.root, pytest.mark.etcd), check=_check_routing),
 ]
 
 

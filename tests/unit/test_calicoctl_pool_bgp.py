@@ -17,7 +17,9 @@ def ctl(datastore, etcd_server):
     return Ctl(etcd_server.env())
 
 
-def test_pool_add_show_remove(ctl, datastore):
+def test_pool_add_show_remove(ctl, datastore, monkeypatch):
+    monkeypatch.setattr("calicoctl.checksystem.tunnel_support",
+                        lambda kind: (True, "pretend: a kernel with ipip"))
     ctl("pool", "add", "198.18.0.0/16", "--ipip", "--nat-outgoing")
     ctl("pool", "add", "fd00:1::/64", "--block-size", "120")
     assert json.loads(datastore.get_value(ks.pool_key("198.18.0.0/16"))) == {

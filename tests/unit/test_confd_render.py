@@ -105,6 +105,21 @@ SCENARIOS: dict[str, tuple[dict[str, str], str]] = {
         ks.affinity_key("host1", "fd00:198:19::/122"): "",
         **peer("fd00:198:18::100", 65000),
     }, "host1"),
+    # A VXLAN pool beside the plain one: its blocks (host1's 198.20.0.0/26, the address
+    # host1 borrows in host2's 198.20.1.0/26) are neither announced nor put in the
+    # kernel by BIRD; the plain pool's are, as before. Node tunnel fields are ignored.
+    "vxlan_pool": ({
+        **base(),
+        ks.pool_key("198.20.0.0/16"): json.dumps({"cidr": "198.20.0.0/16",
+                                                  "vxlan": "vxlan.calico",
+                                                  "vxlan_mode": "cross-subnet"}),
+        ks.affinity_key("host1", "198.20.0.0/26"): "",
+        **block("198.20.0.0/26", "host1", {0: "host1"}),
+        **block("198.20.1.0/26", "host2", {0: "host2", 1: "host1"}),
+        ks.bgp_host_key("host1", "network_v4"): "198.18.0.0/24",
+        ks.bgp_host_key("host1", "vxlan_tunnel_addr_v4"): "198.20.0.0",
+        ks.bgp_host_key("host1", "vxlan_tunnel_mac"): "66:00:00:00:00:01",
+    }, "host1"),
     "mixed_as": ({
         **base(),
         **node("host1", as_num=64513, loglevel="debug"),
