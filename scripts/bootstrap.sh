@@ -7,9 +7,12 @@ cd "$(dirname "$0")/.."
 
 # docker.io and busybox-static serve the tests that run a real Docker container (each test
 # starts its own dockerd with a private socket; the packaged service is not started).
+# podman and containernetworking-plugins (the reference CNI plugins in /usr/lib/cni) serve
+# the CNI tests and benchmark: each podman run gets a private storage root and a
+# containers.conf of its own, so nothing in /etc/containers is changed.
 DEBS=(etcd-server etcd-client bird2 iptables ipset iproute2 conntrack supervisor
       iputils-ping netcat-openbsd tcpdump openssl procps kmod python3 python3-venv python3-pip
-      docker.io busybox-static)
+      docker.io busybox-static podman containernetworking-plugins)
 
 if [ "$(id -u)" != 0 ]; then
     echo "bootstrap: run as root (it installs Debian packages and creates namespaces)" >&2
@@ -57,4 +60,4 @@ if [ ! -f "$stamp" ]; then
 fi
 # Bytecode for the project's own modules: an editable install writes none, and with
 # PYTHONDONTWRITEBYTECODE set every calicoctl run would compile them again (~30 ms).
-.venv/bin/python -m compileall -q -j 0 libcalico workload calicoctl felix confd netsim >/dev/null
+.venv/bin/python -m compileall -q -j 0 libcalico workload calicoctl felix confd netsim cni >/dev/null
