@@ -15,13 +15,11 @@ Everything the module creates is removed even on failure.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import shutil
 import signal
 import subprocess
-import tarfile
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,11 +31,11 @@ from netsim.etcd import EtcdServer
 from netsim.netns import Namespace, unique_name
 from netsim.topology import calicoctl_path
 from netsim.wait import wait_for
+from tests.support.images import busybox_tar
 
 pytestmark = [pytest.mark.etcd, pytest.mark.root, pytest.mark.slow]
 
 POOL = "198.18.66.0/24"
-BUSYBOX = "/bin/busybox"  # Debian busybox-static: runs in an otherwise empty image
 APPLETS = ("sh", "sleep", "ip", "cat")
 
 
@@ -149,24 +147,10 @@ def engine() -> Iterator[Engine]:
         log.close()
 
 
-def _busybox_tar() -> bytes:
-    """A root filesystem with busybox and its applet links, as a tar stream."""
-    assert os.path.exists(BUSYBOX), f"{BUSYBOX} missing: apt-get install busybox-static"
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        tar.add(BUSYBOX, arcname="bin/busybox")
-        for applet in APPLETS:
-            link = tarfile.TarInfo(f"bin/{applet}")
-            link.type = tarfile.SYMTYPE
-            link.linkname = "busybox"
-            tar.addfile(link)
-    return buf.getvalue()
-
-
 @pytest.fixture(scope="module")
 def image(engine: Engine) -> Iterator[str]:
     name = f"{unique_name('ctl-bb')}:test"
-    engine.docker("import", "-", name, input=_busybox_tar())
+    engine.docker("import", "-", name, input=busybox_tar(APPLETS))
     try:
         yield name
     finally:
