@@ -14,7 +14,8 @@ same load.
   `bridge` (a bridge in the host, the host as gateway, no masquerade) with `host-local`
   IPAM (its own data dir), the same spec version (1.0.0), same host, same namespaces.
   They are Go binaries; what remains between us is mostly Python's start-up and imports,
-  reported apart (`startup_ms`: `python -c pass` and the plugin's VERSION command).
+  reported apart (`startup_ms`: `python -I -S -c pass`, the launcher's interpreter, and
+  the plugin's VERSION). Our side is the launcher `calicoctl cni install` writes.
 - parallel: 20 ADDs on one host started at once (all calico), then 20 DELs at once:
   every ADD must succeed with distinct addresses, and after the DELs IPAM holds nothing.
 Goals (issue 14): ADD p99 <= 2x the baseline's p99 and <= 300 ms; parallel: no duplicate
@@ -50,12 +51,16 @@ PARALLEL = 20
 REFERENCE_DIR = "/usr/lib/cni"
 
 
-def plugin_path(name: str) -> str:
-    here = os.path.join(os.path.dirname(sys.executable), name)
-    found = here if os.path.exists(here) else shutil.which(name)
-    if not found:
-        raise RuntimeError(f"{name} is not installed (pip install . installs it)")
-    return found
+def install_plugins(bin_dir: str) -> str:
+    """The plugins as an operator installs them (`calicoctl cni install`); the path of
+    the `calico` launcher."""
+    from netsim.topology import calicoctl_path
+
+    proc = subprocess.run([calicoctl_path(), "cni", "install", "--bin-dir", bin_dir],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"calicoctl cni install failed: {proc.stderr}")
+    return os.path.join(bin_dir, "calico")
 
 
 def calico_conf(etcd_url: str, log_file: str) -> dict[str, Any]:
@@ -122,7 +127,7 @@ def startup(calico: str, conf: Mapping[str, Any]) -> dict[str, float]:
             times.append(time.perf_counter() - start)
         return round(sorted(times)[3] * 1000, 1)
 
-    return {"python_c_pass": median_of([sys.executable, "-c", "pass"], {}, b""),
+    return {"python_c_pass": median_of([sys.executable, "-I", "-S", "-c", "pass"], {}, b""),
             "calico_version": median_of([calico], {"CNI_COMMAND": "VERSION"},
                                         json.dumps(conf).encode())}
 
@@ -161,11 +166,11 @@ def parallel(host: Namespace, calico: str, conf: Mapping[str, Any], store: Any
 
 def run(quick: bool) -> dict[str, Any]:
     count = 20 if quick else 100
-    calico = plugin_path("calico")
     bridge = os.path.join(REFERENCE_DIR, "bridge")
     if not os.access(bridge, os.X_OK):
         raise RuntimeError(f"{bridge} missing (apt-get install containernetworking-plugins)")
     tmp = tempfile.mkdtemp(prefix="cni-bench-")
+    calico = install_plugins(os.path.join(tmp, "bin"))
     server = EtcdServer(unix_socket=True, data_dir=tempfile.mkdtemp(prefix="cni-bench-etcd-",
                                                                    dir=scratch_dir()))
     host = None
