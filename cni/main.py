@@ -92,6 +92,15 @@ def to_cni_error(exc: BaseException) -> CniError:
                     "see the plugin's log file for the traceback")
 
 
+def _expected(exc: BaseException) -> bool:
+    """A failure the plugin reports on purpose (its traceback would be noise)."""
+    if isinstance(exc, CniError):
+        return True
+    from libcalico.errors import CalicoError
+
+    return isinstance(exc, CalicoError)
+
+
 def setup_logging(level: str, path: str, prefix: str) -> None:
     """Log to `path` (its directory made if missing), else to stderr; never stdout."""
     handler: logging.Handler
@@ -145,12 +154,9 @@ def run(plugin: str, environ: Mapping[str, str], stdin: IO[bytes], stdout: IO[st
         return 0
     except BaseException as exc:  # noqa: BLE001 - the protocol wants an error object
         err = to_cni_error(exc)
-        if err is exc:
-            _log.error("%s failed: %s%s", command, err.msg,
-                       f" ({err.details})" if err.details else "")
-        else:
-            _log.error("%s failed: %s", command, err.msg, exc_info=not isinstance(exc, Exception)
-                       or err.code == PLUGIN_FAILURE)
+        _log.error("%s failed: %s%s", command, err.msg,
+                   f" ({err.details})" if err.details else "",
+                   exc_info=not _expected(exc))
         _write(stdout, render_error(version, err))
         return 1
     finally:
