@@ -289,7 +289,13 @@ def _arg_labels(args: Any) -> dict[str, str]:
     cni_args = args.get("cni")
     if isinstance(cni_args, Mapping) and cni_args.get("labels") is not None:
         labels.update(_label_list("args.cni.labels", cni_args["labels"]))
-    return labels
+    from libcalico.errors import ValidationError
+    from libcalico.model.validate import validate_labels
+
+    try:
+        return validate_labels("args labels", labels)
+    except ValidationError as exc:
+        raise _invalid(exc.field, exc.value, exc.reason) from None
 
 
 def _attachments(data: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:

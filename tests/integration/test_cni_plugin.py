@@ -528,3 +528,22 @@ def test_logs_go_to_the_log_file_never_stdout(env: Env) -> None:
     call = env.driver.call("VERSION", noway)
     assert ok(call)["cniVersion"] == "1.0.0"
     assert os.path.exists(str(env.tmp / "cni.log"))
+
+
+def test_mesos_labels_and_the_ips_capability(env: Env) -> None:
+    """Mesos passes the network's labels in `args`; the `ips` capability asks for an
+    address through runtimeConfig."""
+    c = env.container()
+    conf = env.conf(args={"org.apache.mesos": {"network_info": {"name": "net1", "labels": {
+        "labels": [{"key": "app", "value": "db"}, {"key": "tier", "value": "back"}]}}}},
+        runtimeConfig={"ips": ["198.18.96.66/20"]})
+    result = ok(env.driver.call("ADD", conf, container="mesos1", netns=c.name))
+    assert result["ips"][0]["address"] == "198.18.96.66/32"
+    ((_, ep),) = env.endpoints().items()
+    assert ep["labels"]["app"] == "db" and ep["labels"]["tier"] == "back"
+    ok(env.driver.call("DEL", conf, container="mesos1", netns=c.name))
+    bad = {**env.conf(args={"cni": {"labels": [{"key": "bad key!", "value": "x"}]}}),
+           "name": "net9"}
+    failed(env.driver.call("ADD", bad, container="mesos2", netns=c.name), 7, "args labels key")
+    assert env.client.list_profile_names() == ["net1"]  # refused before any write
+    env.nothing_left()
