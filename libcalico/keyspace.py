@@ -420,6 +420,21 @@ _PATTERNS: list[tuple[str, object]] = [
 _compiled: list[re.Pattern[str] | None] = [None] * len(_PATTERNS)
 
 
+def _literal_prefix(source: str) -> str:
+    """The plain text a pattern starts with (after `^`), up to its first regex syntax."""
+    out = []
+    for ch in source[1:]:
+        if ch in "([.\\^$*+?{|":
+            break
+        out.append(ch)
+    return "".join(out)
+
+
+# A key is tried only against the patterns whose literal start it has, so a pattern is
+# compiled only when a key of its kind turns up.
+_PREFIXES = [_literal_prefix(source) for source, _ in _PATTERNS]
+
+
 def _compile(index: int, source: str) -> re.Pattern[str]:
     pattern = _compiled[index] = re.compile(source)  # idempotent: safe across threads
     return pattern
@@ -428,6 +443,8 @@ def _compile(index: int, source: str) -> re.Pattern[str]:
 def parse_key(key: str) -> ParsedKey | None:
     """Turn a key back into what it names; None for a key outside the layout."""
     for i, (source, build) in enumerate(_PATTERNS):
+        if not key.startswith(_PREFIXES[i]):
+            continue
         pattern = _compiled[i] or _compile(i, source)
         m = pattern.match(key)
         if m:

@@ -279,10 +279,15 @@ class RtSocket:
                 return self._parse_link(data, off, end)
         return None
 
-    def add_veth(self, name: str, peer: str, mtu: int | None = None) -> None:
-        """A veth pair `name` <-> `peer`, both here and down; EEXIST if a name is taken."""
+    def add_veth(self, name: str, peer: str, mtu: int | None = None,
+                 peer_netns_fd: int | None = None) -> None:
+        """A veth pair `name` <-> `peer`, both down; the peer here too, or created directly
+        in the namespace `peer_netns_fd` refers to (no move afterwards: moving a device
+        between namespaces costs the kernel far more). EEXIST if a name is taken."""
         mtu_attr = _attr(IFLA_MTU, _U32.pack(mtu)) if mtu is not None else b""
         peer_info = _IFINFO.pack(0, 0, 0, 0, 0) + _attr(IFLA_IFNAME, _name(peer)) + mtu_attr
+        if peer_netns_fd is not None:
+            peer_info += _attr(IFLA_NET_NS_FD, _U32.pack(peer_netns_fd))
         info = (_attr(IFLA_INFO_KIND, b"veth")
                 + _attr(IFLA_INFO_DATA, _attr(VETH_INFO_PEER, peer_info)))
         body = (_IFINFO.pack(0, 0, 0, 0, 0) + _attr(IFLA_IFNAME, _name(name)) + mtu_attr

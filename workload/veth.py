@@ -368,17 +368,32 @@ def read_interface(ifname: str, *, netns: str | None) -> InterfaceState | None:
 def create_workload_interface(netns: str, host_ifname: str, ifname: str, ips: Sequence[str],
                               *, host_netns: str | None = None,
                               mtu: int | None = None) -> WorkloadInterface:
-    """The whole interface of a new workload: a veth pair created in `host_netns` (None:
-    this process's namespace), its peer moved into `netns` as `ifname`, `mtu` on both
-    ends (None: the kernel's default), and `ips` configured with their gateways. On any
+    """The whole interface of a new workload: a veth pair whose host end is created in
+    `host_netns` (None: this process's namespace) and whose peer is created directly in
+    `netns` as `ifname` (one netlink request; no move between namespaces), `mtu` on both
+    ends (None: the kernel's default), both up, and `ips` configured with their gateways.
+    `AlreadyExists` if `netns` has `ifname` or the host a `host_ifname` already. On any
     failure the pair is deleted again (the peer goes with it) and the error raised."""
     with _socket(netns) as inside, _socket(host_netns) as here:
-        pair = _create_veth(here, host_ifname, temp_peer_name(host_ifname), host_netns, mtu)
+        if _index(inside, ifname) is not None:
+            raise AlreadyExists(f"interface {ifname} already exists in {netns}")
+        fd = os.open(netns_path(netns), os.O_RDONLY)
+        try:  # the peer is born inside the workload's namespace, with its final name
+            with _netlink(f"interface {host_ifname}"):
+                here.add_veth(host_ifname, ifname, mtu, peer_netns_fd=fd)
+        finally:
+            os.close(fd)
         try:
-            index = _move(here, inside, pair.peer_ifname, netns, ifname, host_netns)
-            _configure(inside, index, ips, pair.host_mac)
+            host_index = _require(here, host_ifname, host_netns)
+            index = _require(inside, ifname, netns)
+            with _netlink(f"interface {host_ifname}"):
+                here.set_link(host_index, up=True)
+            with _netlink(f"interface {ifname} in {netns}"):
+                inside.set_link(index, up=True)
+            host_mac = _mac(here, host_index)
+            _configure(inside, index, ips, host_mac)
             mac = _mac(inside, index)
         except BaseException:
             _undo_delete(here, host_ifname)
             raise
-    return WorkloadInterface(host_ifname, ifname, mac, pair.host_mac)
+    return WorkloadInterface(host_ifname, ifname, mac, host_mac)
