@@ -15,8 +15,10 @@ creates the pair and leaves moving, renaming and addressing the peer to Docker):
 - `remove_addresses` (a version's gateway route and neighbour go with its last
   address), `delete_veth`, and the read-only `link_mac` / `interface_addresses` /
   `read_interface`;
-- `create_workload_interface`: all of the above for one new interface, deleting the
-  pair again when any step fails.
+- `create_workload_interface`: one new interface whole - the pair created with its
+  peer born inside the workload's namespace under its final name (one request: moving
+  a device between namespaces costs the kernel far more), MTU, both ends up, and the
+  configuration above - deleting the pair again when any step fails.
 Adding what is there already and removing what is gone are not errors, so a step can be
 repeated after a failure. Errors: `AlreadyExists` (a name is taken), `NotFound` (an
 interface or namespace is missing), `WorkloadError` (any other netlink failure); each
