@@ -12,8 +12,9 @@ as code 100. Logs go to a file (`log_file_path`, default
 never to stdout.
 
 Start-up is part of every call's latency, so only what the command needs is imported:
-VERSION imports nothing of the library, ADD imports no grpc (etcd's JSON gateway) and
-no pyroute2 (`workload.netlink`).
+VERSION (which podman sends before every ADD and DEL) imports nothing but
+`cni.versions` (not even `json`), ADD imports no grpc (etcd's JSON gateway) and no pyroute2
+(`workload.netlink`).
 
 Leaves to others: the commands (`cni.calico`, `cni.ipam`), parsing (`cni.config`,
 `cni.spec`).
@@ -21,33 +22,19 @@ Leaves to others: the commands (`cni.calico`, `cni.ipam`), parsing (`cni.config`
 
 from __future__ import annotations
 
-import json
-import logging
 import os
 import sys
-from collections.abc import Callable, Mapping
-from typing import IO, Any
 
-from cni.spec import (
-    ADDRESS_IN_USE,
-    ADDRESSES_EXHAUSTED,
-    ALREADY_EXISTS,
-    INVALID_ENVIRONMENT,
-    INVALID_NETWORK_CONFIG,
-    LATEST,
-    PLUGIN_FAILURE,
-    TRY_AGAIN_LATER,
-    CniError,
-    Result,
-    parse_env,
-    render_error,
-    render_result,
-    version_answer,
-)
+from cni.versions import LATEST, requested_version, version_answer_text
 
-_log = logging.getLogger("cni")
+TYPE_CHECKING = False  # `typing` costs ~3 ms of VERSION's start-up; mypy knows the name
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from typing import IO, Any
 
-Command = Callable[[Any], Result | Any]
+    from cni.spec import CniError
+
+    Command = Callable[[Any], Any]
 
 
 def _commands(plugin: str) -> dict[str, Command]:
@@ -64,6 +51,17 @@ def _commands(plugin: str) -> dict[str, Command]:
 
 def to_cni_error(exc: BaseException) -> CniError:
     """The CNI error an exception is reported as."""
+    from cni.spec import (
+        ADDRESS_IN_USE,
+        ADDRESSES_EXHAUSTED,
+        ALREADY_EXISTS,
+        INVALID_ENVIRONMENT,
+        INVALID_NETWORK_CONFIG,
+        PLUGIN_FAILURE,
+        TRY_AGAIN_LATER,
+        CniError,
+    )
+
     if isinstance(exc, CniError):
         return exc
     from libcalico.errors import (
@@ -94,6 +92,8 @@ def to_cni_error(exc: BaseException) -> CniError:
 
 def _expected(exc: BaseException) -> bool:
     """A failure the plugin reports on purpose (its traceback would be noise)."""
+    from cni.spec import CniError
+
     if isinstance(exc, CniError):
         return True
     from libcalico.errors import CalicoError
@@ -103,6 +103,8 @@ def _expected(exc: BaseException) -> bool:
 
 def setup_logging(level: str, path: str, prefix: str) -> None:
     """Log to `path` (its directory made if missing), else to stderr; never stdout."""
+    import logging
+
     handler: logging.Handler
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -120,12 +122,20 @@ def setup_logging(level: str, path: str, prefix: str) -> None:
 
 def run(plugin: str, environ: Mapping[str, str], stdin: IO[bytes], stdout: IO[str]) -> int:
     """One CNI call of `plugin` ("calico" or "calico-ipam"); returns the exit status."""
-    from cni.config import load, logging_settings
-
     raw = stdin.read()
+    command = environ.get("CNI_COMMAND", "?")
+    if command == "VERSION":  # before every ADD and DEL: nothing to import, nothing to log
+        stdout.write(version_answer_text(requested_version(raw)) + "\n")
+        stdout.flush()
+        return 0
+    import logging
+
+    from cni.config import load, logging_settings
+    from cni.spec import CniError, parse_env, render_error, render_result
+
     version = LATEST
     ctx = None
-    command = environ.get("CNI_COMMAND", "?")
+    log = logging.getLogger("cni")
     try:
         try:
             data: dict[str, Any] | None = load(raw)
@@ -137,9 +147,6 @@ def run(plugin: str, environ: Mapping[str, str], stdin: IO[bytes], stdout: IO[st
         setup_logging(level, path, f"{plugin} {command} "
                       f"{environ.get('CNI_CONTAINERID', '-')[:12]}")
         env = parse_env(environ)
-        if env.command == "VERSION":
-            _write(stdout, version_answer((data or {}).get("cniVersion")))
-            return 0
         from cni.config import parse_args, parse_netconf
         from cni.context import Context
         from cni.spec import parse_cni_args
@@ -147,14 +154,14 @@ def run(plugin: str, environ: Mapping[str, str], stdin: IO[bytes], stdout: IO[st
         conf = parse_netconf(load(raw), env.command)
         args = parse_args(parse_cni_args(env.args))
         ctx = Context(env, conf, args, raw, environ)
-        _log.debug("config %s", raw.decode(errors="replace"))
+        log.debug("config %s", raw.decode(errors="replace"))
         result = _commands(plugin)[env.command](ctx)
         if env.command == "ADD":
             _write(stdout, render_result(conf.cni_version, result))
         return 0
     except BaseException as exc:  # noqa: BLE001 - the protocol wants an error object
         err = to_cni_error(exc)
-        _log.error("%s failed: %s%s", command, err.msg,
+        log.error("%s failed: %s%s", command, err.msg,
                    f" ({err.details})" if err.details else "",
                    exc_info=not _expected(exc))
         _write(stdout, render_error(version, err))
@@ -166,6 +173,8 @@ def run(plugin: str, environ: Mapping[str, str], stdin: IO[bytes], stdout: IO[st
 
 
 def _write(stdout: IO[str], obj: dict[str, Any]) -> None:
+    import json
+
     stdout.write(json.dumps(obj))
     stdout.write("\n")
     stdout.flush()

@@ -11,9 +11,9 @@ Owns:
 - `parse_env`: the CNI_* variables each command needs, validated (code 4 naming the
   variable and its value); `parse_cni_args`: `K=V;K2=V2`;
 - rendering: the ADD result (`render_result`: 0.3.x and 0.4.0 give each IP a
-  `version`, 1.x do not; 1.1.0 may carry an interface `mtu`), the error object, the
-  VERSION answer; reading a result of any of these versions (`result_ips`), e.g. a
-  delegated IPAM plugin's or a prevResult.
+  `version`, 1.x do not; 1.1.0 may carry an interface `mtu`), the error object (the
+  VERSION answer is `cni.versions`', kept import-free); reading a result of any of
+  these versions (`result_ips`), e.g. a delegated IPAM plugin's or a prevResult.
 
 Leaves to others: what the plugins do (`cni.calico`, `cni.ipam`), reading stdin and
 writing stdout (`cni.main`), network configuration (`cni.config`). No I/O here.
@@ -26,8 +26,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
-LATEST = SUPPORTED_VERSIONS[-1]
+from cni.versions import LATEST, SUPPORTED_VERSIONS, version_answer  # noqa: F401 - re-exported
+
 COMMANDS = ("ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION")
 # The first version that has each command (others: every supported version).
 _SINCE = {"CHECK": "0.4.0", "GC": "1.1.0", "STATUS": "1.1.0"}
@@ -214,12 +214,6 @@ def render_error(version: str, err: CniError) -> dict[str, Any]:
     if err.details:
         out["details"] = err.details
     return out
-
-
-def version_answer(requested: Any) -> dict[str, Any]:
-    """The VERSION answer, in the version the runtime asked with (else the latest)."""
-    version = requested if requested in SUPPORTED_VERSIONS else LATEST
-    return {"cniVersion": version, "supportedVersions": list(SUPPORTED_VERSIONS)}
 
 
 def result_ips(result: Mapping[str, Any], what: str = "result") -> list[str]:

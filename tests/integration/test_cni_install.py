@@ -119,3 +119,19 @@ def test_a_plugin_call_imports_no_heavy_library(unix_etcd, tmp: Path) -> None:
         subprocess.run(["ip", "netns", "del", ns], check=False)
         store.delete_prefix("/calico/")
         store.close()
+
+
+def test_version_imports_nothing_but_the_versions() -> None:
+    """Runtimes call VERSION before every ADD and DEL: it must not pay for the library,
+    logging, dataclasses or even json."""
+    code = (
+        "import io, sys\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "from cni.main import run\n"
+        "out = io.StringIO()\n"
+        "assert run('calico', {'CNI_COMMAND': 'VERSION'}, io.BytesIO(b'{}'), out) == 0\n"
+        "print(sorted(m for m in ('json', 'logging', 'dataclasses', 'typing', 're', "
+        "'libcalico', 'workload', 'cni.spec', 'cni.config') if m in sys.modules))\n")
+    proc = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True,
+                          text=True, check=True, cwd="/")
+    assert proc.stdout.strip() == "[]"

@@ -80,3 +80,22 @@ def test_success_without_a_result_prints_nothing(tmp_path: Path,
             "log_file_path": str(tmp_path / "l.log"), "ipam": {"type": "calico-ipam"}}
     rc, out, text = call({**ENV, "CNI_COMMAND": "DEL"}, conf)
     assert (rc, out, text) == (0, None, "")
+
+
+@pytest.mark.parametrize("raw, version", [
+    (b'{"cniVersion": "0.3.1"}', "0.3.1"),
+    (b'{"cniVersion":"1.0.0","name":"x"}', "1.0.0"),
+    (b'{"name": "x",\n  "cniVersion" :  "0.4.0" }', "0.4.0"),
+    (b'{"cniVersion": "9.9.9"}', "1.1.0"),
+    (b'{"cniVersion": 4}', "1.1.0"),
+    (b'{"cniVersion": "0.4.0', "1.1.0"),
+    (b"", "1.1.0"),
+    (b"not json at all", "1.1.0"),
+])
+def test_version_reads_the_asked_version_without_json(raw: bytes, version: str) -> None:
+    from cni.versions import SUPPORTED_VERSIONS
+
+    out = io.StringIO()
+    assert main.run("calico", {"CNI_COMMAND": "VERSION"}, io.BytesIO(raw), out) == 0
+    assert json.loads(out.getvalue()) == {"cniVersion": version,
+                                          "supportedVersions": list(SUPPORTED_VERSIONS)}
