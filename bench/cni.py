@@ -16,6 +16,9 @@ same load.
   They are Go binaries; what remains between us is mostly Python's start-up and imports,
   reported apart (`startup_ms`: `python -I -S -c pass`, the launcher's interpreter, and
   the plugin's VERSION). Our side is the launcher `calicoctl cni install` writes.
+- also reported: CPU time (user + system) of each plugin process, p50 (`cpu_p50_ms`,
+  `ratio_cpu`): what wall time approaches on a quiet machine, and steadier than wall
+  time on a shared one (note `load`).
 - parallel: 20 ADDs on one host started at once (all calico), then 20 DELs at once:
   every ADD must succeed with distinct addresses, and after the DELs IPAM holds nothing.
 Goals (issue 14): ADD p99 <= 2x the baseline's p99 and <= 300 ms; parallel: no duplicate
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -94,7 +98,8 @@ def in_host(host: Namespace, workers: int = 1) -> ThreadPoolExecutor:
 
 
 def call(binary: str, command: str, conf: Mapping[str, Any], container: str, netns: str,
-         ifname: str = "eth0") -> tuple[float, dict[str, Any] | None]:
+         ifname: str = "eth0", cpu: list[float] | None = None
+         ) -> tuple[float, dict[str, Any] | None]:
     """One plugin call as a runtime makes it, from a thread inside the host's namespace;
     (seconds, parsed stdout)."""
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "CNI_COMMAND": command,
@@ -102,13 +107,18 @@ def call(binary: str, command: str, conf: Mapping[str, Any], container: str, net
            "CNI_IFNAME": ifname, "CNI_PATH": f"{os.path.dirname(binary)}:{REFERENCE_DIR}",
            "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAME={container}"}
     data = json.dumps(conf).encode()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run([binary], input=data, env=env, capture_output=True, check=False)
     elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise RuntimeError(f"{os.path.basename(binary)} {command} {container} failed: "
                            f"{proc.stdout.decode()} {proc.stderr.decode()}")
-    return elapsed, json.loads(proc.stdout) if proc.stdout.strip() else None
+    out = json.loads(proc.stdout) if proc.stdout.strip() else None
+    if cpu is not None:  # exact only while this is the one child running (sequential use)
+        cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+    return elapsed, out
 
 
 def stats(seconds: list[float]) -> dict[str, float]:
@@ -185,6 +195,7 @@ def run(quick: bool) -> dict[str, Any]:
         containers = [Namespace("cnib-c") for _ in range(count)]
         times: dict[str, list[float]] = {"calico_add": [], "ref_add": [], "calico_del": [],
                                          "ref_del": []}
+        cpu: dict[str, list[float]] = {k: [] for k in times}
         warm = Namespace("cnib-w")
         with in_host(host) as runner:
             def run_in_host(*a: Any) -> tuple[float, dict[str, Any] | None]:
@@ -203,9 +214,10 @@ def run(quick: bool) -> dict[str, Any]:
                         order.reverse()
                     # Each container is attached to both networks, as eth0 and eth1.
                     for side, binary, conf, ifname in order:
+                        key = f"{side}_{command.lower()}"
                         seconds, _ = run_in_host(binary, command, conf, f"c{i}", ns.name,
-                                                 ifname)
-                        times[f"{side}_{command.lower()}"].append(seconds)
+                                                 ifname, cpu[key])
+                        times[key].append(seconds)
             floors = runner.submit(startup, calico, ours).result()
         par = parallel(host, calico, ours, store)
         left = sum(1 for _ in store.list(keyspace.host_workload_dir("bench-node"))[0])
@@ -220,6 +232,9 @@ def run(quick: bool) -> dict[str, Any]:
         shutil.rmtree(tmp, ignore_errors=True)
     add, ref_add = stats(times["calico_add"]), stats(times["ref_add"])
     dele, ref_del = stats(times["calico_del"]), stats(times["ref_del"])
+    for figures, key in ((add, "calico_add"), (ref_add, "ref_add"), (dele, "calico_del"),
+                         (ref_del, "ref_del")):
+        figures["cpu_p50_ms"] = round(percentile([c * 1000 for c in cpu[key]], 50), 1)
     add_ratio = ratio(add["p99_ms"], ref_add["p99_ms"], 2)
     return {
         "benchmark": "cni", "quick": quick, "containers": count, "load": os.getloadavg()[0],
@@ -232,6 +247,7 @@ def run(quick: bool) -> dict[str, Any]:
         "ratio": add_ratio,
         "ratio_p50": ratio(add["p50_ms"], ref_add["p50_ms"], 2),
         "ratio_del": ratio(dele["p99_ms"], ref_del["p99_ms"], 2),
+        "ratio_cpu": ratio(add["cpu_p50_ms"], ref_add["cpu_p50_ms"], 2),
         "startup_ms": floors,
         "parallel": par,
         "endpoints_left": left,
