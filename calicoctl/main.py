@@ -36,6 +36,7 @@ COMMAND_TABLE: dict[str, tuple[str, str]] = {
     "bgp": ("bgp", "Configure global BGP: peers, node-to-node mesh, default AS."),
     "checksystem": ("checksystem", "Check kernel modules, binaries, sysctls and etcd; "
                                    "exit 1 on any failure."),
+    "cni": ("cni", "Install the calico and calico-ipam CNI plugins."),
     "completion": ("version", "Print the shell-completion script for SHELL."),
     "config": ("config", "Manage felix and BGP configuration."),
     "container": ("container", "Add containers (network namespaces or Docker containers) "

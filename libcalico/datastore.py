@@ -11,9 +11,12 @@ Leaves to others: key names (`libcalico.keyspace`), value shapes (`libcalico.mod
 snapshot-and-follow semantics (`libcalico.syncer`) and retry policy above one call
 (IPAM and the CLI loop a bounded number of times and re-read).
 
-The client uses the etcd3 package's gRPC channel and generated stubs directly for
-ranges and watches, because the package's high-level calls ignore `revision`/`limit`
-and its watch thread re-connects in a tight loop while etcd is down.
+Transports (`EtcdSettings.transport`): "grpc" (the default) uses the etcd3 package's
+gRPC channel and generated stubs directly for ranges and watches, because the package's
+high-level calls ignore `revision`/`limit` and its watch thread re-connects in a tight
+loop while etcd is down. "http" speaks to etcd's JSON gateway with the standard library
+(`libcalico.etcdgateway`, no watches) for one-shot programs such as the CNI plugin,
+which cannot pay grpc's ~0.2 s import; the same calls below run over either.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from libcalico.errors import (
 _log = logging.getLogger(__name__)
 
 DEFAULT_AUTHORITY = "127.0.0.1:2379"
+TRANSPORTS = ("grpc", "http")
 DEFAULT_TIMEOUT = 5.0
 # Keys per range request of a paged list. Large pages matter: with the pure-Python protobuf
 # that protobuf<4 gives on Python 3.11, decoding dominates, and every page is a round trip
@@ -91,12 +95,14 @@ class EtcdSettings:
     cert_file: str | None = None
     key_file: str | None = None
     timeout: float = DEFAULT_TIMEOUT
+    transport: str = "grpc"  # or "http": etcd's JSON gateway, no grpc import (no watches)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *,
                  endpoints: str | None = None, authority: str | None = None,
                  ca_cert: str | None = None, cert_file: str | None = None,
-                 key_file: str | None = None, timeout: float | None = None) -> EtcdSettings:
+                 key_file: str | None = None, timeout: float | None = None,
+                 transport: str = "grpc") -> EtcdSettings:
         """Settings from explicit values, falling back to the ETCD_* variables.
 
         `ETCD_ENDPOINTS` (comma-separated URLs) wins over `ETCD_AUTHORITY` (host:port,
@@ -121,8 +127,10 @@ class EtcdSettings:
         if any(e.scheme == "https" for e in eps) and not ca_cert:
             raise ValidationError("ETCD_CA_CERT_FILE", ca_cert,
                                   "https endpoints need a CA certificate")
+        if transport not in TRANSPORTS:
+            raise ValidationError("transport", transport, f"must be one of {TRANSPORTS}")
         return cls(eps, ca_cert, cert_file, key_file,
-                   DEFAULT_TIMEOUT if timeout is None else timeout)
+                   DEFAULT_TIMEOUT if timeout is None else timeout, transport)
 
 
 def parse_endpoint_url(url: str, field: str = "ETCD_ENDPOINTS") -> Endpoint:
@@ -240,6 +248,20 @@ def _map_errors(fn: Callable[..., T]) -> Callable[..., T]:
 
 
 def translate_error(exc: BaseException) -> DatastoreError:
+    from libcalico.etcdgateway import (
+        CANCELLED,
+        DEADLINE_EXCEEDED,
+        OUT_OF_RANGE,
+        UNAVAILABLE,
+        GatewayError,
+    )
+
+    if isinstance(exc, GatewayError):
+        if exc.code in (UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED):
+            return DatastoreUnavailable(f"etcd unavailable: {exc.details}")
+        if exc.code == OUT_OF_RANGE and "compacted" in exc.details:
+            return Compacted(0)
+        return DatastoreError(f"etcd error {exc.code}: {exc.details}")
     import grpc
 
     if isinstance(exc, grpc.RpcError):
@@ -284,8 +306,8 @@ class Lease:
 @dataclass
 class _Conn:
     endpoint: Endpoint
-    client: Any  # etcd3.Etcd3Client
-    rpc: Any  # etcd3.etcdrpc module
+    client: Any  # etcd3.Etcd3Client, or an etcdgateway.GatewayClient
+    rpc: Any  # etcd3.etcdrpc module, or etcdgateway.GATEWAY_RPC
     watchstub: Any = None
 
 
@@ -305,16 +327,23 @@ class Datastore:
     # --- connection ------------------------------------------------------------------------
 
     def _connect(self, endpoint: Endpoint) -> _Conn:
-        import etcd3
-        from etcd3 import etcdrpc
-
         s = self.settings
         tls = endpoint.scheme == "https"
-        if tls:  # etcd3 reads these files now; name the setting, not a bare OSError
+        if tls:  # the client reads these files now; name the setting, not a bare OSError
             for name, path in (("ETCD_CA_CERT_FILE", s.ca_cert), ("ETCD_CERT_FILE", s.cert_file),
                                ("ETCD_KEY_FILE", s.key_file)):
                 if path and not os.access(path, os.R_OK):
                     raise ValidationError(name, path, "file missing or unreadable")
+        if s.transport == "http":
+            from libcalico.etcdgateway import GATEWAY_RPC, GatewayClient
+
+            gateway = GatewayClient(endpoint.scheme, endpoint.host, endpoint.port, s.timeout,
+                                    s.ca_cert, s.cert_file, s.key_file)
+            return _Conn(endpoint, gateway, GATEWAY_RPC)
+
+        import etcd3
+        from etcd3 import etcdrpc
+
         host, port = endpoint.grpc_target
         client = etcd3.client(
             host=host, port=port,
@@ -578,6 +607,8 @@ class Datastore:
 
     def watch(self, prefixes: Sequence[str], start_revision: int) -> WatchStream:
         """Open a watch on each prefix from `start_revision`; see `WatchStream`."""
+        if self.settings.transport != "grpc":
+            raise DatastoreError("watches need the grpc transport")
         conn = self._current()
         try:
             return WatchStream(conn, prefixes, start_revision)

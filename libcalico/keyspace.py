@@ -386,43 +386,71 @@ ParsedKey = (ReadyKey | GlobalConfigKey | HostConfigKey | HostBirdIPKey | Worklo
 
 _S = r"([^/]+)"
 _CIDR = r"([0-9a-fA-F:.]+-[0-9]+)"
-_PATTERNS: list[tuple[re.Pattern[str], object]] = [
-    (re.compile(rf"^{V1}/Ready$"), lambda m: ReadyKey()),
-    (re.compile(rf"^{V1}/config/{_S}$"), lambda m: GlobalConfigKey(m[1])),
-    (re.compile(rf"^{V1}/host/{_S}/config/{_S}$"), lambda m: HostConfigKey(m[1], m[2])),
-    (re.compile(rf"^{V1}/host/{_S}/bird_ip$"), lambda m: HostBirdIPKey(m[1])),
-    (re.compile(rf"^{V1}/host/{_S}/workload/{_S}/{_S}/endpoint/{_S}$"),
+# (pattern, builder); each pattern is compiled the first time a key gets that far down the
+# list, so a short-lived program (a CNI plugin call) compiles only those it needs.
+_PATTERNS: list[tuple[str, object]] = [
+    (rf"^{V1}/Ready$", lambda m: ReadyKey()),
+    (rf"^{V1}/config/{_S}$", lambda m: GlobalConfigKey(m[1])),
+    (rf"^{V1}/host/{_S}/config/{_S}$", lambda m: HostConfigKey(m[1], m[2])),
+    (rf"^{V1}/host/{_S}/bird_ip$", lambda m: HostBirdIPKey(m[1])),
+    (rf"^{V1}/host/{_S}/workload/{_S}/{_S}/endpoint/{_S}$",
      lambda m: WorkloadEndpointKey(m[1], m[2], m[3], m[4])),
-    (re.compile(rf"^{V1}/host/{_S}/endpoint/{_S}$"), lambda m: HostEndpointKey(m[1], m[2])),
-    (re.compile(rf"^{V1}/policy/profile/{_S}/(rules|tags|labels)$"),
+    (rf"^{V1}/host/{_S}/endpoint/{_S}$", lambda m: HostEndpointKey(m[1], m[2])),
+    (rf"^{V1}/policy/profile/{_S}/(rules|tags|labels)$",
      lambda m: ProfileKey(m[1], m[2])),
-    (re.compile(rf"^{V1}/policy/tier/{_S}/metadata$"), lambda m: TierKey(m[1])),
-    (re.compile(rf"^{V1}/policy/tier/{_S}/policy/{_S}$"), lambda m: PolicyKey(m[1], m[2])),
-    (re.compile(rf"^{V1}/ipam/v[46]/pool/{_CIDR}$"), lambda m: PoolKey(segment_to_cidr(m[1]))),
-    (re.compile(rf"^{BGP}/global/(as_num|node_mesh|loglevel)$"), lambda m: BGPGlobalKey(m[1])),
-    (re.compile(rf"^{BGP}/global/peer_v[46]/{_S}$"), lambda m: BGPPeerKey(None, m[1])),
-    (re.compile(rf"^{BGP}/global/custom_filters/v([46])/{_S}$"),
+    (rf"^{V1}/policy/tier/{_S}/metadata$", lambda m: TierKey(m[1])),
+    (rf"^{V1}/policy/tier/{_S}/policy/{_S}$", lambda m: PolicyKey(m[1], m[2])),
+    (rf"^{V1}/ipam/v[46]/pool/{_CIDR}$", lambda m: PoolKey(segment_to_cidr(m[1]))),
+    (rf"^{BGP}/global/(as_num|node_mesh|loglevel)$", lambda m: BGPGlobalKey(m[1])),
+    (rf"^{BGP}/global/peer_v[46]/{_S}$", lambda m: BGPPeerKey(None, m[1])),
+    (rf"^{BGP}/global/custom_filters/v([46])/{_S}$",
      lambda m: CustomFilterKey(int(m[1]), m[2])),
-    (re.compile(rf"^{BGP}/host/{_S}/({'|'.join(BGP_HOST_FIELDS)})$"),
+    (rf"^{BGP}/host/{_S}/({'|'.join(BGP_HOST_FIELDS)})$",
      lambda m: BGPHostKey(m[1], m[2])),
-    (re.compile(rf"^{BGP}/host/{_S}/peer_v[46]/{_S}$"), lambda m: BGPPeerKey(m[1], m[2])),
-    (re.compile(rf"^{IPAM}/config$"), lambda m: IPAMConfigKey()),
-    (re.compile(rf"^{IPAM}/assignment/ipv[46]/block/{_CIDR}$"),
+    (rf"^{BGP}/host/{_S}/peer_v[46]/{_S}$", lambda m: BGPPeerKey(m[1], m[2])),
+    (rf"^{IPAM}/config$", lambda m: IPAMConfigKey()),
+    (rf"^{IPAM}/assignment/ipv[46]/block/{_CIDR}$",
      lambda m: BlockKey(segment_to_cidr(m[1]))),
-    (re.compile(rf"^{IPAM}/handle/{_S}$"), lambda m: HandleKey(m[1])),
-    (re.compile(rf"^{IPAM}/host/{_S}/ipv[46]/block/{_CIDR}$"),
+    (rf"^{IPAM}/handle/{_S}$", lambda m: HandleKey(m[1])),
+    (rf"^{IPAM}/host/{_S}/ipv[46]/block/{_CIDR}$",
      lambda m: AffinityKey(m[1], segment_to_cidr(m[2]))),
-    (re.compile(rf"^{FELIX}/host/{_S}/(status|last_reported_status)$"),
+    (rf"^{FELIX}/host/{_S}/(status|last_reported_status)$",
      lambda m: FelixStatusKey(m[1], m[2] == "last_reported_status")),
-    (re.compile(rf"^{FELIX}/host/{_S}/workload/{_S}/{_S}/endpoint/{_S}$"),
+    (rf"^{FELIX}/host/{_S}/workload/{_S}/{_S}/endpoint/{_S}$",
      lambda m: EndpointStatusKey(m[1], m[2], m[3], m[4])),
-    (re.compile(rf"^{LIBNETWORK}/{_S}$"), lambda m: LibnetworkNetworkKey(m[1])),
+    (rf"^{LIBNETWORK}/{_S}$", lambda m: LibnetworkNetworkKey(m[1])),
 ]
+
+
+_compiled: list[re.Pattern[str] | None] = [None] * len(_PATTERNS)
+
+
+def _literal_prefix(source: str) -> str:
+    """The plain text a pattern starts with (after `^`), up to its first regex syntax."""
+    out = []
+    for ch in source[1:]:
+        if ch in "([.\\^$*+?{|":
+            break
+        out.append(ch)
+    return "".join(out)
+
+
+# A key is tried only against the patterns whose literal start it has, so a pattern is
+# compiled only when a key of its kind turns up.
+_PREFIXES = [_literal_prefix(source) for source, _ in _PATTERNS]
+
+
+def _compile(index: int, source: str) -> re.Pattern[str]:
+    pattern = _compiled[index] = re.compile(source)  # idempotent: safe across threads
+    return pattern
 
 
 def parse_key(key: str) -> ParsedKey | None:
     """Turn a key back into what it names; None for a key outside the layout."""
-    for pattern, build in _PATTERNS:
+    for i, (source, build) in enumerate(_PATTERNS):
+        if not key.startswith(_PREFIXES[i]):
+            continue
+        pattern = _compiled[i] or _compile(i, source)
         m = pattern.match(key)
         if m:
             try:

@@ -9,10 +9,13 @@ cd "$(dirname "$0")/.."
 # starts its own dockerd with a private socket; the packaged service is not started);
 # debootstrap makes the node image's Debian base (`calicoctl node image build`); tcpdump
 # serves the routing tests (what crosses the simulated router), iperf3 the routing
-# benchmark (bench/routing.py).
+# benchmark (bench/routing.py). podman and containernetworking-plugins (the reference CNI
+# plugins in /usr/lib/cni) serve the CNI tests and benchmark: each podman run gets a
+# private storage root and a containers.conf of its own, so nothing in /etc/containers is
+# changed.
 DEBS=(etcd-server etcd-client bird2 iptables ipset iproute2 conntrack supervisor
       iputils-ping netcat-openbsd tcpdump iperf3 openssl procps kmod python3 python3-venv
-      python3-pip docker.io busybox-static debootstrap)
+      python3-pip docker.io busybox-static debootstrap podman containernetworking-plugins)
 
 if [ "$(id -u)" != 0 ]; then
     echo "bootstrap: run as root (it installs Debian packages and creates namespaces)" >&2
@@ -60,4 +63,4 @@ if [ ! -f "$stamp" ]; then
 fi
 # Bytecode for the project's own modules: an editable install writes none, and with
 # PYTHONDONTWRITEBYTECODE set every calicoctl run would compile them again (~30 ms).
-.venv/bin/python -m compileall -q -j 0 libcalico workload calicoctl felix confd netsim >/dev/null
+.venv/bin/python -m compileall -q -j 0 libcalico workload calicoctl felix confd netsim cni >/dev/null

@@ -4,9 +4,11 @@ only while IPAM still records them as the workload's.
 Owns:
 - the request grammar every way in shares: `ipv4` / `ipv6` (auto-assign from any usable
   pool of that version, the host's own blocks first), a pool CIDR (auto-assign from
-  exactly that pool, which must exist), or an address literal (that address);
-  `parse_request` (pure) and `check_requests` (every request parsed and every named
-  pool looked up before anything is assigned, so bad input changes nothing);
+  exactly that pool, which must exist), or an address literal (that address, which
+  must be in a pool); `auto_request` for auto-assignment from any of several pools (a
+  CNI config's `ipv4_pools`); `parse_request` (pure) and `check_requests` (every
+  request parsed, every named pool looked up and every address's pool found before
+  anything is assigned, so bad input changes nothing);
 - `assign_address`: one address for one checked request;
 - what IPAM records with each address: the handle (the workload id unless a way in
   chooses another, e.g. one per network) and `ipam_attributes` (host, orchestrator,
@@ -39,12 +41,37 @@ _GRAMMAR = "not an address, ipv4, ipv6 or a pool CIDR"
 
 @dataclass(frozen=True)
 class AddressRequest:
-    """One checked request: auto-assign (from `pool`, or any pool) or exactly `address`."""
+    """One checked request: auto-assign (from `pool`, from any of `pools`, or from any
+    pool) or exactly `address`."""
 
     text: str
     version: int
     pool: str | None = None
     address: str | None = None
+    pools: tuple[str, ...] = ()
+
+    @property
+    def allowed_pools(self) -> list[str] | None:
+        """The pools auto-assignment may use (None: any usable pool of the version)."""
+        if self.pool is not None:
+            return [self.pool]
+        return list(self.pools) or None
+
+
+def auto_request(version: int, pools: Sequence[str] = (), field: str = "pools"
+                 ) -> AddressRequest:
+    """Auto-assign one address of `version` from any of `pools` (none: any pool); each
+    pool must be a CIDR of that version (ValidationError naming `field` otherwise)."""
+    checked = []
+    for cidr in pools:
+        try:
+            net = ipaddress.ip_network(cidr, strict=True) if isinstance(cidr, str) else None
+        except ValueError:
+            net = None
+        if net is None or net.version != version:
+            raise ValidationError(field, cidr, f"not an IPv{version} pool CIDR")
+        checked.append(str(net))
+    return AddressRequest(f"ipv{version}", version, pools=tuple(checked))
 
 
 def parse_request(text: str, field: str = "IP") -> AddressRequest:
@@ -65,13 +92,24 @@ def parse_request(text: str, field: str = "IP") -> AddressRequest:
     return AddressRequest(text, addr.version, address=str(addr))
 
 
-def check_requests(client: CalicoClient, requests: Sequence[str],
+def check_requests(client: CalicoClient, requests: Sequence[str | AddressRequest],
                    field: str = "IP") -> list[AddressRequest]:
-    """Parse every request and check that every named pool exists, before any is used."""
-    checked = [parse_request(r, field) for r in requests]
+    """Parse every request (text, or an `AddressRequest` already made), check that every
+    named pool exists and that every address is in a pool, before any is used."""
+    checked = [r if isinstance(r, AddressRequest) else parse_request(r, field)
+               for r in requests]
+    pools = None
     for request in checked:
-        if request.pool is not None and client.get_pool(request.pool) is None:
-            raise ValidationError(field, request.text, "is not the CIDR of an IP pool")
+        for cidr in ([request.pool] if request.pool else list(request.pools)):
+            if client.get_pool(cidr) is None:
+                raise ValidationError(field, cidr if request.pools else request.text,
+                                      "is not the CIDR of an IP pool")
+        if request.address is not None:
+            if pools is None:
+                pools = [ipaddress.ip_network(p.cidr) for p in client.list_pools()]
+            addr = ipaddress.ip_address(request.address)
+            if not any(addr in net for net in pools):
+                raise ValidationError(field, request.text, "is in no IP pool")
     return checked
 
 
@@ -90,7 +128,7 @@ def assign_address(ipam: IPAMClient, request: AddressRequest, handle: str,
         return ipam.assign_ip(request.address, handle, attributes, host)
     v4 = request.version == 4
     got = ipam.auto_assign(int(v4), int(not v4), handle, attributes, host,
-                           pools=[request.pool] if request.pool else None).raise_if_short()
+                           pools=request.allowed_pools).raise_if_short()
     return (got.ipv4s or got.ipv6s)[0]
 
 

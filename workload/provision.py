@@ -7,11 +7,14 @@ Owns the order of the steps and what happens when one fails:
   are assigned (IPAM), the interface is created and configured (`workload.veth`) with
   the given MTU or, by default, the tunnel MTU when an address is in a pool with an
   encapsulation (`workload.mtu`), and the endpoint is written last, so felix never sees
-  an endpoint whose interface is not ready. A failure at any step undoes the steps
-  before it (interface deleted, addresses released) and re-raises. A process killed
-  part-way cannot undo: what it assigned stays recorded under the workload's handle
-  (`calicoctl ipam check` reports it as a leak and `--fix` releases it), and a veth it
-  created stays until its namespace goes.
+  an endpoint whose interface is not ready. Addresses that another allocator assigned
+  (`assigned`: a CNI IPAM plugin such as host-local) are configured and recorded the
+  same way, but never released here: their allocator's owner releases them. A failure
+  at any step undoes the steps before it (interface deleted, addresses released) and
+  re-raises. A process killed part-way cannot undo: what it assigned stays recorded
+  under the workload's handle (`calicoctl ipam check` reports it as a leak and `--fix`
+  releases it), and a veth it created stays until its namespace goes (a CNI DEL removes
+  both: its names are known).
 - `remove_workload`: the endpoint is marked inactive first (felix withdraws its routes
   and drops its traffic; the record stays, as the marker a retry finds), then the
   interface is deleted, then the addresses IPAM still holds for the endpoint are
@@ -23,6 +26,11 @@ Owns the order of the steps and what happens when one fails:
 Every removal step is idempotent (a missing interface, address or allocation is done
 already), so repeating a removal after a failure at any step finishes it: the address
 released, the interface without it, the endpoint without it.
+
+A workload has one endpoint per host by default (`calicoctl container add` refuses a
+second); a way in that attaches one container to several networks gives each
+attachment its own endpoint id and host interface name (`exclusive=False`,
+`host_ifname`) and removes them one at a time (`remove_workload(endpoint_id=...)`).
 
 The workload's identity is `Workload` (host, orchestrator, workload id, namespace); its
 IPAM handle is the workload id unless the caller names another (`Workload.handle`,
@@ -43,7 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import uuid
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
@@ -131,32 +139,46 @@ def build_endpoint(where: Workload, endpoint_id: str, host_ifname: str, mac: str
 
 
 def add_workload(client: CalicoClient, ipam: IPAMClient, where: Workload,
-                 requests: Sequence[str], *, ifname: str = "eth1", mtu: int | None = None,
-                 profiles: Sequence[str] = (), labels: Mapping[str, str] | None = None,
-                 endpoint_id: str | None = None,
-                 host_netns: str | None = None) -> WorkloadEndpoint:
+                 requests: Sequence[str | addresses.AddressRequest], *, ifname: str = "eth1",
+                 mtu: int | None = None, profiles: Sequence[str] = (),
+                 labels: Mapping[str, str] | None = None, endpoint_id: str | None = None,
+                 host_netns: str | None = None, host_ifname: str | None = None,
+                 assigned: Sequence[str] = (), exclusive: bool = True,
+                 request_field: str = "IP") -> WorkloadEndpoint:
     """Give the workload an interface `ifname` in its namespace with one address per
-    request, and write its endpoint; all of it, or (on failure) none of it.
+    request (plus the `assigned` ones), and write its endpoint; all of it, or (on
+    failure) none of it.
 
-    `host_netns` is where the host end of the veth goes (None: this process's namespace).
-    `AlreadyExists` if the workload has an endpoint on this host already."""
+    `host_netns` is where the host end of the veth goes (None: this process's namespace);
+    `host_ifname` names that end (default: `cali` + the endpoint id's first 11
+    characters). `assigned`: addresses another allocator gave the workload, configured
+    and recorded but never released here. `request_field` names the requests in errors.
+    `AlreadyExists` if the workload has an endpoint on this host already (with
+    `exclusive=False`: an endpoint with this endpoint id)."""
     validate_interface("interface", ifname)
     validate_mtu(mtu)
-    endpoint_id = endpoint_id or uuid.uuid4().hex
+    endpoint_id = endpoint_id or os.urandom(16).hex()
     WorkloadEndpointId(where.hostname, where.orchestrator, where.workload, endpoint_id)
+    host_ifname = validate_interface("host interface",
+                                     host_ifname or veth.host_interface_name(endpoint_id))
     for profile in profiles:
         validate_name("profile", profile)
     validate_labels("labels", labels or {})
-    checked = addresses.check_requests(client, requests)
-    if client.list_workload_endpoints(where.hostname, where.orchestrator, where.workload):
+    given = [canonical_address("assigned address", ip) for ip in assigned]
+    checked = addresses.check_requests(client, requests, request_field)
+    existing = client.list_workload_endpoints(where.hostname, where.orchestrator,
+                                              where.workload)
+    if exclusive and existing:
         raise AlreadyExists(f"workload {where.workload} already has an endpoint on "
                             f"{where.hostname}")
-    host_ifname = veth.host_interface_name(endpoint_id)
+    if any(ep.endpoint_id == endpoint_id for ep in existing):
+        raise AlreadyExists(f"workload {where.workload} already has endpoint {endpoint_id} "
+                            f"on {where.hostname}")
     attrs = addresses.ipam_attributes(where.hostname, where.orchestrator, where.workload,
                                       endpoint_id)
     undo = _Undo()
     try:
-        ips: list[str] = []
+        ips: list[str] = list(given)
         for request in checked:
             ip = addresses.assign_address(ipam, request, where.ipam_handle, attrs,
                                           where.hostname)
@@ -178,18 +200,22 @@ def add_workload(client: CalicoClient, ipam: IPAMClient, where: Workload,
 
 def remove_workload(client: CalicoClient, ipam: IPAMClient, hostname: str,
                     orchestrator: str, workload: str, *, handle: str | None = None,
-                    host_netns: str | None = None, missing_ok: bool = False) -> Removed:
-    """Take the workload's endpoints on `hostname` off the network: mark them inactive,
-    delete their interfaces, release their addresses, delete them (see the module
-    docstring for why in this order). Repeating it after a failure finishes the job.
+                    host_netns: str | None = None, missing_ok: bool = False,
+                    endpoint_id: str | None = None) -> Removed:
+    """Take the workload's endpoints on `hostname` (only `endpoint_id`, if given) off the
+    network: mark them inactive, delete their interfaces, release their addresses,
+    delete them (see the module docstring for why in this order). Repeating it after a
+    failure finishes the job.
 
-    `NotFound` when the workload has no endpoint here, unless `missing_ok` (a CNI DEL)."""
+    `NotFound` when the workload has no such endpoint here, unless `missing_ok` (a CNI
+    DEL)."""
     handle = handle or workload
-    eps = client.list_workload_endpoints(hostname, orchestrator, workload)
+    eps = client.list_workload_endpoints(hostname, orchestrator, workload, endpoint_id)
     if not eps:
         if missing_ok:
             return Removed((), ())
-        raise NotFound(f"workload {workload} has no endpoint on {hostname}")
+        which = f"endpoint {endpoint_id}" if endpoint_id else "endpoint"
+        raise NotFound(f"workload {workload} has no {which} on {hostname}")
     for ep in eps:
         if ep.state != "inactive":
             try:

@@ -13,19 +13,25 @@ creates the pair and leaves moving, renaming and addressing the peer to Docker):
   neighbour entry for each gateway pointing at the host end's MAC, and the default
   routes via the gateways (`workload.gateway`);
 - `remove_addresses` (a version's gateway route and neighbour go with its last
-  address), `delete_veth`, and the read-only `link_mac` / `interface_addresses`;
-- `create_workload_interface`: all of the above for one new interface, deleting the
-  pair again when any step fails.
+  address), `delete_veth`, and the read-only `link_mac` / `interface_addresses` /
+  `read_interface`;
+- `create_workload_interface`: one new interface whole - the pair created with its
+  peer born inside the workload's namespace under its final name (one request: moving
+  a device between namespaces costs the kernel far more), MTU, both ends up, and the
+  configuration above - deleting the pair again when any step fails.
 Adding what is there already and removing what is gone are not errors, so a step can be
 repeated after a failure. Errors: `AlreadyExists` (a name is taken), `NotFound` (an
 interface or namespace is missing), `WorkloadError` (any other netlink failure); each
 names the interface, address or namespace.
 
 A namespace is given as a name under /run/netns or an absolute path (/proc/PID/ns/net);
-None means this process's own. pyroute2 is imported only inside these functions (it
-costs ~0.3 s, which command-line start-up must not pay), and each function opens one
-netlink socket per namespace it touches, however many steps it makes (a socket in
-another namespace costs ~20 ms to open).
+None means this process's own. The messages go through `workload.netlink` (standard
+library only: pyroute2's import alone cost ~0.3 s, more than a whole CNI ADD may take),
+and each function opens one netlink socket per namespace it touches, however many steps
+it makes.
+
+`read_interface` reads back what the steps made (MAC, state, addresses, routes and
+neighbour entries of one interface), for checks such as a CNI CHECK.
 
 Leaves to others: which addresses (IPAM, `workload.addresses`), the endpoint record
 (`workload.provision`), host-side routes, proxy ARP and policy (felix).
@@ -40,10 +46,10 @@ import socket
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 from libcalico.errors import AlreadyExists, CalicoError, NotFound
 from workload.gateway import gateway_route, ip_version
+from workload.netlink import NUD_PERMANENT, RtSocket, netns_path
 
 _log = logging.getLogger(__name__)
 
@@ -68,11 +74,6 @@ def temp_peer_name(host_ifname: str) -> str:
     return f"tmp{host_ifname[-11:]}"
 
 
-def netns_path(netns: str) -> str:
-    """`/run/netns/x` for a bare name; absolute paths (e.g. /proc/PID/ns/net) as given."""
-    return netns if netns.startswith("/") else f"/run/netns/{netns}"
-
-
 @dataclass(frozen=True)
 class VethPair:
     host_ifname: str
@@ -93,30 +94,26 @@ class WorkloadInterface:
 
 
 @contextmanager
-def _socket(netns: str | None) -> Iterator[Any]:
-    """An IPRoute socket in `netns` (None: this process's namespace)."""
-    from pyroute2 import IPRoute
-
+def _socket(netns: str | None) -> Iterator[RtSocket]:
+    """A netlink socket in `netns` (None: this process's namespace)."""
     if netns is not None and not os.path.exists(netns_path(netns)):
         raise NotFound(f"network namespace {netns} does not exist")
     with _netlink(f"network namespace {netns}"):
-        ipr = IPRoute() if netns is None else IPRoute(netns=netns_path(netns))
+        sock = RtSocket(netns)
     try:
-        yield ipr
+        yield sock
     finally:
-        ipr.close()
+        sock.close()
 
 
 @contextmanager
 def _netlink(what: str, ok: Collection[int] = ()) -> Iterator[None]:
     """Turn a netlink failure inside the block into our errors, naming `what`; errnos in
     `ok` count as success (EEXIST when adding, ENOENT when deleting)."""
-    from pyroute2 import NetlinkError
-
     try:
         yield
-    except (NetlinkError, OSError) as exc:
-        code = exc.code if isinstance(exc, NetlinkError) else exc.errno
+    except OSError as exc:
+        code = exc.errno
         if code in ok:
             return
         if code == errno.EEXIST:
@@ -126,50 +123,48 @@ def _netlink(what: str, ok: Collection[int] = ()) -> Iterator[None]:
         raise WorkloadError(f"{what}: {os.strerror(code) if code else exc}") from None
 
 
-def _index(ipr: Any, ifname: str) -> int | None:
-    found = ipr.link_lookup(ifname=ifname)
-    return int(found[0]) if found else None
+def _index(sock: RtSocket, ifname: str) -> int | None:
+    with _netlink(f"interface {ifname}"):
+        link = sock.link(ifname)
+    return None if link is None else link.index
 
 
-def _require(ipr: Any, ifname: str, netns: str | None) -> int:
-    index = _index(ipr, ifname)
+def _require(sock: RtSocket, ifname: str, netns: str | None) -> int:
+    index = _index(sock, ifname)
     if index is None:
         where = f" in {netns}" if netns is not None else ""
         raise NotFound(f"interface {ifname} does not exist{where}")
     return index
 
 
-def _mac(ipr: Any, index: int) -> str:
-    return str(ipr.get_links(index)[0].get_attr("IFLA_ADDRESS"))
+def _mac(sock: RtSocket, index: int) -> str:
+    with _netlink(f"interface {index}"):
+        link = sock.link_by_index(index)
+    if link is None or link.mac is None:
+        raise NotFound(f"interface {index} has gone")
+    return link.mac
 
 
-def _family(version: int) -> int:
-    return socket.AF_INET if version == 4 else socket.AF_INET6
-
-
-def _global_addresses(ipr: Any, index: int) -> list[str]:
-    return sorted(str(a.get_attr("IFA_ADDRESS")) for a in ipr.get_addr(index=index)
-                  if a.get("scope", 0) == 0)
+def _global_addresses(sock: RtSocket, index: int) -> list[str]:
+    with _netlink(f"addresses of interface {index}"):
+        return sorted(a.address for a in sock.addresses(index) if a.scope == 0)
 
 
 # --- the steps ---------------------------------------------------------------------------------
 
 
-def _create_veth(ipr: Any, host_ifname: str, peer_ifname: str, netns: str | None,
+def _create_veth(sock: RtSocket, host_ifname: str, peer_ifname: str, netns: str | None,
                  mtu: int | None) -> VethPair:
     with _netlink(f"interface {host_ifname}"):
-        ipr.link("add", ifname=host_ifname, kind="veth", peer=peer_ifname)
+        sock.add_veth(host_ifname, peer_ifname, mtu)
     try:
-        index = _require(ipr, host_ifname, netns)
-        peer = _require(ipr, peer_ifname, netns)
+        index = _require(sock, host_ifname, netns)
+        peer = _require(sock, peer_ifname, netns)
         with _netlink(f"interface {host_ifname}"):
-            if mtu is not None:
-                ipr.link("set", index=index, mtu=mtu)
-                ipr.link("set", index=peer, mtu=mtu)
-            ipr.link("set", index=index, state="up")
-        return VethPair(host_ifname, _mac(ipr, index), peer_ifname, _mac(ipr, peer))
+            sock.set_link(index, up=True)
+        return VethPair(host_ifname, _mac(sock, index), peer_ifname, _mac(sock, peer))
     except BaseException:
-        _undo_delete(ipr, host_ifname)
+        _undo_delete(sock, host_ifname)
         raise
 
 
@@ -178,11 +173,11 @@ def create_veth(host_ifname: str, peer_ifname: str, *, netns: str | None = None,
     """A veth pair `host_ifname` <-> `peer_ifname`, both in `netns` (the host's; None:
     this process's), the host end up and the peer down (it is moved next: by
     `move_into_namespace`, or by Docker). `AlreadyExists` if a name is taken."""
-    with _socket(netns) as ipr:
-        return _create_veth(ipr, host_ifname, peer_ifname, netns, mtu)
+    with _socket(netns) as sock:
+        return _create_veth(sock, host_ifname, peer_ifname, netns, mtu)
 
 
-def _move(here: Any, inside: Any, ifname: str, target: str, new_ifname: str,
+def _move(here: RtSocket, inside: RtSocket, ifname: str, target: str, new_ifname: str,
           netns: str | None) -> int:
     """Move, rename, bring up; the interface's index in `target`."""
     if _index(inside, new_ifname) is not None:
@@ -191,15 +186,14 @@ def _move(here: Any, inside: Any, ifname: str, target: str, new_ifname: str,
     fd = os.open(netns_path(target), os.O_RDONLY)
     try:
         with _netlink(f"moving interface {ifname} to {target}"):
-            here.link("set", index=index, net_ns_fd=fd)
+            here.set_link(index, netns_fd=fd)
     finally:
         os.close(fd)
     moved = _index(inside, ifname)
     if moved is None:
         raise WorkloadError(f"interface {ifname} vanished while moving to {target}")
     with _netlink(f"interface {new_ifname} in {target}"):
-        inside.link("set", index=moved, ifname=new_ifname)
-        inside.link("set", index=moved, state="up")
+        inside.set_link(moved, name=new_ifname, up=True)  # the kernel renames, then ups
     return moved
 
 
@@ -213,76 +207,66 @@ def move_into_namespace(ifname: str, target: str, new_ifname: str, *,
 
 
 def set_mtu(ifname: str, mtu: int, *, netns: str | None = None) -> None:
-    with _socket(netns) as ipr:
-        index = _require(ipr, ifname, netns)
+    with _socket(netns) as sock:
+        index = _require(sock, ifname, netns)
         with _netlink(f"MTU {mtu} on {ifname}"):
-            ipr.link("set", index=index, mtu=mtu)
+            sock.set_link(index, mtu=mtu)
 
 
-def _add_addresses(ipr: Any, index: int, ips: Iterable[str]) -> None:
-    from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
-
+def _add_addresses(sock: RtSocket, index: int, ips: Iterable[str]) -> None:
     for ip in ips:
+        v6 = ip_version(ip) == 6
         with _netlink(f"address {ip}", ok=(errno.EEXIST,)):
-            if ip_version(ip) == 6:
-                ipr.addr("add", index=index, address=ip, prefixlen=128, flags=IFA_F_NODAD)
-            else:
-                ipr.addr("add", index=index, address=ip, prefixlen=32)
+            sock.add_address(index, ip, 128 if v6 else 32, nodad=v6)
 
 
-def _add_gateway_neighbours(ipr: Any, index: int, versions: Iterable[int],
+def _add_gateway_neighbours(sock: RtSocket, index: int, versions: Iterable[int],
                             host_mac: str) -> None:
-    from pyroute2.netlink.rtnl.ndmsg import NUD_PERMANENT
-
     for version in sorted(set(versions)):
         gw = gateway_route(version)
         with _netlink(f"neighbour entry for gateway {gw.gateway}"):
-            ipr.neigh("replace", dst=gw.gateway, lladdr=host_mac, ifindex=index,
-                      state=NUD_PERMANENT, family=_family(version))
+            sock.replace_neighbour(index, gw.gateway, host_mac)
 
 
-def _add_gateway_routes(ipr: Any, index: int, versions: Iterable[int]) -> None:
-    from pyroute2.netlink.rtnl.rtmsg import RTNH_F_ONLINK
-
+def _add_gateway_routes(sock: RtSocket, index: int, versions: Iterable[int]) -> None:
     for version in sorted(set(versions)):
         gw = gateway_route(version)
         with _netlink(f"default route via {gw.gateway}"):
-            ipr.route("replace", dst=gw.default, gateway=gw.gateway, oif=index,
-                      flags=RTNH_F_ONLINK if gw.onlink else 0, family=_family(version))
+            sock.replace_route(gw.default, gw.gateway, index, onlink=gw.onlink)
 
 
 def add_addresses(ifname: str, ips: Sequence[str], *, netns: str | None) -> None:
     """/32 and /128 addresses on `ifname` (IPv6 without duplicate address detection)."""
-    with _socket(netns) as ipr:
-        _add_addresses(ipr, _require(ipr, ifname, netns), ips)
+    with _socket(netns) as sock:
+        _add_addresses(sock, _require(sock, ifname, netns), ips)
 
 
 def add_gateway_neighbours(ifname: str, versions: Iterable[int], host_mac: str, *,
                            netns: str | None) -> None:
     """A permanent neighbour entry for each version's gateway: the host end's MAC."""
-    with _socket(netns) as ipr:
-        _add_gateway_neighbours(ipr, _require(ipr, ifname, netns), versions, host_mac)
+    with _socket(netns) as sock:
+        _add_gateway_neighbours(sock, _require(sock, ifname, netns), versions, host_mac)
 
 
 def add_gateway_routes(ifname: str, versions: Iterable[int], *, netns: str | None) -> None:
     """The default route of each version via its gateway, out of `ifname`."""
-    with _socket(netns) as ipr:
-        _add_gateway_routes(ipr, _require(ipr, ifname, netns), versions)
+    with _socket(netns) as sock:
+        _add_gateway_routes(sock, _require(sock, ifname, netns), versions)
 
 
 def configure_interface(ifname: str, ips: Sequence[str], host_mac: str, *,
                         netns: str | None) -> None:
     """Addresses, gateway neighbours and default routes for `ips` on `ifname` (one
     socket); what is there already is left as it is."""
-    with _socket(netns) as ipr:
-        _configure(ipr, _require(ipr, ifname, netns), ips, host_mac)
+    with _socket(netns) as sock:
+        _configure(sock, _require(sock, ifname, netns), ips, host_mac)
 
 
-def _configure(ipr: Any, index: int, ips: Sequence[str], host_mac: str) -> None:
+def _configure(sock: RtSocket, index: int, ips: Sequence[str], host_mac: str) -> None:
     versions = {ip_version(ip) for ip in ips}
-    _add_addresses(ipr, index, ips)
-    _add_gateway_neighbours(ipr, index, versions, host_mac)
-    _add_gateway_routes(ipr, index, versions)
+    _add_addresses(sock, index, ips)
+    _add_gateway_neighbours(sock, index, versions, host_mac)
+    _add_gateway_routes(sock, index, versions)
 
 
 def remove_addresses(ifname: str, ips: Sequence[str], *, netns: str | None) -> list[str]:
@@ -291,43 +275,42 @@ def remove_addresses(ifname: str, ips: Sequence[str], *, netns: str | None) -> l
     interface or a namespace that is gone already means there is nothing to remove."""
     if netns is not None and not os.path.exists(netns_path(netns)):
         return []
-    with _socket(netns) as ipr:
-        index = _index(ipr, ifname)
+    with _socket(netns) as sock:
+        index = _index(sock, ifname)
         if index is None:
             return []
-        present = set(_global_addresses(ipr, index))
+        present = set(_global_addresses(sock, index))
         removed = []
         for ip in ips:
             if ip not in present:
                 continue
             with _netlink(f"address {ip} on {ifname}", ok=_GONE):
-                ipr.addr("del", index=index, address=ip,
-                         prefixlen=32 if ip_version(ip) == 4 else 128)
+                sock.del_address(index, ip, 32 if ip_version(ip) == 4 else 128)
             removed.append(ip)
-        left = {ip_version(a) for a in _global_addresses(ipr, index)}
+        left = {ip_version(a) for a in _global_addresses(sock, index)}
         for version in sorted({ip_version(ip) for ip in ips} - left):
             gw = gateway_route(version)
             with _netlink(f"default route via {gw.gateway}", ok=_GONE):
-                ipr.route("del", dst=gw.default, oif=index, family=_family(version))
+                sock.del_route(gw.default, index)
             with _netlink(f"neighbour entry for gateway {gw.gateway}", ok=_GONE):
-                ipr.neigh("del", dst=gw.gateway, ifindex=index, family=_family(version))
+                sock.del_neighbour(index, gw.gateway)
         return removed
 
 
-def _delete(ipr: Any, host_ifname: str) -> bool:
-    index = _index(ipr, host_ifname)
+def _delete(sock: RtSocket, host_ifname: str) -> bool:
+    index = _index(sock, host_ifname)
     if index is None:
         return False
     with _netlink(f"interface {host_ifname}", ok=_GONE):
-        ipr.link("del", index=index)
+        sock.del_link(index)
     return True
 
 
-def _undo_delete(ipr: Any, host_ifname: str) -> None:
+def _undo_delete(sock: RtSocket, host_ifname: str) -> None:
     """Delete a pair just created after a later step failed: the original error matters
     more, so a failure here is logged, not raised."""
     try:
-        _delete(ipr, host_ifname)
+        _delete(sock, host_ifname)
     except CalicoError as exc:
         _log.error("could not delete %s after a failed create: %s", host_ifname, exc)
 
@@ -335,38 +318,84 @@ def _undo_delete(ipr: Any, host_ifname: str) -> None:
 def delete_veth(host_ifname: str, *, netns: str | None = None) -> bool:
     """Delete a veth pair by its host end (the peer goes with it); False if it did not
     exist."""
-    with _socket(netns) as ipr:
-        return _delete(ipr, host_ifname)
+    with _socket(netns) as sock:
+        return _delete(sock, host_ifname)
 
 
 def link_mac(ifname: str, *, netns: str | None = None) -> str | None:
     """The interface's MAC, or None if there is no such interface."""
-    with _socket(netns) as ipr:
-        index = _index(ipr, ifname)
-        return None if index is None else _mac(ipr, index)
+    with _socket(netns) as sock:
+        index = _index(sock, ifname)
+        return None if index is None else _mac(sock, index)
 
 
 def interface_addresses(ifname: str, *, netns: str | None) -> list[str]:
     """Global addresses on the interface, sorted ([] if there is no such interface)."""
-    with _socket(netns) as ipr:
-        index = _index(ipr, ifname)
-        return [] if index is None else _global_addresses(ipr, index)
+    with _socket(netns) as sock:
+        index = _index(sock, ifname)
+        return [] if index is None else _global_addresses(sock, index)
+
+
+@dataclass(frozen=True)
+class InterfaceState:
+    """What one interface looks like: read back by `read_interface`."""
+
+    ifname: str
+    mac: str | None
+    up: bool
+    mtu: int
+    addresses: tuple[str, ...]  # global ones, sorted
+    routes: tuple[tuple[str, str | None], ...]  # (dst CIDR, gateway) of main-table routes
+    neighbours: tuple[tuple[str, str | None, bool], ...]  # (ip, MAC, permanent)
+
+
+def read_interface(ifname: str, *, netns: str | None) -> InterfaceState | None:
+    """The interface `ifname` in `netns` as the kernel has it (None: no such interface;
+    `NotFound` if the namespace is gone): its MAC, whether it is up, its MTU, global
+    addresses, the main-table routes out of it and its neighbour entries."""
+    with _socket(netns) as sock, _netlink(f"interface {ifname}"):
+        link = sock.link(ifname)
+        if link is None:
+            return None
+        addresses = tuple(sorted(a.address for a in sock.addresses(link.index)
+                                 if a.scope == 0))
+        routes = tuple((r.dst, r.gateway)
+                       for family in (socket.AF_INET, socket.AF_INET6)
+                       for r in sock.routes(family, oif=link.index))
+        neighbours = tuple((n.dst, n.lladdr, bool(n.state & NUD_PERMANENT))
+                           for n in sock.neighbours(link.index))
+    return InterfaceState(ifname, link.mac, link.up, link.mtu, addresses, routes, neighbours)
 
 
 def create_workload_interface(netns: str, host_ifname: str, ifname: str, ips: Sequence[str],
                               *, host_netns: str | None = None,
                               mtu: int | None = None) -> WorkloadInterface:
-    """The whole interface of a new workload: a veth pair created in `host_netns` (None:
-    this process's namespace), its peer moved into `netns` as `ifname`, `mtu` on both
-    ends (None: the kernel's default), and `ips` configured with their gateways. On any
+    """The whole interface of a new workload: a veth pair whose host end is created in
+    `host_netns` (None: this process's namespace) and whose peer is created directly in
+    `netns` as `ifname` (one netlink request; no move between namespaces), `mtu` on both
+    ends (None: the kernel's default), both up, and `ips` configured with their gateways.
+    `AlreadyExists` if `netns` has `ifname` or the host a `host_ifname` already. On any
     failure the pair is deleted again (the peer goes with it) and the error raised."""
     with _socket(netns) as inside, _socket(host_netns) as here:
-        pair = _create_veth(here, host_ifname, temp_peer_name(host_ifname), host_netns, mtu)
+        if _index(inside, ifname) is not None:
+            raise AlreadyExists(f"interface {ifname} already exists in {netns}")
+        fd = os.open(netns_path(netns), os.O_RDONLY)
+        try:  # the peer is born inside the workload's namespace, with its final name
+            with _netlink(f"interface {host_ifname}"):
+                here.add_veth(host_ifname, ifname, mtu, peer_netns_fd=fd)
+        finally:
+            os.close(fd)
         try:
-            index = _move(here, inside, pair.peer_ifname, netns, ifname, host_netns)
-            _configure(inside, index, ips, pair.host_mac)
+            host_index = _require(here, host_ifname, host_netns)
+            index = _require(inside, ifname, netns)
+            with _netlink(f"interface {host_ifname}"):
+                here.set_link(host_index, up=True)
+            with _netlink(f"interface {ifname} in {netns}"):
+                inside.set_link(index, up=True)
+            host_mac = _mac(here, host_index)
+            _configure(inside, index, ips, host_mac)
             mac = _mac(inside, index)
         except BaseException:
             _undo_delete(here, host_ifname)
             raise
-    return WorkloadInterface(host_ifname, ifname, mac, pair.host_mac)
+    return WorkloadInterface(host_ifname, ifname, mac, host_mac)

@@ -419,6 +419,30 @@ class IPAMClient:
             if block is not None:
                 out += [ip for ip, h in block.allocated().items() if h == handle_id]
         return sorted(out, key=ipaddress.ip_address)
+    def handle_ids(self, prefix: str = "") -> list[str]:
+        """The ids of the handles that exist, those starting with `prefix` only (keys
+        only: nothing is decoded). A CNI GC lists its network's handles this way."""
+        keys, _ = self.store.list_keys(keyspace.HANDLE_DIR + prefix)
+        out = []
+        for key in keys:
+            parsed = keyspace.parse_key(key)
+            if isinstance(parsed, keyspace.HandleKey):
+                out.append(parsed.handle_id)
+        return sorted(out)
+
+    def handle_assignments(self, handle_id: str) -> list[Assignment]:
+        """The addresses a handle holds, with the attributes recorded for each (reads the
+        handle and its blocks); [] if the handle does not exist."""
+        out = []
+        for cidr in sorted(self.handle_counts(handle_id)):
+            block = self.state.read_block(cidr).value
+            if block is None:
+                continue
+            for ip, handle in block.allocated().items():
+                if handle == handle_id:
+                    info = block.attributes_of(ip)
+                    out.append(Assignment(ip, handle, info[1] if info else None, cidr))
+        return out
 
     def handle_counts(self, handle_id: str) -> dict[str, int]:
         """The handle's recorded count of addresses per block ({} if it does not exist)."""

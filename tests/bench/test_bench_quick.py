@@ -210,6 +210,22 @@ def _check_routing(r: dict[str, Any]) -> None:
                                         >= r["goals"]["native_min"])
 
 
+def _check_cni(r: dict[str, Any]) -> None:
+    assert r["benchmark"] == "cni" and r["quick"] is True and r["containers"] == 20
+    for side in (r, r["baseline"]):
+        for op in ("add", "del"):
+            s = side[op]
+            assert s["count"] == 20 and s["p50_ms"] <= s["p99_ms"] <= s["max_ms"]
+    assert math.isclose(r["ratio"], r["add"]["p99_ms"] / r["baseline"]["add"]["p99_ms"],
+                        rel_tol=0.05)
+    par = r["parallel"]
+    assert par["adds"] == par["addresses"] == par["distinct_addresses"] == 20
+    assert par["duplicates"] == 0 and par["allocated_after_del"] == 0 and par["goal_met"]
+    assert r["endpoints_left"] == 0
+    assert r["goal_met"]["ratio"] == (r["ratio"] <= r["goal"]["max_ratio"])
+    assert r["goal_met"]["add_p99"] == (r["add"]["p99_ms"] <= r["goal"]["max_add_p99_ms"])
+
+
 BENCHMARKS = [
     Bench("syncer",
           fields=("keys", "updates", "rounds", "ratio", "ratio_snapshot", "ratio_updates",
@@ -322,6 +338,16 @@ BENCHMARKS = [
                   "goals.native_min", "goals.vxlan_min"),
           extra_fields=("goals_met.native", "goals_met.vxlan", "clock.rtt"),
           marks=(pytest.mark.root, pytest.mark.etcd), check=_check_routing),
+    Bench("cni",
+          fields=("containers", "add.p50_ms", "add.p99_ms", "del.p50_ms", "del.p99_ms",
+                  "baseline.add.p50_ms", "baseline.add.p99_ms", "baseline.del.p99_ms",
+                  "ratio_p50", "ratio_del", "ratio_cpu", "add.cpu_p50_ms",
+                  "baseline.add.cpu_p50_ms", "startup_ms.python_c_pass",
+                  "startup_ms.calico_version", "parallel.add_wall_ms",
+                  "goal.max_ratio", "goal.max_add_p99_ms"),
+          extra_fields=("baseline.name", "clock.start", "clock.stop", "goal_met.ratio",
+                        "goal_met.add_p99", "goal_met.parallel"),
+          marks=(pytest.mark.root, pytest.mark.etcd), check=_check_cni),
 ]
 
 

@@ -67,11 +67,11 @@ def test_the_build_is_clean_and_installs_a_copy(installed: tuple[Path, dict, str
     assert "Successfully installed pycalico-net" in output
     assert "deprecat" not in output.lower(), [line for line in output.splitlines()
                                               if "deprecat" in line.lower()]
-    code = ("import calicoctl, confd, felix, libcalico, netsim, workload\n"
-            "for m in (calicoctl, confd, felix, libcalico, netsim, workload):\n"
+    code = ("import calicoctl, cni, confd, felix, libcalico, netsim, workload\n"
+            "for m in (calicoctl, cni, confd, felix, libcalico, netsim, workload):\n"
             "    print(m.__file__)")
     out = _run(venv / "bin" / "python", "-c", code, cwd=venv, env=env).stdout.split()
-    assert len(out) == 6 and all(path.startswith(str(venv)) for path in out), out
+    assert len(out) == 7 and all(path.startswith(str(venv)) for path in out), out
 
 
 @pytest.mark.parametrize("cmd, expect", [
@@ -79,6 +79,7 @@ def test_the_build_is_clean_and_installs_a_copy(installed: tuple[Path, dict, str
     (["calicoctl", "version"], "0.1.0"),
     (["calico-felix", "--help"], "Usage"),
     (["calico-confd", "--help"], "--onetime"),
+    (["calicoctl", "cni", "--help"], "install"),
 ])
 def test_the_installed_programs_run(installed: tuple[Path, dict, str], cmd: list[str],
                                     expect: str) -> None:
@@ -112,3 +113,25 @@ def test_the_node_code_finds_the_installed_supervisord_config(
     assert out[0] == str(venv / "share" / "calico-node")
     assert out[1] == "['bird.conf', 'confd.conf', 'felix.conf']"
     assert (Path(out[0]) / "supervisord.conf").is_file()
+
+
+def test_the_installed_cni_plugins_run(installed: tuple[Path, dict, str],
+                                       tmp_path: Path) -> None:
+    """The console scripts, and the launchers `calicoctl cni install` writes, which run
+    the installed copy (site-packages) with `python -I -S`."""
+    venv, env, _ = installed
+    version = {**env, "CNI_COMMAND": "VERSION"}
+    for name in ("calico", "calico-ipam"):
+        proc = subprocess.run([venv / "bin" / name], input='{"cniVersion": "0.3.1"}',
+                              capture_output=True, text=True, env=version, cwd=tmp_path,
+                              check=True)
+        assert '"cniVersion": "0.3.1"' in proc.stdout
+    _run(venv / "bin" / "calicoctl", "cni", "install", "--bin-dir", tmp_path / "bin",
+         cwd=tmp_path, env=env)
+    launcher = (tmp_path / "bin" / "calico").read_text()
+    assert launcher.startswith(f"#!{venv}/bin/python") and str(venv) in launcher
+    assert str(ROOT) not in launcher
+    proc = subprocess.run([tmp_path / "bin" / "calico-ipam"], input="{}",
+                          capture_output=True, text=True, env=version, cwd=tmp_path,
+                          check=True)
+    assert '"supportedVersions"' in proc.stdout

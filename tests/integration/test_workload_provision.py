@@ -326,3 +326,93 @@ def test_a_retried_remove_workload_never_frees_an_address_another_workload_got(
     assert env.endpoints() == []
     info = env.ipam.get_assignment_attributes(ip)
     assert info is not None and info.handle_id == "other-workload"
+
+
+# --- several attachments per workload, assigned addresses, verification ------------------------
+
+
+def test_one_endpoint_per_attachment_when_not_exclusive(env: Env) -> None:
+    """A runtime that attaches one container to two networks: two endpoints of one
+    workload, with host interface names of its choosing; each removed on its own."""
+    first = add_workload(env.client, env.ipam, env.where, ["ipv4"], ifname="eth0",
+                         endpoint_id="att.eth0", host_ifname="caliatt000eth0",
+                         exclusive=False, host_netns=env.host.name)
+    second = add_workload(env.client, env.ipam, env.where, ["ipv4"], ifname="eth1",
+                          endpoint_id="att.eth1", host_ifname="caliatt000eth1",
+                          exclusive=False, host_netns=env.host.name)
+    assert (first.name, second.name) == ("caliatt000eth0", "caliatt000eth1")
+    assert len(env.endpoints()) == 2 and env.allocated() == 2
+    with pytest.raises(AlreadyExists):  # the same attachment twice
+        add_workload(env.client, env.ipam, env.where, ["ipv4"], ifname="eth2",
+                     endpoint_id="att.eth0", exclusive=False, host_netns=env.host.name)
+    with pytest.raises(AlreadyExists):  # exclusive (the default) refuses a second one
+        _add(env, "ipv4")
+    with pytest.raises(ValidationError):
+        add_workload(env.client, env.ipam, env.where, ["ipv4"], ifname="eth2",
+                     host_ifname="a-name-too-long-for-linux", exclusive=False)
+    assert env.allocated() == 2
+    removed = remove_workload(env.client, env.ipam, HOST, "netns", env.wl.name,
+                              endpoint_id="att.eth1", host_netns=env.host.name)
+    assert [ep.endpoint_id for ep in removed.endpoints] == ["att.eth1"]
+    assert [ep.endpoint_id for ep in env.endpoints()] == ["att.eth0"]
+    assert "caliatt000eth1" not in env.host_links() and "caliatt000eth0" in env.host_links()
+    assert env.allocated() == 1 and env.wl_addresses("eth1") == []
+    with pytest.raises(NotFound):
+        remove_workload(env.client, env.ipam, HOST, "netns", env.wl.name,
+                        endpoint_id="att.eth1")
+    assert remove_workload(env.client, env.ipam, HOST, "netns", env.wl.name,
+                           endpoint_id="att.eth1", missing_ok=True).endpoints == ()
+
+
+def test_addresses_assigned_elsewhere_are_configured_never_released(env: Env) -> None:
+    ep = add_workload(env.client, env.ipam, env.where, [], assigned=["198.18.150.7"],
+                      host_netns=env.host.name)
+    assert ep.ipv4_nets == ("198.18.150.7/32",) and env.allocated() == 0
+    assert env.wl_addresses() == ["198.18.150.7"]
+    removed = remove_workload(env.client, env.ipam, HOST, "netns", env.wl.name,
+                              host_netns=env.host.name)
+    assert removed.released == () and env.endpoints() == []
+    with pytest.raises(ValidationError):
+        add_workload(env.client, env.ipam, env.where, [], assigned=["not-an-ip"])
+
+
+def test_requests_are_checked_before_anything_is_assigned(env: Env) -> None:
+    from workload.addresses import auto_request
+
+    with pytest.raises(ValidationError, match="in no IP pool"):
+        _add(env, "ipv4", "198.18.250.1")
+    with pytest.raises(ValidationError, match="198.18.73.0/24"):
+        add_workload(env.client, env.ipam, env.where,
+                     ["ipv6", auto_request(4, ["198.18.73.0/24"], "ipv4_pools")])
+    assert env.allocated() == 0 and env.endpoints() == []
+    # Any of several pools: the one that exists serves.
+    env.client.add_pool(IPPool("198.18.74.0/24"))
+    ep = add_workload(env.client, env.ipam, env.where,
+                      [auto_request(4, ["198.18.74.0/24"], "ipv4_pools")],
+                      host_netns=env.host.name)
+    assert ep.ipv4_nets[0].startswith("198.18.74.")
+    with pytest.raises(ValidationError):
+        auto_request(4, ["fd00::/64"])
+
+
+def test_verify_compares_the_kernel_with_the_endpoint(env: Env) -> None:
+    from workload.verify import verify_workload
+
+    ep = _add(env, "ipv4", "ipv6")
+    assert verify_workload(ep, env.wl.name, "eth1", host_netns=env.host.name) == []
+    ip6 = ep.ipv6_nets[0].split("/")[0]
+    env.wl.ip("-6", "addr", "del", f"{ip6}/128", "dev", "eth1")
+    env.wl.ip("addr", "add", "198.18.72.250/32", "dev", "eth1")
+    problems = verify_workload(ep, env.wl.name, "eth1", host_netns=env.host.name)
+    assert any(ip6 in p and "lacks" in p for p in problems)
+    assert any("198.18.72.250" in p and "does not list" in p for p in problems)
+    env.wl.ip("-6", "route", "del", "default", "dev", "eth1")
+    assert "interface eth1 has no default route via fe80::1" in verify_workload(
+        ep, env.wl.name, "eth1", host_netns=env.host.name)
+    env.host.ip("link", "set", ep.name, "down")
+    assert any(f"host interface {ep.name} is down" in p
+               for p in verify_workload(ep, env.wl.name, "eth1", host_netns=env.host.name))
+    env.wl.ip("link", "del", "eth1")
+    problems = verify_workload(ep, env.wl.name, "eth1", host_netns=env.host.name)
+    assert "interface eth1 does not exist in the workload's namespace" in problems
+    assert f"host interface {ep.name} does not exist" in problems

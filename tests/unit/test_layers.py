@@ -13,24 +13,28 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("libcalico", "workload", "calicoctl", "felix", "confd", "netsim", "demo",
+PACKAGES = ("libcalico", "workload", "calicoctl", "felix", "confd", "cni", "netsim", "demo",
             "bench", "tests")
-SHIPPED = ("libcalico", "workload", "calicoctl", "felix", "confd")
+SHIPPED = ("libcalico", "workload", "calicoctl", "felix", "confd", "cni")
 
 # package -> the project packages it must never import (arrows point down only).
 FORBIDDEN: dict[str, set[str]] = {
-    "libcalico": {"workload", "calicoctl", "felix", "confd", "netsim", "demo", "bench",
+    "libcalico": {"workload", "calicoctl", "felix", "confd", "cni", "netsim", "demo", "bench",
                   "tests"},
-    "workload": {"calicoctl", "felix", "confd", "netsim", "demo", "bench", "tests"},
-    "calicoctl": {"felix", "confd", "netsim", "demo", "bench", "tests"},
-    "felix": {"calicoctl", "confd", "netsim", "demo", "bench", "tests"},
-    "confd": {"calicoctl", "felix", "workload", "netsim", "demo", "bench", "tests"},
+    "workload": {"calicoctl", "felix", "confd", "cni", "netsim", "demo", "bench", "tests"},
+    "calicoctl": {"felix", "confd", "cni", "netsim", "demo", "bench", "tests"},
+    "felix": {"calicoctl", "confd", "cni", "netsim", "demo", "bench", "tests"},
+    "confd": {"calicoctl", "felix", "workload", "cni", "netsim", "demo", "bench", "tests"},
+    # The CNI plugins: a thin adapter over the workload layer, like calicoctl container.
+    "cni": {"calicoctl", "felix", "confd", "netsim", "demo", "bench", "tests"},
     "netsim": {"demo", "bench", "tests"},
     "demo": {"bench", "tests"},
     "bench": {"demo", "tests"},
 }
-# Third-party modules a package must not import at all: libcalico owns no dataplane code.
-FORBIDDEN_LIBS = {"libcalico": {"pyroute2", "subprocess"}}
+# Third-party modules a package must not import at all: libcalico owns no dataplane code;
+# the CNI plugins (one process per call) use etcd's JSON gateway and workload.netlink.
+FORBIDDEN_LIBS = {"libcalico": {"pyroute2", "subprocess"},
+                  "cni": {"pyroute2", "etcd3", "grpc", "yaml"}}
 
 
 def _module_name(path: Path) -> str:
@@ -90,7 +94,7 @@ def test_no_module_imports_another_packages_private_names() -> None:
 
 @pytest.mark.parametrize("module", ["workload", "workload.gateway", "workload.veth",
                                     "workload.addresses", "workload.provision",
-                                    "calicoctl.container"])
+                                    "workload.verify", "calicoctl.container", "cni.calico"])
 def test_pyroute2_is_imported_only_when_a_netlink_step_runs(module: str) -> None:
     code = f"import sys, {module}\nprint('pyroute2' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
