@@ -27,22 +27,20 @@ the node image (`netsim.nodeimage`).
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import shutil
 import signal
 import subprocess
-import tarfile
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from netsim.images import busybox_tar
 from netsim.netns import process_alive
 
 PLUGIN_DIR = Path("/run/docker/plugins")
 START_TIMEOUT_S = 60.0
-BUSYBOX = "/bin/busybox"  # Debian busybox-static: runs in an otherwise empty image
 BUSYBOX_APPLETS = ("sh", "sleep", "ip", "cat", "ping", "nc", "true")
 
 
@@ -193,19 +191,12 @@ class DockerEngine:
 
 def import_busybox(engine: DockerEngine, name: str) -> str:
     """An image with a static busybox and a few applet links, made without a registry
-    (`docker import` of a tar stream); returns its name."""
-    if not os.path.exists(BUSYBOX):
-        raise EngineFailed(f"{BUSYBOX} missing (./scripts/bootstrap.sh installs "
-                           "busybox-static)")
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        tar.add(BUSYBOX, arcname="bin/busybox")
-        for applet in BUSYBOX_APPLETS:
-            link = tarfile.TarInfo(f"bin/{applet}")
-            link.type = tarfile.SYMTYPE
-            link.linkname = "busybox"
-            tar.addfile(link)
-    engine.docker("import", "-", name, input=buf.getvalue())
+    (`docker import` of a tar stream, `netsim.images`); returns its name."""
+    try:
+        tar = busybox_tar(BUSYBOX_APPLETS)
+    except FileNotFoundError as exc:
+        raise EngineFailed(str(exc)) from None
+    engine.docker("import", "-", name, input=tar)
     return name
 
 

@@ -26,10 +26,10 @@ import pytest
 from libcalico import keyspace as ks
 from libcalico.client import CalicoClient
 from libcalico.ipam import IPAMClient
+from netsim.images import busybox_tar
 from netsim.topology import Host, Topology
 from netsim.wait import wait_for
 from tests.support.cnidriver import REFERENCE_PLUGINS
-from tests.support.images import busybox_tar
 from tests.support.podman import Podman
 
 pytestmark = [pytest.mark.etcd, pytest.mark.root, pytest.mark.slow]

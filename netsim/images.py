@@ -1,4 +1,5 @@
-"""Container images without a registry, for the Docker and podman tests.
+"""Container images without a registry, for the Docker and podman tests,
+the benchmarks and the demo.
 
 Owns: `busybox_tar(applets)`, a root filesystem holding Debian's static busybox
 (busybox-static, /bin/busybox) and a symlink per applet, as a tar stream that `docker
@@ -19,7 +20,9 @@ BUSYBOX = "/bin/busybox"  # Debian busybox-static: runs in an otherwise empty im
 
 def busybox_tar(applets: Sequence[str]) -> bytes:
     """A root filesystem with busybox and its applet links, as a tar stream."""
-    assert os.path.exists(BUSYBOX), f"{BUSYBOX} missing: apt-get install busybox-static"
+    if not os.path.exists(BUSYBOX):
+        raise FileNotFoundError(f"{BUSYBOX} missing (./scripts/bootstrap.sh installs "
+                                "busybox-static)")
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         tar.add(BUSYBOX, arcname="bin/busybox")
