@@ -158,7 +158,8 @@ def wait_converged(c: Cluster, socket_of: Callable[[Host], str],
             missing = sorted(h.name for h in c.hosts if h.name not in done)
             raise TimeoutError(f"not converged after {UP_DEADLINE_S:.0f} s: {missing}")
         if len(done) < len(c.hosts):
-            c.prober.wait_routes(lambda rs, n=len(c.prober.routes): len(rs) > n, 0.2)
+            known = len(c.prober.routes)
+            c.prober.wait_routes(lambda rs: len(rs) > known, 0.2)  # noqa: B023 - used at once
     return done
 
 
@@ -354,7 +355,8 @@ def _reached(c: Cluster, idents: dict[str, str], t0: float) -> list[float]:
 
 def profile_changes(c: Cluster, samples: int) -> dict[str, Any]:
     from libcalico.client import CalicoClient
-    from libcalico.model import Rule
+    from libcalico.model import Profile, Rule
+    from libcalico.model.rules import PortRange
 
     store = c.topo.datastore()
     client = CalicoClient(store)
@@ -366,11 +368,14 @@ def profile_changes(c: Cluster, samples: int) -> dict[str, Any]:
         for k in range(samples):
             port = PORT + k
             idents = _open_probes(c, port, "pc")
-            rule = Rule(action="allow", protocol="udp", dst_ports=(port,))
+            rule = Rule(action="allow", protocol="udp", dst_ports=(PortRange(port, port),))
+
+            def add_rule(p: Profile, r: Rule = rule) -> Profile:
+                return replace(p, rules=replace(p.rules, inbound=(*p.rules.inbound, r)))
+
             m0 = etcdstats.metrics(metrics_path)
             t0 = time.monotonic()
-            client.update_profile(PROFILE, lambda p, r=rule: replace(
-                p, rules=replace(p.rules, inbound=(*p.rules.inbound, r))))
+            client.update_profile(PROFILE, add_rule)
             got = _reached(c, idents, t0)
             latencies += got
             per_sample.append(stats(got))

@@ -7,7 +7,11 @@ Owns the sequencing of felix:
   2. Updates feed the calculation (`CalcGraph`). Nothing is written to the dataplane
      before the syncer has reported in-sync for the first time; after that, each loop
      iteration flushes the calculation, hands the changes to the owners and applies
-     them in their fixed order (`felix.dataplane.apply`). While the syncer is
+     them in their fixed order (`felix.dataplane.apply`). An iteration whose flush
+     changed nothing applies nothing (unless the owners have work of their own: the
+     first sync, a refresh, a retry, an interface event), so the updates that cannot
+     affect this host - most of what every felix hears about other hosts - cost their
+     parse and no dataplane work. While the syncer is
      resyncing (etcd down or back), calculated changes wait for the next in-sync: the
      dataplane stays as it was.
   3. A failed apply is retried with backoff (`libcalico.retry.Backoff`, 0.2 s doubling
@@ -59,10 +63,11 @@ MAX_RETRY = 30.0
 
 
 def felix_prefixes() -> list[str]:
-    """What felix follows: config, all hosts (endpoints), policy, pools, and for the
-    tunnels the nodes' records and the allocation blocks."""
-    return [keyspace.CONFIG_DIR, keyspace.HOST_DIR, keyspace.POLICY_DIR, keyspace.POOL_DIR,
-            keyspace.BGP_HOST_DIR, keyspace.BLOCK_DIR]
+    """What felix follows: config, all hosts (endpoints), policy and pools (all four
+    under /calico/v1/, one watcher: over etcd's JSON gateway each watcher is a
+    connection of its own), and for the tunnels the nodes' records and the allocation
+    blocks."""
+    return [keyspace.V1_DIR, keyspace.BGP_HOST_DIR, keyspace.BLOCK_DIR]
 
 
 class Driver:
@@ -97,6 +102,9 @@ class Driver:
         self._retry_at: float | None = None
         self._next_refresh = 0.0
         self._needs_apply = False
+        # The owners have work of their own (first sync, refresh, retry, an interface
+        # event): apply even when the calculation hands over no change.
+        self._owners_pending = True
 
     # --- inputs from other threads ------------------------------------------------------
 
@@ -139,9 +147,9 @@ class Driver:
                 self._poke_tunnels()
                 self.owners.mark_resync()
                 self.metrics.resyncs.inc()
-                self._needs_apply = True
+                self._needs_apply = self._owners_pending = True
             if self._retry_at is not None and now >= self._retry_at:
-                self._needs_apply = True
+                self._needs_apply = self._owners_pending = True
             if self.ever_in_sync and self._needs_apply:
                 self._apply()
 
@@ -174,7 +182,7 @@ class Driver:
                 self.ever_in_sync = True
                 self._poke_tunnels()
                 self._check_config()
-                self._needs_apply = True
+                self._needs_apply = self._owners_pending = True
             elif self.ever_in_sync:
                 _log.info("datastore %s: keeping the dataplane as it is", payload.value)
         elif kind == "iface":
@@ -182,7 +190,7 @@ class Driver:
             self.statuses.on_interface(event.ifname,
                                        None if event.kind == "removed" else event.up)
             self.owners.on_interface_update(event.ifname)
-            self._needs_apply = True
+            self._needs_apply = self._owners_pending = True
 
     def _poke_tunnels(self) -> None:
         if self.tunnels is not None:
@@ -226,12 +234,20 @@ class Driver:
     # --- apply -------------------------------------------------------------------------------
 
     def _apply(self) -> None:
+        """Flush the calculation into the owners and apply them - unless nothing changed:
+        an update that changes nothing here (another host's endpoint outside every set
+        in use, a block while no pool is encapsulated) costs its parse and no more."""
         self._needs_apply = False
         if self.in_sync:
             changes = self.calc.flush()
-            self.owners.take(changes)
+            if changes:
+                self.owners.take(changes)
+                self._owners_pending = True
             for key, info in changes.endpoints.items():
                 self.statuses.on_endpoint_info(key, info)
+        if not self._owners_pending:
+            return
+        self._owners_pending = False
         start = time.monotonic()
         failed = self.owners.apply(self.metrics)
         self.metrics.apply_seconds.observe(time.monotonic() - start)

@@ -122,7 +122,8 @@ def run(config_path: str | None, log_level: str | None) -> int:
     from libcalico.syncer import Syncer
 
     try:
-        store = Datastore(EtcdSettings.from_env(boot.etcd_env()))
+        store = Datastore(EtcdSettings.from_env(boot.etcd_env(),
+                                                transport=boot.EtcdTransport.lower()))
     except ValidationError as exc:
         _log.error("bad etcd settings: %s", exc)
         return 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 from typing import Any
 
 from felix.calc.graph import CalcGraph, CalcSettings, Changes, DesiredState
@@ -101,6 +102,11 @@ def apply_changes(state: dict[str, dict[Any, Any]], changes: Changes) -> None:
             state.setdefault("ipsets", {})[name] = s
             if s is None:
                 del state["ipsets"][name]
+    for deltas in changes.ipset_deltas.values():
+        for name, (added, removed) in deltas.items():
+            old = state["ipsets"][name]  # a delta only ever follows the whole set
+            assert not added & old.members and removed <= old.members, name
+            state["ipsets"][name] = replace(old, members=(old.members - removed) | added)
     for dest, route in changes.routes.items():
         state.setdefault("routes", {})[dest] = route
         if route is None:
