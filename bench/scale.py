@@ -42,6 +42,9 @@ Per cluster, in this order:
     (a)'s propagation. Also watch events delivered per addition.
 (f) etcd: keys and bytes per kind (endpoints, blocks, handles, node records, felix
     status), watch events and bytes etcd sent during the run.
+Once per run (`bench.scale_calc`, no namespaces): felix's own work for one change on
+another host with 100,000 endpoints in the cluster (--quick 20,000) against 1,000: the
+per-update cost must not grow with the cluster (goal ratio <= 2).
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ from dataclasses import dataclass, field, replace
 from ipaddress import ip_network
 from typing import Any
 
-from bench import etcdstats, hostprocs
+from bench import etcdstats, hostprocs, scale_calc
 from bench.common import emit, parser, percentile, ratio
 from bench.node import children_cpu_s, established, render_plain_bird, route_everywhere
 from bench.probe import Prober
@@ -556,6 +559,7 @@ def main(argv: list[str] | None = None) -> int:
                               "machine": {"cpus": os.cpu_count(),
                                           "loadavg_1m_at_start": os.getloadavg()[0]},
                               "clusters": []}
+    result["felix_per_remote_change"] = scale_calc.run(20_000 if args.quick else 100_000)
     for hosts, mode in parse_clusters(spec):
         r = run_cluster(hosts, per_host, mode, args.quick)
         r.update(goals(r, hosts == 50 and mode == "rr"))
