@@ -10,13 +10,16 @@ inbound rule uses, so one ipset holds every one of them. Timed, per update (medi
 `updates`): parse, calculation, flush, the hand-over to the owner and the owner
 rendering its restore input, for (1) a remote endpoint joining the shared tag and (2)
 one in a profile that no set in use refers to. Baseline: the same at 1,000 endpoints;
-ratio = cost at N / cost at 1,000; goal <= 2 (O(1) per change, noise allowed).
+ratio = cost at N / cost at 1,000; goal <= 2 (O(1) per change, noise allowed). Also the
+resident memory per remote endpoint (calculation and owner; the syncer's index and the
+interpreter's own come on top).
 
 Leaves to others: the kernel side (`bench.felix`, `bench.felix_dataplane`).
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import statistics
 import time
@@ -78,10 +81,21 @@ def _hand_over(g: CalcGraph, owner: IPSets) -> None:
         owner.update_members(name, added, removed)
 
 
+def _rss_kb() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
 def per_update(n: int, updates: int) -> dict[str, Any]:
-    """Median seconds per remote change, tagged and untagged, with `n` endpoints."""
+    """Median seconds per remote change, tagged and untagged, with `n` endpoints, and
+    the resident memory the endpoints take (calculation and ipset owner)."""
+    gc.collect()
+    before = _rss_kb()
     g, owner, runner = _graph(n)
-    out: dict[str, Any] = {"endpoints": n}
+    runner.inputs.clear()
+    gc.collect()
+    out: dict[str, Any] = {"endpoints": n,
+                           "rss_bytes_per_endpoint": round((_rss_kb() - before) * 1024 / n)}
     for kind, profile in (("tagged", SHARED), ("untagged", "unused")):
         times = []
         lines = []

@@ -68,6 +68,7 @@ class ConfdDaemon:
         self._reported: set[str] = set()
         self._syncer: Syncer | None = None
         self.renders = 0  # renders done, for tests and benchmarks
+        self.ignored = 0  # updates that could not change this host's configuration
         self.last_result: ApplyResult | None = None
         self.applied_generation = 0  # `_generation` of the last applied render
 
@@ -83,7 +84,10 @@ class ConfdDaemon:
         with self._lock:
             changed = False
             for u in updates:
-                changed = self._take(u.key, u.value) or changed
+                if self._take(u.key, u.value):
+                    changed = True
+                else:
+                    self.ignored += 1
             if not changed:
                 return
             self._generation += 1

@@ -94,7 +94,8 @@ class Driver:
         self.restart_requested = False
         self.in_sync = False
         self.ever_in_sync = False
-        self.applies = 0
+        self.applies = 0  # owner applies
+        self.flushes = 0  # calculation flushes (an update changing nothing: no apply)
         self._etcd_global: dict[str, str] = {}
         self._etcd_host: dict[str, str] = {}
         self._config_dirty = False
@@ -240,6 +241,7 @@ class Driver:
         self._needs_apply = False
         if self.in_sync:
             changes = self.calc.flush()
+            self.flushes += 1
             if changes:
                 self.owners.take(changes)
                 self._owners_pending = True

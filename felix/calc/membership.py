@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from libcalico.model.selector import Selector, parse_selector
 
@@ -54,12 +55,22 @@ class SetDelta:
                 else (self.added_v6, self.removed_v6))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EndpointData:
+    """What the index keeps of one endpoint (of any host: 100,000 of them in a large
+    cluster, so kept small: slots, and shared empty labels)."""
+
     addrs_v4: tuple[str, ...]  # plain addresses
     addrs_v6: tuple[str, ...]
     labels: Mapping[str, str]  # the endpoint's own labels
     profile_ids: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not self.labels:
+            object.__setattr__(self, "labels", NO_LABELS)
+
+
+NO_LABELS: Mapping[str, str] = MappingProxyType({})
 
 
 def effective_labels(profile_labels: Mapping[str, Mapping[str, str]],
@@ -86,6 +97,7 @@ class MembershipIndex:
         self._active: dict[SetId, Selector | None] = {}
         self._members: dict[SetId, tuple[Counter[str], Counter[str]]] = {}
         self._contrib: dict[EndpointRef, frozenset[SetId]] = {}
+        self._shared: dict[frozenset[SetId], frozenset[SetId]] = {}  # one object per value
         # Since the last take_changes(): sets to hand over whole, and the others' net
         # member changes, per set: [added v4, removed v4, added v6, removed v6].
         self._whole: set[SetId] = set()
@@ -145,7 +157,7 @@ class MembershipIndex:
             del self._members[set_id]
             for ref, ids in self._contrib.items():
                 if set_id in ids:
-                    self._contrib[ref] = ids - {set_id}
+                    self._contrib[ref] = self._share(ids - {set_id})
             self._whole.add(set_id)
             self._moves.pop(set_id, None)
             return
@@ -166,7 +178,7 @@ class MembershipIndex:
             if self._matches(set_id, sel, data):
                 v4.update(data.addrs_v4)
                 v6.update(data.addrs_v6)
-                self._contrib[ref] = self._contrib.get(ref, frozenset()) | {set_id}
+                self._contrib[ref] = self._share(self._contrib.get(ref, frozenset()) | {set_id})
         self._whole.add(set_id)
         self._moves.pop(set_id, None)
 
@@ -195,6 +207,14 @@ class MembershipIndex:
         self._whole = set()
         self._moves = {}
         return out
+
+    def _share(self, ids: frozenset[SetId]) -> frozenset[SetId]:
+        """The one stored object equal to `ids`: most endpoints are in the same few
+        combinations of sets, and a frozenset per endpoint was a sixth of felix's
+        memory per remote endpoint."""
+        if len(self._shared) > 4 * len(self._active) + 1024:
+            self._shared.clear()  # combinations no endpoint has any more
+        return self._shared.setdefault(ids, ids)
 
     def _moved(self, set_id: SetId, index: int, addr: str, joined: bool) -> None:
         """`addr` joined (left) the IPv4 (index 0) or IPv6 (1) members of `set_id`."""
@@ -244,7 +264,7 @@ class MembershipIndex:
                     if counts[a] == 1:
                         self._moved(set_id, index, a, joined=True)
         if wanted:
-            self._contrib[ref] = wanted
+            self._contrib[ref] = self._share(wanted)
 
     def _remove_contrib(self, ref: EndpointRef, data: EndpointData) -> None:
         for set_id in self._contrib.pop(ref, frozenset()):

@@ -22,6 +22,7 @@ Leaves to others: what to set (`felix.calc.active_rules`, `felix.calc.endpoints`
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 
 from felix.calc.types import Changes, DesiredState, EndpointInfo, EpKey, TableKey
 from felix.dataplane.types import (
@@ -93,7 +94,7 @@ class ChangeRecorder:
         if (old is not None and (old.version, old.set_type) == (state.version, state.set_type)
                 and self._ipset_members[state.name] == state.members):
             return
-        self._ipsets[state.name] = state
+        self._ipsets[state.name] = replace(state, members=frozenset())  # members: below
         self._ipset_members[state.name] = set(state.members)
         self._changes.ipsets.setdefault(state.version, {})[state.name] = state
         self._changes.ipset_deltas.get(state.version, {}).pop(state.name, None)
@@ -111,13 +112,14 @@ class ChangeRecorder:
         members.difference_update(left)
         pending = self._changes.ipsets.get(version, {})
         if pending.get(name) is not None:  # handed over whole in this batch already
-            state = self._ipsets[name]
-            pending[name] = IPSetState(name, version, state.set_type, frozenset(members))
+            pending[name] = replace(self._ipsets[name], members=frozenset(members))
             return
         deltas = self._changes.ipset_deltas.setdefault(version, {})
         was_added, was_removed = deltas.get(name, (frozenset(), frozenset()))
-        deltas[name] = (frozenset((was_added - left) | joined),
-                        frozenset((was_removed - joined) | left))
+        # Relative to the last hand-over: coming back cancels a removal, going again
+        # cancels an addition.
+        deltas[name] = (frozenset((was_added - left) | (joined - was_removed)),
+                        frozenset((was_removed - joined) | (left - was_added)))
 
     def remove_ipset(self, name: str, version: int) -> None:
         if self._ipsets.pop(name, None) is not None:

@@ -25,6 +25,7 @@ import hashlib
 import ipaddress
 import logging
 from collections.abc import Iterable
+from dataclasses import replace
 
 from felix.dataplane.cmd import CommandFailed, CommandRunner
 from felix.dataplane.types import IPSET_PREFIX, MAX_IPSET_NAME, IPSetState
@@ -37,13 +38,14 @@ DEFAULT_MAX_SIZE = 1048576  # Felix's MaxIpsetSize
 
 
 def canonical_member(member: str, version: int) -> str:
-    """One member as `ipset save` prints it: a bare address for a host, else a CIDR."""
+    """One member as `ipset save` prints it: a bare address for a host, else a CIDR.
+    A member already in that form comes back as the same object (not a copy: the owner
+    holds one per endpoint of the cluster)."""
     net = ipaddress.ip_network(member.strip(), strict=False)
     if net.version != version:
         raise ValueError(f"not an IPv{version} address")
-    if net.prefixlen == net.max_prefixlen:
-        return str(net.network_address)
-    return str(net)
+    out = str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
+    return member if out == member else out
 
 
 def temp_name(name: str, prefix: str = IPSET_PREFIX) -> str:
@@ -110,7 +112,7 @@ class IPSets:
             return
         if len(self._canonical) > 4 * sum(map(len, self._members.values())) + 4096:
             self._canonical.clear()  # forget members no set holds any more
-        self._desired[name] = state
+        self._desired[name] = replace(state, members=frozenset())  # members: below
         self._members[name] = members
         self._deltas.pop(name, None)
         self._to_delete.discard(name)
@@ -140,10 +142,13 @@ class IPSets:
             self._dirty.add(name)
             return
         adds, dels = self._deltas.setdefault(name, (set(), set()))
-        adds -= left
-        dels -= joined
-        adds |= joined
-        dels |= left
+        # Relative to the kernel: a member that comes back cancels its removal, one
+        # that goes again cancels its addition.
+        back, gone = joined & dels, left & adds
+        dels -= back
+        adds -= gone
+        adds |= joined - back
+        dels |= left - gone
         self._dirty.add(name)
 
     def _canonical_members(self, name: str, raw: Iterable[str]) -> set[str]:

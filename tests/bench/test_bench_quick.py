@@ -226,6 +226,40 @@ def _check_cni(r: dict[str, Any]) -> None:
     assert r["goal_met"]["add_p99"] == (r["add"]["p99_ms"] <= r["goal"]["max_add_p99_ms"])
 
 
+def _check_scale(r: dict[str, Any]) -> None:
+    assert r["benchmark"] == "scale" and r["quick"] is True
+    assert [(c["hosts"], c["mode"]) for c in r["clusters"]] == [(3, "rr"), (3, "mesh")]
+    for c in r["clusters"]:
+        n, cv, bgp = c["hosts"], c["converge"], c["converge"]["bgp"]
+        assert cv["first_host_s"] <= cv["p50_host_s"] <= cv["total_s"]
+        assert math.isclose(cv["ratio"], cv["total_s"] / cv["baseline"]["total_s"], rel_tol=0.05)
+        # 3 hosts: a full mesh, or two reflectors and a client: two sessions each either way
+        assert bgp["sessions_per_host"] == {"min": 2, "max": 2, "mean": 2.0}
+        assert bgp["sessions_total"] == 3
+        assert bgp["bird_routes_per_host"] == {"min": bgp["blocks"], "max": bgp["blocks"]}
+        programs = c["idle"]["per_program"]
+        for name in ("felix", "confd", "bird", "supervisord"):
+            assert programs[name]["processes_per_host"] == {"mean": 1.0, "p50": 1.0, "max": 1.0}
+        pc, nw = c["profile_change"], c["new_workload"]
+        assert pc["count"] == pc["samples"] * n and nw["count"] == nw["samples"] == 2
+        assert pc["p50_s"] <= pc["p99_s"] <= pc["max_s"]
+        assert pc["baseline"]["count"] == pc["count"]
+        # etcd's own count: one event per felix for a rule added to a profile (one key
+        # written); a new workload's block reaches every felix and confd, its endpoint
+        # every felix, the host's new affinity its own confd
+        assert pc["watch_events_per_change"] == n
+        assert nw["watch_events_per_addition"] == 3 * n + 1
+        assert c["etcd"]["watchers"] == 7 * n  # felix 3 prefixes, confd 4
+        assert set(c["goal_met"]) >= {"idle_cpu_per_host", "rss_per_host", "profile_p99"}
+    calc = r["felix_per_remote_change"]
+    assert calc["large"]["endpoints"] == 20000 and calc["baseline"]["endpoints"] == 1000
+    assert calc["large"]["tagged"]["restore_lines_per_update"] == 1
+    assert calc["goal_met"] == (calc["ratio"] <= calc["goal"]["max_ratio"])
+    _clocks_named(r["clusters"][0], "converge.clock", "converge.baseline.name", "idle.clock",
+                  "profile_change.clock", "profile_change.baseline.name",
+                  "new_workload.clock", "new_workload.baseline.name")
+
+
 BENCHMARKS = [
     Bench("syncer",
           fields=("keys", "updates", "rounds", "ratio", "ratio_snapshot", "ratio_updates",
@@ -317,6 +351,22 @@ BENCHMARKS = [
                         "rebuild.clock", "restart.clock"),
           marks=(pytest.mark.root, pytest.mark.etcd), check=_check_node_docker,
           timeout=600.0),
+    Bench("scale",
+          fields=("ratio", "headline.converge_s", "headline.profile_change_p99_s",
+                  "headline.rss_per_host_max_mb",
+                  "clusters.0.converge.total_s", "clusters.0.converge.baseline.total_s",
+                  "clusters.0.converge.cpu_s.programs_when_converged",
+                  "clusters.0.idle.per_host.rss_mb.max", "clusters.0.idle.per_host.pss_mb.max",
+                  "clusters.0.idle.per_program.felix.rss_mb.mean",
+                  "clusters.0.idle.per_program.confd.rss_mb.mean",
+                  "clusters.0.profile_change.p99_s", "clusters.0.profile_change.baseline.p99_s",
+                  "clusters.0.new_workload.p99_s", "clusters.0.new_workload.baseline.p99_s",
+                  "clusters.0.etcd.bytes_per_workload", "clusters.1.converge.total_s",
+                  "felix_per_remote_change.large.tagged.median_ms",
+                  "felix_per_remote_change.baseline.tagged.median_ms"),
+          extra_fields=("clusters.0.goal_met", "clusters.0.goal", "headline.cluster",
+                        "felix_per_remote_change.goal_met"),
+          marks=(pytest.mark.root, pytest.mark.etcd), check=_check_scale),
     Bench("confd",
           fields=("render.view_and_render_ms.p50", "render.view_and_render_ms.p99",
                   "latency.change_to_reconfigured_ms.p50",
@@ -354,6 +404,10 @@ BENCHMARKS = [
 def _get(result: dict[str, Any], path: str) -> Any:
     value: Any = result
     for part in path.split("."):
+        if isinstance(value, list) and part.isdigit():  # "clusters.0.converge"
+            assert int(part) < len(value), f"missing field {path!r}"
+            value = value[int(part)]
+            continue
         assert isinstance(value, dict) and part in value, f"missing field {path!r}"
         value = value[part]
     return value

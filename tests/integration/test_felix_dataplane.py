@@ -347,6 +347,34 @@ def test_ipsets_apply_delta_and_idempotence(host: Namespace) -> None:
     assert {s.name for s in owner_sets} == fresh.names
 
 
+def test_ipsets_member_deltas_write_only_the_change(host: Namespace) -> None:
+    """A set changed by its members (as the calculation hands over a remote endpoint's
+    change) is written as that change, merged over several updates, whatever its size;
+    a failed restore or a refresh still ends with the kernel holding exactly the set."""
+    runner = RecordingRunner(host.name)
+    owner = IPSets(4, runner)
+    big = frozenset(f"198.18.{i // 250}.{i % 250 + 1}" for i in range(2000))
+    owner.set_ipset(IPSetState("felix-v4-all", 4, members=big))
+    owner.apply()
+    runner.take()
+    owner.update_members("felix-v4-all", {"198.19.0.1", "198.19.0.2"}, {"198.18.0.1"})
+    owner.update_members("felix-v4-all", {"198.18.0.1"}, {"198.19.0.2", "198.18.0.2"})
+    owner.update_members("felix-v4-all", {"198.19.0.1"}, {"198.18.99.99"})  # no-ops
+    owner.apply()
+    (_cmd, payload), = runner.take()
+    assert sorted(filter(None, (payload or "").split("\n"))) == [
+        "add felix-v4-all 198.19.0.1", "del felix-v4-all 198.18.0.2"]
+    want = (big | {"198.19.0.1"}) - {"198.18.0.2"}
+    assert kernel_sets(host)["felix-v4-all"] == want
+    host.exec("ipset", "del", "felix-v4-all", "198.18.0.3")  # tampering, then a delta
+    owner.update_members("felix-v4-all", {"198.19.0.3"}, ())
+    owner.mark_resync()  # the refresh compares the whole set with the kernel
+    owner.apply()
+    assert kernel_sets(host)["felix-v4-all"] == want | {"198.19.0.3"}
+    with pytest.raises(ValidationError, match="not desired"):
+        owner.update_members("felix-v4-none", {"198.19.0.1"}, ())
+
+
 def test_ipsets_resync_repairs_and_deletes_only_stale_felix_sets(host: Namespace) -> None:
     host.exec("ipset", "create", "test-keep", "hash:ip")
     host.exec("ipset", "create", "felix-v4-stale", "hash:ip")

@@ -49,6 +49,12 @@ class FakeOwner:
     set_interface = lambda self, i: self._set(i.ifname, i)  # noqa: E731
     remove_interface = _remove
 
+    def update_members(self, name: str, added: frozenset[str], removed: frozenset[str]
+                       ) -> None:
+        old = self.desired[name]
+        self.desired[name] = type(old)(name, old.version, old.set_type,
+                                       (old.members - removed) | added)
+
     def on_interface_update(self, ifname: str) -> None:
         pass
 
@@ -145,3 +151,48 @@ def test_config_change_in_etcd_requests_restart(rig: Any) -> None:
     assert not driver.restart_requested  # same as the default: nothing changed
     driver.on_updates([Update(keyspace.host_config_key("h1", "InterfacePrefix"), "tap", 4)])
     wait_for(lambda: driver.restart_requested, 5)
+
+
+def test_an_update_that_changes_nothing_here_applies_nothing() -> None:
+    """Most of what a felix hears is about other hosts: an endpoint there that is in no
+    set in use here costs its parse and no dataplane apply; one that joins a set in use
+    reaches the ipset owner as a one-member delta."""
+    journal: list[str] = []
+    owners = Owners(ipsets={4: FakeOwner("ipsets", journal)},  # type: ignore[dict-item]
+                    tables={(4, "filter"): FakeOwner("filter", journal),  # type: ignore[dict-item]
+                            (4, "nat"): FakeOwner("nat", journal)},  # type: ignore[dict-item]
+                    routes=FakeOwner("routes", journal),  # type: ignore[arg-type]
+                    interfaces=FakeOwner("interfaces", journal))  # type: ignore[arg-type]
+    env = {"FELIX_FELIXHOSTNAME": "h1", "FELIX_REFRESHINTERVAL": "3600"}
+    driver = Driver(load_config(env=env), owners, CalcGraph(CalcSettings("h1", ipv6=False)),
+                    env=env)
+    thread = threading.Thread(target=driver.run, daemon=True)
+    thread.start()
+
+    def remote(i: int, profile: str) -> Update:
+        key = keyspace.workload_endpoint_key("h2", "k8s", f"r{i}", "eth0")
+        return Update(key, json.dumps({"name": f"cali{i}", "ipv4_nets": [f"198.18.2.{i}/32"],
+                                       "profile_ids": [profile]}), 100 + i)
+
+    try:
+        driver.on_status(SyncStatus.IN_SYNC)
+        local = json.dumps({"name": "cali1", "ipv4_nets": ["198.18.1.1/32"],
+                            "profile_ids": ["web"]})
+        driver.on_updates([Update(keyspace.workload_endpoint_key("h1", "k8s", "w1", "eth0"),
+                                  local, 1),
+                           Update(keyspace.profile_key("web", "rules"), json.dumps(
+                               {"inbound_rules": [{"action": "allow", "src_tag": "web"}]}), 2),
+                           Update(keyspace.profile_key("web", "tags"), json.dumps(["web"]), 3)])
+        ipsets = owners.ipsets[4]
+        wait_for(lambda: ipsets.kernel.get("felix-v4-web") is not None, 5)
+        applies, flushes = driver.applies, driver.flushes
+        driver.on_updates([remote(1, "db")])  # in no set in use here
+        wait_for(lambda: driver.flushes > flushes, 5, message="the update handled")
+        assert driver.applies == applies
+        driver.on_updates([remote(2, "web")])  # joins the tag set in use
+        wait_for(lambda: "198.18.2.2" in ipsets.kernel["felix-v4-web"].members, 5)
+        assert driver.applies == applies + 1
+        assert ipsets.kernel["felix-v4-web"].members == {"198.18.1.1", "198.18.2.2"}
+    finally:
+        driver.stop()
+        thread.join(10)
