@@ -367,6 +367,7 @@ def profile_changes(c: Cluster, samples: int) -> dict[str, Any]:
     latencies: list[float] = []
     per_sample = []
     events: list[float] = []
+    sent: list[float] = []
     try:
         for k in range(samples):
             port = PORT + k
@@ -382,13 +383,16 @@ def profile_changes(c: Cluster, samples: int) -> dict[str, Any]:
             got = _reached(c, idents, t0)
             latencies += got
             per_sample.append(stats(got))
-            events.append(etcdstats.delta(m0, etcdstats.metrics(metrics_path))[etcdstats.EVENTS])
+            d = etcdstats.delta(m0, etcdstats.metrics(metrics_path))
+            events.append(d[etcdstats.EVENTS])
+            sent.append(d[etcdstats.SENT_BYTES])
     finally:
         store.close()
     return {"samples": samples, **stats(latencies), "per_sample_p99_s":
             [s["p99_s"] for s in per_sample],
             "watch_events_per_change": max(events),
-            "watch_events_per_change_per_host": round(max(events) / len(c.hosts), 2)}
+            "watch_events_per_change_per_host": round(max(events) / len(c.hosts), 2),
+            "etcd_sent_bytes_per_change": int(percentile(sent, 50))}
 
 
 def profile_baseline(c: Cluster, samples: int) -> dict[str, Any]:
@@ -422,7 +426,7 @@ def new_workloads(c: Cluster, samples: int) -> dict[str, Any]:
     store = c.topo.datastore()
     client, ipam = CalicoClient(store), IPAMClient(store)
     metrics_path = c.topo.etcd.socket_path if c.topo.etcd else ""
-    latencies, first, events = [], [], []
+    latencies, first, events, sent = [], [], [], []
     try:
         for k in range(samples):
             host = c.hosts[1 + k % (len(c.hosts) - 1)]
@@ -438,12 +442,15 @@ def new_workloads(c: Cluster, samples: int) -> dict[str, Any]:
             seen = route_everywhere(c.prober, c.hosts, host, block, t0)
             latencies.append(seen["s"])
             first.append(seen["first_host_s"])
-            events.append(etcdstats.delta(m0, etcdstats.metrics(metrics_path))[etcdstats.EVENTS])
+            d = etcdstats.delta(m0, etcdstats.metrics(metrics_path))
+            events.append(d[etcdstats.EVENTS])
+            sent.append(d[etcdstats.SENT_BYTES])
     finally:
         store.close()
     return {"samples": samples, **stats(latencies), "first_host": stats(first),
             "watch_events_per_addition": max(events),
-            "watch_events_per_addition_per_host": round(max(events) / len(c.hosts), 2)}
+            "watch_events_per_addition_per_host": round(max(events) / len(c.hosts), 2),
+            "etcd_sent_bytes_per_addition": int(percentile(sent, 50))}
 
 
 # --- (f) etcd -------------------------------------------------------------------------------------
