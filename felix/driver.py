@@ -24,7 +24,9 @@ Owns the sequencing of felix:
   5. Interface events go to the owners and the status tracker at once.
   6. Config keys are followed too; when the configuration in etcd changes so that the
      resulting `Config` differs, the loop ends with `restart_requested` and main
-     re-executes felix (documented in felix.config).
+     re-executes felix (documented in felix.config). Likewise when a pool becomes
+     encapsulated (or the last one stops being): the blocks are followed only while
+     one is (`felix_prefixes`).
   7. When pools or this node's record change (and at the first in-sync and every
      refresh), the tunnel keeper (`felix.tunnel_keeper`) is poked to bring this node's
      tunnel addresses in line on its own thread.
@@ -62,12 +64,29 @@ MIN_RETRY = 0.2  # seconds before the first retry of a failed apply
 MAX_RETRY = 30.0
 
 
-def felix_prefixes() -> list[str]:
+def felix_prefixes(blocks: bool) -> list[str]:
     """What felix follows: config, all hosts (endpoints), policy and pools (all four
     under /calico/v1/, one watcher: over etcd's JSON gateway each watcher is a
-    connection of its own), and for the tunnels the nodes' records and the allocation
-    blocks."""
-    return [keyspace.V1_DIR, keyspace.BGP_HOST_DIR, keyspace.BLOCK_DIR]
+    connection of its own) and, for the tunnels, the nodes' records; and the allocation
+    blocks only while a pool is encapsulated (`blocks`): they are what felix routes
+    through the tunnels, and otherwise the largest values in etcd, rewritten with every
+    workload added or removed anywhere (docs/scale.md)."""
+    return [keyspace.V1_DIR, keyspace.BGP_HOST_DIR, *([keyspace.BLOCK_DIR] if blocks else [])]
+
+
+def encapsulated_pools(items: Sequence[tuple[str, str]]) -> bool:
+    """Whether any of these stored pools (key, value) has an encapsulation (VXLAN or
+    IPIP), judged as the calculation judges it (`encapsulated`), so that the two never
+    disagree: what felix chooses `felix_prefixes(blocks=...)` with before its syncer
+    starts."""
+    from felix.calc.parse import parse_update
+
+    for key, value in items:
+        parsed = parse_update(key, value)
+        pool = parsed.value if parsed is not None else None
+        if getattr(pool, "encapsulation", None) is not None:
+            return True
+    return False
 
 
 class Driver:
@@ -77,7 +96,8 @@ class Driver:
                  status: StatusReporter | None = None, metrics: Metrics | None = None,
                  health: Health | None = None, file_values: dict[str, str] | None = None,
                  env: dict[str, str] | None = None,
-                 tunnels: TunnelKeeper | None = None) -> None:
+                 tunnels: TunnelKeeper | None = None,
+                 follows_blocks: bool | None = None) -> None:
         self.config = config
         self.owners = owners
         self.calc = calc
@@ -92,6 +112,8 @@ class Driver:
         self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._stop = threading.Event()
         self.restart_requested = False
+        # whether the syncer follows BLOCK_DIR (None: the caller's syncer is not felix's)
+        self.follows_blocks = follows_blocks
         self.in_sync = False
         self.ever_in_sync = False
         self.applies = 0  # owner applies
@@ -173,6 +195,7 @@ class Driver:
             self._needs_apply = True
             if self.in_sync:
                 self._check_config()
+                self._check_blocks()
         elif kind == "status":
             self.in_sync = payload is SyncStatus.IN_SYNC
             self.metrics.datastore_in_sync.set(1 if self.in_sync else 0)
@@ -183,6 +206,7 @@ class Driver:
                 self.ever_in_sync = True
                 self._poke_tunnels()
                 self._check_config()
+                self._check_blocks()
                 self._needs_apply = self._owners_pending = True
             elif self.ever_in_sync:
                 _log.info("datastore %s: keeping the dataplane as it is", payload.value)
@@ -230,6 +254,19 @@ class Driver:
                              if self.config.as_dict().get(k) != v)
             _log.warning("configuration changed in etcd (%s): restarting felix",
                          ", ".join(changed))
+            self.restart_requested = True
+
+    def _check_blocks(self) -> None:
+        """The blocks are followed exactly while a pool is encapsulated: when that flips
+        (a VXLAN pool created, the last one removed), felix re-executes itself as for a
+        configuration change, and the new process follows the right prefixes. The
+        dataplane stays as it is meanwhile."""
+        wanted = self.calc.tunnels.encapsulated
+        if (self.follows_blocks is not None and wanted != self.follows_blocks
+                and not self.restart_requested):
+            _log.warning("%s: restarting felix to %s the allocation blocks",
+                         "a pool is encapsulated" if wanted else "no pool is encapsulated",
+                         "follow" if wanted else "stop following")
             self.restart_requested = True
 
     # --- apply -------------------------------------------------------------------------------
