@@ -30,7 +30,7 @@ from felix.rules.names import CHAIN_TO_ENDPOINT
 from libcalico import keyspace as ks
 from netsim.dockerd import DockerEngine, import_busybox
 from netsim.dockerhosts import DockerHosts
-from netsim.topology import Host, Topology
+from netsim.topology import FABRIC_PLEN, Host, Topology
 from netsim.wait import wait_for
 
 pytestmark = [pytest.mark.etcd, pytest.mark.root, pytest.mark.slow]
@@ -254,7 +254,10 @@ def test_two_docker_nodes_establish_bgp_and_their_workloads_talk(
     assert hc["ReadonlyPaths"] == []  # systempaths=unconfined: /proc/sys is writable
     for d in (h1.dir / "log", h1.dir / "run"):
         assert f"{d}:{d}" in hc["Binds"]
-    for var in (f"HOSTNAME={h1.name}", f"IP={h1.ip}", "CALICO_NETWORKING_BACKEND=bird",
+    # The address goes in with the subnet calicoctl found on the host's interface, so the
+    # container registers the node exactly as the host did (cross-subnet encapsulation).
+    for var in (f"HOSTNAME={h1.name}", f"IP={h1.ip}/{FABRIC_PLEN}",
+                "CALICO_NETWORKING_BACKEND=bird",
                 f"CALICO_RUN_DIR={h1.dir / 'run'}"):
         assert var in env
     assert hc["RestartPolicy"]["Name"] == "unless-stopped"
