@@ -10,8 +10,10 @@ sources with this precedence, lowest first:
              < environment (FELIX_<UPPERCASE NAME>)
 
 Bootstrap parameters (hostname, etcd connection, log file) may only come from the file
-or the environment: felix needs them before it can read etcd. A bad value raises
-`ConfigError` naming the parameter, the value and the source it came from.
+or the environment: felix needs them before it can read etcd. A bad value in the file or
+the environment raises `ConfigError` naming the parameter, the value and the source it
+came from; a bad value in etcd is logged and ignored (the layer below applies), so one
+bad key cannot keep every felix in the cluster from starting.
 
 A `Config` is immutable; a change produces a new object. When the configuration held in
 etcd changes while felix runs, the driver builds the new `Config`; if it differs from the
@@ -339,6 +341,14 @@ def load_config(*, file_values: Mapping[str, str] | None = None,
                 _log.warning("ignoring %s from %s: it may only be set in the config file "
                              "or the environment", name, source)
                 continue
+            if source in (SOURCE_ETCD_GLOBAL, SOURCE_ETCD_HOST):
+                # etcd holds what anybody wrote: a bad value there is ignored (the layer
+                # below applies), never fatal; a bad file or environment value is.
+                try:
+                    param.parse(text)
+                except ValueError as exc:
+                    _log.warning("ignoring %s=%r from %s: %s", name, text, source, exc)
+                    continue
             raw[name] = text
             sources[name] = source
     values: dict[str, Any] = {}

@@ -25,7 +25,24 @@ class ValidationError(CalicoError, ValueError):
         self.field = field
         self.value = value
         self.reason = reason
-        super().__init__(f"invalid {field} {value!r}: {reason}")
+        super().__init__(f"invalid {_shown_field(field)} {_shown_value(value)}: {reason}")
+
+
+# Longest value repr an error message quotes (the whole value stays in `.value`).
+MAX_SHOWN_VALUE = 200
+
+
+def _shown_field(field: Any) -> str:
+    """A field name as a message shows it: quoted when it is empty or holds a newline or
+    another unprintable character (field names can come from the input's own keys), so
+    the message stays one line and the field stays visible."""
+    text = str(field)
+    return text if text and text.isprintable() else repr(text)
+
+
+def _shown_value(value: Any) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= MAX_SHOWN_VALUE else shown[:MAX_SHOWN_VALUE - 3] + "..."
 
 
 class DatastoreError(CalicoError):
