@@ -170,7 +170,7 @@ def _etcd_environment() -> dict[str, str]:
     c = ctl()
     given = {"ETCD_ENDPOINTS": c.endpoints, "ETCD_AUTHORITY": c.authority,
              "ETCD_CA_CERT_FILE": c.ca_cert, "ETCD_CERT_FILE": c.cert_file,
-             "ETCD_KEY_FILE": c.key_file}
+             "ETCD_KEY_FILE": c.key_file, "ETCD_USERNAME": c.username}
     return {k: v for k, v in given.items() if v}
 
 

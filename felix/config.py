@@ -187,6 +187,10 @@ PARAMS: tuple[Param, ...] = (
     Param("EtcdCaFile", _opt_str, "", "CA bundle for https etcd.", True),
     Param("EtcdCertFile", _opt_str, "", "Client certificate for etcd.", True),
     Param("EtcdKeyFile", _opt_str, "", "Client key for etcd.", True),
+    Param("EtcdUsername", _opt_str, "", "etcd user, with etcd authentication on (also "
+          "read from ETCD_USERNAME).", True),
+    Param("EtcdPassword", _opt_str, "", "That user's password (also read from "
+          "ETCD_PASSWORD; never logged).", True),
     Param("LogFilePath", _opt_str, "", "Log file; empty or none: no file.", True),
     # dataplane
     Param("InterfacePrefix", _names, "cali", "Comma list of workload interface prefixes."),
@@ -221,6 +225,7 @@ PARAMS: tuple[Param, ...] = (
 )
 
 PARAMS_BY_NAME: Mapping[str, Param] = {p.name: p for p in PARAMS}
+SECRET_PARAMS = frozenset({"EtcdPassword"})  # masked wherever a Config is shown
 
 
 class Config:
@@ -254,7 +259,9 @@ class Config:
         return hash(tuple(sorted((k, repr(v)) for k, v in self._values.items())))
 
     def __repr__(self) -> str:
-        return f"Config({self._values!r})"
+        shown = {k: ("********" if k in SECRET_PARAMS and v else v)
+                 for k, v in self._values.items()}
+        return f"Config({shown!r})"
 
     def source(self, name: str) -> str:
         return self._sources[name]
@@ -278,7 +285,8 @@ class Config:
             env["ETCD_AUTHORITY"] = self.EtcdAddr
             env["ETCD_SCHEME"] = self.EtcdScheme.lower()
         for name, var in (("EtcdCaFile", "ETCD_CA_CERT_FILE"),
-                          ("EtcdCertFile", "ETCD_CERT_FILE"), ("EtcdKeyFile", "ETCD_KEY_FILE")):
+                          ("EtcdCertFile", "ETCD_CERT_FILE"), ("EtcdKeyFile", "ETCD_KEY_FILE"),
+                          ("EtcdUsername", "ETCD_USERNAME"), ("EtcdPassword", "ETCD_PASSWORD")):
             if self._values[name]:
                 env[var] = self._values[name]
         return env
@@ -308,7 +316,8 @@ def env_config(env: Mapping[str, str]) -> dict[str, str]:
         if var.startswith(ENV_PREFIX) and var[len(ENV_PREFIX):] in upper:
             out[upper[var[len(ENV_PREFIX):]]] = value
     for var, name in (("ETCD_ENDPOINTS", "EtcdEndpoints"), ("ETCD_CA_CERT_FILE", "EtcdCaFile"),
-                      ("ETCD_CERT_FILE", "EtcdCertFile"), ("ETCD_KEY_FILE", "EtcdKeyFile")):
+                      ("ETCD_CERT_FILE", "EtcdCertFile"), ("ETCD_KEY_FILE", "EtcdKeyFile"),
+                      ("ETCD_USERNAME", "EtcdUsername"), ("ETCD_PASSWORD", "EtcdPassword")):
         if env.get(var) and name not in out:
             out[name] = env[var]
     return out
