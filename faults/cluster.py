@@ -124,13 +124,19 @@ class Cluster:
         return self.topo.calicoctl(host, *args, check=check)
 
     def add_workload(self, host: Host, ipv4: bool = True, ipv6: bool | None = None,
-                     profile: str | None = PROFILE, label: str | None = None) -> Workload:
-        """A namespace on the network through `calicoctl container add` (the one place
-        workloads are made; see the module docstring)."""
+                     profile: str | None = PROFILE, label: str | None = None,
+                     via: str = "calicoctl") -> Workload:
+        """A namespace on the network (the one place workloads are made; see the module
+        docstring): through `calicoctl container add` (`via="calicoctl"`), or through the
+        workload plumbing every way in shares (`via="library"`: `workload.provision`,
+        what the Docker and CNI adapters call), in this process - no CLI start-up, for
+        churn."""
         ipv6 = self.ipv6 if ipv6 is None else ipv6
         self._counter += 1
         label = label or f"{host.name}/w{self._counter}"
         ns = Namespace(f"{self.prefix}-wl")
+        if via == "library":
+            return self._add_in_process(host, ns, ipv4, ipv6, profile, label)
         try:
             first = "ipv4" if ipv4 else "ipv6"
             self.calicoctl(host, "container", "add", ns.name, first)
@@ -149,8 +155,44 @@ class Cluster:
         self.workloads.append(wl)
         return wl
 
-    def remove_workload(self, wl: Workload) -> None:
-        self.calicoctl(wl.host, "container", "remove", wl.ns.name)
+    def _add_in_process(self, host: Host, ns: Namespace, ipv4: bool, ipv6: bool,
+                        profile: str | None, label: str) -> Workload:
+        from libcalico.ipam import IPAMClient
+        from workload import provision
+
+        where = provision.Workload(host.name, "netns", ns.name, ns.name)
+        requests = [r for r, on in (("ipv4", ipv4), ("ipv6", ipv6)) if on]
+        try:
+            ep = provision.add_workload(self.client, IPAMClient(self.store), where, requests,
+                                        profiles=[profile] if profile else [],
+                                        host_netns=host.ns.name)
+        except BaseException:
+            ns.delete()
+            raise
+        wl = Workload(label, host, ns, ep.ipv4_nets[0].split("/")[0] if ep.ipv4_nets else "",
+                      ep.ipv6_nets[0].split("/")[0] if ep.ipv6_nets else None,
+                      ep.endpoint_id, [profile] if profile else [])
+        self.workloads.append(wl)
+        return wl
+
+    def set_profiles(self, wl: Workload, profiles: Sequence[str]) -> None:
+        """The endpoint's profiles, in the datastore (as `container NS profile set`)."""
+        from dataclasses import replace
+
+        (ep,) = self.client.list_workload_endpoints(wl.host.name, "netns", wl.ns.name)
+        self.client.update_workload_endpoint(
+            ep.ident, lambda e: replace(e, profile_ids=tuple(profiles)))
+        wl.profiles = list(profiles)
+
+    def remove_workload(self, wl: Workload, via: str = "calicoctl") -> None:
+        if via == "library":
+            from libcalico.ipam import IPAMClient
+            from workload import provision
+
+            provision.remove_workload(self.client, IPAMClient(self.store), wl.host.name,
+                                      "netns", wl.ns.name, host_netns=wl.host.ns.name)
+        else:
+            self.calicoctl(wl.host, "container", "remove", wl.ns.name)
         wl.ns.delete()
         self.workloads.remove(wl)
 
