@@ -11,6 +11,13 @@ it starts fast in any namespace:
                         on a broken connection, reconnect (counted); on SIGTERM print JSON:
                         records sent, reconnects, the errors seen
   http-status URL       print the HTTP status of GET URL (0 if it cannot connect)
+  icmp6-send TYPE IFNAME COUNT
+                        send COUNT ICMPv6 messages of TYPE (134 router advertisement,
+                        135 neighbour solicitation, 128 echo request) to ff02::1 on IFNAME,
+                        hop limit 255 (what a hostile workload with CAP_NET_RAW can do)
+  icmp6-listen SECONDS  print "ready", then after SECONDS a JSON list of [type, ifname] of
+                        every ICMPv6 message this namespace delivered locally (a raw socket
+                        sees a packet only after the INPUT chain accepted it)
 
 Times are CLOCK_MONOTONIC; gaps are measured at the receiver, where a user feels them.
 """
@@ -142,6 +149,45 @@ def http_status(url: str) -> None:
         print(0)
 
 
+def icmp6_send(typ: int, ifname: str, count: int) -> None:
+    ifindex = socket.if_nametoindex(ifname)
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, ifindex)
+    if typ == 134:  # RA: default router for 1800 s, prefix fd00:dead::/64 (autoconf)
+        prefix = socket.inet_pton(socket.AF_INET6, "fd00:dead::")
+        body = struct.pack("!BBHBBHII", 134, 0, 0, 64, 0, 1800, 0, 0)
+        body += struct.pack("!BBBBIII", 3, 4, 64, 0xC0, 86400, 14400, 0) + prefix
+    elif typ == 135:  # NS for fe80::1 (the workload's gateway)
+        body = struct.pack("!BBHI", 135, 0, 0, 0) + socket.inet_pton(socket.AF_INET6, "fe80::1")
+    else:
+        body = struct.pack("!BBHHH", typ, 0, 0, 1, 1)
+    for _ in range(count):
+        sock.sendto(body, ("ff02::1", 0, 0, ifindex))  # the kernel fills the checksum
+        time.sleep(0.02)
+
+
+def icmp6_listen(seconds: float) -> None:
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+    sock.settimeout(0.2)
+    print("ready", flush=True)
+    seen: list[list[object]] = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end and not _stop:
+        try:
+            data, anc, _flags, _addr = sock.recvmsg(2048, 256)
+        except TimeoutError:
+            continue
+        ifname = "?"
+        for level, kind, payload in anc:
+            if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO:
+                ifname = socket.if_indextoname(struct.unpack("16sI", payload[:20])[1])
+        if data:
+            seen.append([data[0], ifname])
+    print(json.dumps(seen), flush=True)
+
+
 def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, _on_term)
     signal.signal(signal.SIGINT, _on_term)
@@ -151,6 +197,10 @@ def main(argv: list[str]) -> int:
         tcp_source(argv[1], int(argv[2]), float(argv[3]))
     elif argv[:1] == ["http-status"]:
         http_status(argv[1])
+    elif argv[:1] == ["icmp6-send"]:
+        icmp6_send(int(argv[1]), argv[2], int(argv[3]))
+    elif argv[:1] == ["icmp6-listen"]:
+        icmp6_listen(float(argv[1]))
     else:
         print(__doc__, file=sys.stderr)
         return 2

@@ -64,7 +64,8 @@ class Cluster:
 
     def __init__(self, prefix: str = "flt", hosts: int = 3, workloads_per_host: int = 1,
                  etcd_members: int = 3, etcd_tls: bool = False,
-                 etcd_auth: tuple[str, str] | None = None, ipv6: bool = True) -> None:
+                 etcd_auth: tuple[str, str] | None = None, ipv6: bool = True,
+                 etcd_on_host: bool = False) -> None:
         self.prefix = prefix
         self.n_hosts = hosts
         self.workloads_per_host = workloads_per_host
@@ -72,6 +73,7 @@ class Cluster:
         self.etcd_tls = etcd_tls
         self.etcd_auth = etcd_auth
         self.ipv6 = ipv6
+        self.etcd_on_host = etcd_on_host
         self.topo: Topology | None = None
         self.workloads: list[Workload] = []
         self._store: Datastore | None = None
@@ -82,7 +84,7 @@ class Cluster:
     def start(self, converge_timeout: float = 60.0) -> Cluster:
         self.topo = Topology(self.prefix, hosts=self.n_hosts, ipv6=self.ipv6,
                              etcd_members=self.etcd_members, etcd_tls=self.etcd_tls,
-                             etcd_auth=self.etcd_auth)
+                             etcd_auth=self.etcd_auth, etcd_on_host=self.etcd_on_host)
         with ThreadPoolExecutor(self.n_hosts) as pool:  # nodes start together
             list(pool.map(self.topo.start_node, self.topo.hosts))
         h1 = self.hosts[0]

@@ -6,7 +6,9 @@ Owns: the fabric namespace with a bridge, host namespaces joined to it by veths
 its unix socket, so the root namespace is never touched) - or, with `etcd_members=3`, an
 `EtcdCluster` of real members on 198.18.0.251-253, and with `etcd_tls`/`etcd_auth` an
 etcd that accepts only client certificates / only a user and password (the daemons get
-the certificates and credentials through their ETCD_* environment), background processes started
+the certificates and credentials through their ETCD_* environment), or with
+`etcd_on_host` one member inside host1 on its own address (etcd on a Calico host, whose
+port a workload must not reach), background processes started
 inside the hosts, Calico nodes started in them with `calicoctl node --runtime=none`
 (`start_node`; each host's run directory, logs and BIRD include directory live in its
 scratch directory), and removing all of it, in reverse order, even when a test fails
@@ -67,7 +69,8 @@ class Topology:
 
     def __init__(self, prefix: str, hosts: int = 3, etcd: bool = True,
                  first_host_octet: int = 1, ipv6: bool = False, etcd_members: int = 1,
-                 etcd_tls: bool = False, etcd_auth: tuple[str, str] | None = None) -> None:
+                 etcd_tls: bool = False, etcd_auth: tuple[str, str] | None = None,
+                 etcd_on_host: bool = False) -> None:
         self.prefix = prefix
         self.hosts: list[Host] = []
         self.etcd: EtcdServer | EtcdCluster | None = None
@@ -81,6 +84,15 @@ class Topology:
             self.fabric.ip("link", "add", "br0", "address", "02:00:c6:12:00:fe", "type",
                            "bridge")
             self.fabric.ip("link", "set", "br0", "up")
+            if etcd_on_host:  # one member inside host1, on its fabric address
+                self._add_hosts(hosts, first_host_octet, ipv6)
+                h1 = self.hosts[0]
+                tls = make_tls_material(str(self.dir / "etcd-tls"), [h1.ip]) if etcd_tls \
+                    else None
+                self.etcd = EtcdServer(host=h1.ip, netns=h1.ns.name, unix_socket=True,
+                                       tls=tls, auth=etcd_auth)
+                self.etcd.start()
+                return
             if etcd:
                 ips = [ETCD_IP] if etcd_members == 1 else list(ETCD_MEMBER_IPS[:etcd_members])
                 if len(ips) != etcd_members:
@@ -95,13 +107,16 @@ class Topology:
                     self.etcd = EtcdCluster(etcd_members, ips, netns=self.fabric.name,
                                             tls=tls, unix_socket=True, auth=etcd_auth)
                 self.etcd.start()
-            for i in range(hosts):
-                octet = first_host_octet + i
-                self.add_host(f"host{i + 1}", f"{FABRIC_NET}.{octet}",
-                              f"{FABRIC_NET6}{octet:x}" if ipv6 else None)
+            self._add_hosts(hosts, first_host_octet, ipv6)
         except BaseException:
             self.close()
             raise
+
+    def _add_hosts(self, hosts: int, first_host_octet: int, ipv6: bool) -> None:
+        for i in range(hosts):
+            octet = first_host_octet + i
+            self.add_host(f"host{i + 1}", f"{FABRIC_NET}.{octet}",
+                          f"{FABRIC_NET6}{octet:x}" if ipv6 else None)
 
     # --- building -----------------------------------------------------------------------------
 
