@@ -514,7 +514,11 @@ class Datastore:
 
     def version(self) -> str:
         def status(c: _Conn) -> str:
-            return str(c.client.status().version)
+            # The stub with the token as metadata: etcd3's own status() sends it as call
+            # credentials, which gRPC refuses over a plain-text channel.
+            resp = c.client.maintenancestub.Status(c.rpc.StatusRequest(), self.settings.timeout,
+                                                   metadata=c.meta)
+            return str(resp.version)
 
         return self._call(status)
 
