@@ -117,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("faults: run as root (it creates network namespaces)", file=sys.stderr)
         return 2
+    # Forking calicoctl from threads while gRPC calls run elsewhere makes gRPC's fork
+    # handlers print a warning per fork; they are not needed (children exec at once).
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     sections = args.sections or ["matrix", "soak", "fuzz"]
     unknown = [s for s in sections if s not in ("matrix", "soak", "fuzz")]
     if unknown:

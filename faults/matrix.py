@@ -235,7 +235,7 @@ def run_fault(cluster: Cluster, fault: Fault, quick: bool) -> dict[str, Any]:
         converge_s = wait_converged(cluster, CONVERGE_TIMEOUT, since=recovered)
         observe(OBSERVE_S)
     finally:
-        figures = summarise(traffic.stop())
+        figures = summarise(traffic.stop(), traffic.seconds)
     extra.pop("fault_at")
     ipam_ok, ipam_out = ipam_check(cluster)
     hosts = [cluster.hosts[i] for i in fault.hosts] if quick else cluster.hosts

@@ -136,7 +136,7 @@ def soak(cluster: Cluster, seconds: float, seed: int = 16) -> dict[str, Any]:
         churned = time.monotonic() - started
         converge_s = wait_converged(cluster, 120.0)
     finally:
-        figures = summarise(traffic.stop())
+        figures = summarise(traffic.stop(), traffic.seconds)
     # Felix removes what a deleted workload left asynchronously: poll, bounded.
     found: dict[str, list[str]] = {}
 
