@@ -86,7 +86,8 @@ def fuzz_section(quick: bool) -> tuple[dict[str, Any], list[str]]:
         report = os.path.join(tmp, "junit.xml")
         started = time.monotonic()
         proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                               "tests/fuzz", f"--junitxml={report}"], cwd=ROOT,
+                               "-o", "timeout=3600", "tests/fuzz", f"--junitxml={report}"],
+                              cwd=ROOT,
                               env={**os.environ, "CALICO_FUZZ_PROFILE": profile},
                               capture_output=True, text=True, check=False)
         tests: list[dict[str, Any]] = []

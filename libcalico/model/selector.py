@@ -434,8 +434,8 @@ def parse_selector(text: str) -> Selector:
         raise ValidationError("selector", text, "must be a string")
     try:
         text.encode()
-    except UnicodeEncodeError:  # a lone surrogate, say, from a "\ud800" JSON escape
-        raise ValidationError("selector", text, "must be valid Unicode text") from None
+    except UnicodeEncodeError as exc:  # a lone surrogate, say, from a "\ud800" JSON escape
+        raise SelectorSyntaxError(text, exc.start + 1, "not valid Unicode text") from None
     return _parse_cached(text)
 
 
