@@ -105,6 +105,10 @@ def _common_args(name: str, component: str, node: str, capabilities: tuple[str, 
     for var in ETCD_FILE_VARIABLES:
         if etcd.get(var):
             args += ["-v", f"{etcd[var]}:{etcd[var]}:ro"]
+    if os.environ.get("ETCD_PASSWORD"):
+        # By name only: docker copies the value from its own environment, so the password
+        # is on no command line (it is in the container's configuration, as any env is).
+        args += ["-e", "ETCD_PASSWORD"]
     return args
 
 

@@ -10,8 +10,10 @@ sources with this precedence, lowest first:
              < environment (FELIX_<UPPERCASE NAME>)
 
 Bootstrap parameters (hostname, etcd connection, log file) may only come from the file
-or the environment: felix needs them before it can read etcd. A bad value raises
-`ConfigError` naming the parameter, the value and the source it came from.
+or the environment: felix needs them before it can read etcd. A bad value in the file or
+the environment raises `ConfigError` naming the parameter, the value and the source it
+came from; a bad value in etcd is logged and ignored (the layer below applies), so one
+bad key cannot keep every felix in the cluster from starting.
 
 A `Config` is immutable; a change produces a new object. When the configuration held in
 etcd changes while felix runs, the driver builds the new `Config`; if it differs from the
@@ -195,6 +197,10 @@ PARAMS: tuple[Param, ...] = (
     Param("EtcdCaFile", _opt_str, "", "CA bundle for https etcd.", True),
     Param("EtcdCertFile", _opt_str, "", "Client certificate for etcd.", True),
     Param("EtcdKeyFile", _opt_str, "", "Client key for etcd.", True),
+    Param("EtcdUsername", _opt_str, "", "etcd user, with etcd authentication on (also "
+          "read from ETCD_USERNAME).", True),
+    Param("EtcdPassword", _opt_str, "", "That user's password (also read from "
+          "ETCD_PASSWORD; never logged).", True),
     Param("LogFilePath", _opt_str, "", "Log file; empty or none: no file.", True),
     # dataplane
     Param("InterfacePrefix", _names, "cali", "Comma list of workload interface prefixes."),
@@ -238,6 +244,7 @@ PARAMS: tuple[Param, ...] = (
 )
 
 PARAMS_BY_NAME: Mapping[str, Param] = {p.name: p for p in PARAMS}
+SECRET_PARAMS = frozenset({"EtcdPassword"})  # masked wherever a Config is shown
 
 
 class Config:
@@ -266,7 +273,9 @@ class Config:
         return hash(tuple(sorted((k, repr(v)) for k, v in self._values.items())))
 
     def __repr__(self) -> str:
-        return f"Config({self._values!r})"
+        shown = {k: ("********" if k in SECRET_PARAMS and v else v)
+                 for k, v in self._values.items()}
+        return f"Config({shown!r})"
 
     def source(self, name: str) -> str:
         return self._sources[name]
@@ -290,7 +299,8 @@ class Config:
             env["ETCD_AUTHORITY"] = self.EtcdAddr
             env["ETCD_SCHEME"] = self.EtcdScheme.lower()
         for name, var in (("EtcdCaFile", "ETCD_CA_CERT_FILE"),
-                          ("EtcdCertFile", "ETCD_CERT_FILE"), ("EtcdKeyFile", "ETCD_KEY_FILE")):
+                          ("EtcdCertFile", "ETCD_CERT_FILE"), ("EtcdKeyFile", "ETCD_KEY_FILE"),
+                          ("EtcdUsername", "ETCD_USERNAME"), ("EtcdPassword", "ETCD_PASSWORD")):
             if self._values[name]:
                 env[var] = self._values[name]
         return env
@@ -320,7 +330,8 @@ def env_config(env: Mapping[str, str]) -> dict[str, str]:
         if var.startswith(ENV_PREFIX) and var[len(ENV_PREFIX):] in upper:
             out[upper[var[len(ENV_PREFIX):]]] = value
     for var, name in (("ETCD_ENDPOINTS", "EtcdEndpoints"), ("ETCD_CA_CERT_FILE", "EtcdCaFile"),
-                      ("ETCD_CERT_FILE", "EtcdCertFile"), ("ETCD_KEY_FILE", "EtcdKeyFile")):
+                      ("ETCD_CERT_FILE", "EtcdCertFile"), ("ETCD_KEY_FILE", "EtcdKeyFile"),
+                      ("ETCD_USERNAME", "EtcdUsername"), ("ETCD_PASSWORD", "EtcdPassword")):
         if env.get(var) and name not in out:
             out[name] = env[var]
     return out
@@ -353,6 +364,14 @@ def load_config(*, file_values: Mapping[str, str] | None = None,
                 _log.warning("ignoring %s from %s: it may only be set in the config file "
                              "or the environment", name, source)
                 continue
+            if source in (SOURCE_ETCD_GLOBAL, SOURCE_ETCD_HOST):
+                # etcd holds what anybody wrote: a bad value there is ignored (the layer
+                # below applies), never fatal; a bad file or environment value is.
+                try:
+                    param.parse(text)
+                except ValueError as exc:
+                    _log.warning("ignoring %s=%r from %s: %s", name, text, source, exc)
+                    continue
             raw[name] = text
             sources[name] = source
     values: dict[str, Any] = {}

@@ -3,12 +3,13 @@
 
 Owns: the HTTP conversation with etcd's gRPC gateway (`POST /v3/kv/range` and friends,
 JSON bodies with base64 bytes and int64 as strings) over TCP, TLS (the same CA and
-client certificate files) or etcd's unix socket, one kept-alive HTTP/1.1 connection per
-endpoint (a small client of its own: `http.client` imports `ssl` and `email`, ~20 ms of
-start-up); and a stand-in for the parts of etcd3's generated gRPC modules that the
-datastore uses (`GATEWAY_RPC.RangeRequest(...)`, `client.kvstub.Range(rq, timeout)`,
-the lease stubs, `client.status()`), so the datastore's logic - paging, transactions,
-compare-and-swap, fail-over - is the same code whichever transport carries it.
+client certificate files) or etcd's unix socket, one kept-alive `http.client`
+connection per endpoint, logging in first when etcd has authentication on (the token
+goes with every call as the `Authorization` header); and a stand-in for the parts of
+etcd3's generated gRPC modules that the datastore uses (`GATEWAY_RPC.RangeRequest(...)`,
+`client.kvstub.Range(rq, timeout, metadata=...)`, the lease and maintenance stubs,
+`client.metadata`), so the datastore's logic - paging, transactions, compare-and-swap,
+fail-over, re-authentication - is the same code whichever transport carries it.
 
 Why: a CNI plugin is one process per call. `import etcd3` (grpc and protobuf) costs
 ~0.2 s of start-up on this hardware, more than the whole rest of an ADD; this module
@@ -26,10 +27,14 @@ Leaves to others: what to read and write and the error hierarchy (`libcalico.dat
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import socket
 from collections.abc import Iterable, Iterator
 from typing import Any
+
+# etcd3's call metadata: (("token", TOKEN),) once logged in, else None.
+Metadata = Iterable[tuple[str, str]] | None
 
 # gRPC status codes (grpc/status.h) that the datastore distinguishes.
 CANCELLED, DEADLINE_EXCEEDED, OUT_OF_RANGE, UNAVAILABLE = 1, 4, 11, 14
@@ -104,6 +109,7 @@ class _Rpc:
     LeaseKeepAliveRequest = staticmethod(_message())
     LeaseRevokeRequest = staticmethod(_message())
     CompactionRequest = staticmethod(_message())
+    StatusRequest = staticmethod(_message())
 
 
 GATEWAY_RPC = _Rpc()
@@ -151,129 +157,98 @@ def _txn(data: dict[str, Any]) -> Msg:
 # --- the connection -----------------------------------------------------------------------------
 
 
-class _Connection:
-    """One kept-alive HTTP/1.1 connection, POST only: TCP, TLS or a unix socket.
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    """`http.client`'s connection over etcd's unix socket (`unix://`, and `unixs://` with
+    TLS, the server checked as "localhost" as gRPC does for a unix socket)."""
 
-    Why not `http.client`: it imports `ssl` and the `email` package (~20 ms of start-up
-    for every plugin call); the gateway needs one request shape and two response
-    framings (Content-Length and chunked), written here in a few lines."""
+    def __init__(self, path: str, timeout: float, context: Any = None) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+        self.context = context
 
-    def __init__(self, scheme: str, host: str, port: int, timeout: float,
-                 tls: tuple[str | None, str | None, str | None]) -> None:
-        self.scheme, self.host, self.port, self.timeout, self.tls = (scheme, host, port,
-                                                                     timeout, tls)
-        self.sock: socket.socket | None = None
-        self._buf = b""
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.path)
+            if self.context is not None:
+                sock = self.context.wrap_socket(sock, server_hostname="localhost")
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
 
-    def _open(self) -> socket.socket:
-        if self.scheme == "unix":
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(self.timeout)
-            try:
-                sock.connect(self.host)
-            except OSError:
-                sock.close()
-                raise
-            return sock
-        sock = socket.create_connection((self.host, self.port), self.timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.scheme == "https":
-            import ssl
 
-            ca, cert, key = self.tls
-            context = ssl.create_default_context(cafile=ca)
-            if cert:
-                context.load_cert_chain(cert, key)
-            return context.wrap_socket(sock, server_hostname=self.host)
-        return sock
+def _tls_context(tls: tuple[str | None, str | None, str | None]) -> Any:
+    import ssl
 
-    def _read_more(self) -> None:
-        assert self.sock is not None
-        chunk = self.sock.recv(65536)
-        if not chunk:
-            raise ConnectionResetError("connection closed by etcd")
-        self._buf += chunk
+    ca, cert, key = tls
+    context = ssl.create_default_context(cafile=ca)
+    if cert:
+        context.load_cert_chain(cert, key)
+    return context
 
-    def _read_line(self) -> bytes:
-        while b"\r\n" not in self._buf:
-            self._read_more()
-        line, self._buf = self._buf.split(b"\r\n", 1)
-        return line
 
-    def _read_exactly(self, n: int) -> bytes:
-        while len(self._buf) < n:
-            self._read_more()
-        data, self._buf = self._buf[:n], self._buf[n:]
-        return data
-
-    def post(self, path: str, body: bytes, timeout: float) -> tuple[int, bytes]:
-        """(status, body) of one POST; reconnects when there is no connection yet."""
-        if self.sock is None:
-            self.sock = self._open()
-            self._buf = b""
-        self.sock.settimeout(timeout)
-        host = "localhost" if self.scheme == "unix" else self.host
-        self.sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: "
-                          f"application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-                          .encode() + body)
-        status_line = self._read_line()
-        parts = status_line.split(b" ", 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/"):
-            raise ConnectionResetError(f"bad status line {status_line[:80]!r}")
-        status = int(parts[1])
-        headers: dict[bytes, bytes] = {}
-        while line := self._read_line():
-            name, _, value = line.partition(b":")
-            headers[name.strip().lower()] = value.strip()
-        if headers.get(b"transfer-encoding", b"").lower() == b"chunked":
-            data = b""
-            while size := int(self._read_line().split(b";")[0], 16):
-                data += self._read_exactly(size)
-                self._read_line()
-            while self._read_line():  # trailers, then the blank line
-                pass
-        else:
-            data = self._read_exactly(int(headers.get(b"content-length", b"0")))
-        if headers.get(b"connection", b"").lower() == b"close":
-            self.close()
-        return status, data
-
-    def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
+def _connection(scheme: str, host: str, port: int, timeout: float,
+                tls: tuple[str | None, str | None, str | None]
+                ) -> http.client.HTTPConnection:
+    """One kept-alive HTTP/1.1 connection (`http.client`): TCP, TLS or a unix socket."""
+    if scheme in ("unix", "unixs"):
+        return _UnixHTTPConnection(host, timeout,
+                                   _tls_context(tls) if scheme == "unixs" else None)
+    if scheme == "https":
+        return http.client.HTTPSConnection(host, port, timeout=timeout,
+                                           context=_tls_context(tls))
+    return http.client.HTTPConnection(host, port, timeout=timeout)
 
 
 class GatewayClient:
-    """One endpoint's gateway: `kvstub`, `leasestub`, `status()` and `close()` as the
-    datastore calls them on etcd3's client. Not thread-safe (one request at a time)."""
+    """One endpoint's gateway: `kvstub`, `leasestub`, `maintenancestub`, `metadata` and
+    `close()` as the datastore uses them on etcd3's client. Not thread-safe (one request
+    at a time). With a user and password it logs in first (`/v3/auth/authenticate`) and
+    sends the token with every call, as etcd3 does over gRPC; `metadata` holds it in
+    etcd3's form so the datastore passes it back per call."""
 
     def __init__(self, scheme: str, host: str, port: int, timeout: float,
                  ca_cert: str | None = None, cert_file: str | None = None,
-                 key_file: str | None = None) -> None:
+                 key_file: str | None = None, user: str | None = None,
+                 password: str | None = None) -> None:
         self.scheme, self.host, self.port, self.timeout = scheme, host, port, timeout
-        self._conn = _Connection(scheme, host, port, timeout, (ca_cert, cert_file, key_file))
+        self._conn = _connection(scheme, host, port, timeout, (ca_cert, cert_file, key_file))
         self.kvstub = _KVStub(self)
         self.leasestub = _LeaseStub(self)
+        self.maintenancestub = _MaintenanceStub(self)
+        self.metadata: tuple[tuple[str, str], ...] | None = None
+        if user:
+            token = self.call("/v3/auth/authenticate", {"name": user, "password": password})
+            self.metadata = (("token", str(token.get("token", ""))),)
 
-    def call(self, path: str, request: Msg | dict[str, Any],
-             timeout: float | None = None) -> dict[str, Any]:
+    def call(self, path: str, request: Msg | dict[str, Any], timeout: float | None = None,
+             metadata: Metadata = None) -> dict[str, Any]:
         """POST one request; the decoded JSON answer. A kept-alive connection that the
         server closed meanwhile is re-opened once."""
         body = json.dumps(_encode(request) if isinstance(request, Msg) else request).encode()
+        headers = {"Content-Type": "application/json"}
+        token = dict(metadata or ()).get("token")
+        if token:
+            headers["Authorization"] = token
         for attempt in (1, 2):
             reused = self._conn.sock is not None
+            self._conn.timeout = timeout or self.timeout
             try:
-                status, raw = self._conn.post(path, body, timeout or self.timeout)
+                self._conn.request("POST", path, body, headers)
+                response = self._conn.getresponse()
+                status, raw = response.status, response.read()
             except TimeoutError:
                 self.close()
                 raise GatewayError(DEADLINE_EXCEEDED, f"{self._where()}: timed out") from None
-            except (ConnectionResetError, BrokenPipeError) as exc:
+            except (ConnectionResetError, BrokenPipeError,
+                    http.client.RemoteDisconnected) as exc:
                 self.close()
                 if attempt == 1 and reused:
                     continue
                 raise GatewayError(UNAVAILABLE, f"{self._where()}: {exc}") from None
-            except (OSError, ValueError) as exc:
+            except (OSError, http.client.HTTPException) as exc:
                 self.close()
                 raise GatewayError(UNAVAILABLE, f"{self._where()}: {exc}") from None
             try:
@@ -291,50 +266,67 @@ class GatewayClient:
         raise AssertionError("unreachable")
 
     def _where(self) -> str:
-        return self.host if self.scheme == "unix" else f"{self.host}:{self.port}"
-
-    def status(self) -> Msg:
-        return Msg(version=str(self.call("/v3/maintenance/status", {}).get("version", "")))
+        return self.host if self.scheme.startswith("unix") else f"{self.host}:{self.port}"
 
     def close(self) -> None:
         self._conn.close()
+
+
+class _MaintenanceStub:
+    def __init__(self, client: GatewayClient) -> None:
+        self._client = client
+
+    def Status(self, rq: Msg, timeout: float | None = None,  # noqa: N802 - gRPC name
+               metadata: Metadata = None) -> Msg:
+        data = self._client.call("/v3/maintenance/status", rq, timeout, metadata)
+        return Msg(version=str(data.get("version", "")))
 
 
 class _KVStub:
     def __init__(self, client: GatewayClient) -> None:
         self._client = client
 
-    def Range(self, rq: Msg, timeout: float | None = None) -> Msg:  # noqa: N802 - gRPC name
-        return _range(self._client.call("/v3/kv/range", rq, timeout))
+    def Range(self, rq: Msg, timeout: float | None = None,  # noqa: N802 - gRPC name
+              metadata: Metadata = None) -> Msg:
+        return _range(self._client.call("/v3/kv/range", rq, timeout, metadata))
 
-    def Put(self, rq: Msg, timeout: float | None = None) -> Msg:  # noqa: N802
-        return Msg(header=_header(self._client.call("/v3/kv/put", rq, timeout)))
+    def Put(self, rq: Msg, timeout: float | None = None,  # noqa: N802
+            metadata: Metadata = None) -> Msg:
+        return Msg(header=_header(self._client.call("/v3/kv/put", rq, timeout, metadata)))
 
-    def DeleteRange(self, rq: Msg, timeout: float | None = None) -> Msg:  # noqa: N802
-        data = self._client.call("/v3/kv/deleterange", rq, timeout)
+    def DeleteRange(self, rq: Msg, timeout: float | None = None,  # noqa: N802
+                    metadata: Metadata = None) -> Msg:
+        data = self._client.call("/v3/kv/deleterange", rq, timeout, metadata)
         return Msg(header=_header(data), deleted=_int(data, "deleted"))
 
-    def Txn(self, rq: Msg, timeout: float | None = None) -> Msg:  # noqa: N802
-        return _txn(self._client.call("/v3/kv/txn", rq, timeout))
+    def Txn(self, rq: Msg, timeout: float | None = None,  # noqa: N802
+            metadata: Metadata = None) -> Msg:
+        return _txn(self._client.call("/v3/kv/txn", rq, timeout, metadata))
 
-    def Compact(self, rq: Msg, timeout: float | None = None) -> Msg:  # noqa: N802
-        return Msg(header=_header(self._client.call("/v3/kv/compaction", rq, timeout)))
+    def Compact(self, rq: Msg, timeout: float | None = None,  # noqa: N802
+                metadata: Metadata = None) -> Msg:
+        data = self._client.call("/v3/kv/compaction", rq, timeout, metadata)
+        return Msg(header=_header(data))
 
 
 class _LeaseStub:
     def __init__(self, client: GatewayClient) -> None:
         self._client = client
 
-    def LeaseGrant(self, rq: Msg, timeout: float | None = None) -> Msg:  # noqa: N802
-        data = self._client.call("/v3/lease/grant", rq, timeout)
+    def LeaseGrant(self, rq: Msg, timeout: float | None = None,  # noqa: N802
+                   metadata: Metadata = None) -> Msg:
+        data = self._client.call("/v3/lease/grant", rq, timeout, metadata)
         return Msg(ID=_int(data, "ID"), TTL=_int(data, "TTL"))
 
     def LeaseKeepAlive(self, requests: Iterable[Msg],  # noqa: N802
-                       timeout: float | None = None) -> Iterator[Msg]:
+                       timeout: float | None = None,
+                       metadata: Metadata = None) -> Iterator[Msg]:
         for rq in requests:
-            data = self._client.call("/v3/lease/keepalive", rq, timeout)
+            data = self._client.call("/v3/lease/keepalive", rq, timeout, metadata)
             yield Msg(ID=_int(data.get("result") or {}, "ID"),
                       TTL=_int(data.get("result") or {}, "TTL"))
 
-    def LeaseRevoke(self, rq: Msg, timeout: float | None = None) -> Msg:  # noqa: N802
-        return Msg(header=_header(self._client.call("/v3/lease/revoke", rq, timeout)))
+    def LeaseRevoke(self, rq: Msg, timeout: float | None = None,  # noqa: N802
+                    metadata: Metadata = None) -> Msg:
+        data = self._client.call("/v3/lease/revoke", rq, timeout, metadata)
+        return Msg(header=_header(data))

@@ -67,10 +67,7 @@ def test_etcd_endpoints_from_shared_env_variable() -> None:
     assert cfg.etcd_env() == {"ETCD_AUTHORITY": "h:4001", "ETCD_SCHEME": "http"}
 
 
-@pytest.mark.parametrize("layer,source", [
-    ("etcd_global", SOURCE_ETCD_GLOBAL), ("etcd_host", SOURCE_ETCD_HOST),
-    ("file_values", SOURCE_FILE),
-])
+@pytest.mark.parametrize("layer,source", [("file_values", SOURCE_FILE)])
 def test_error_names_param_value_and_source(layer: str, source: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(env={}, **{layer: {"DefaultEndpointToHostAction": "MAYBE"}})
@@ -78,6 +75,18 @@ def test_error_names_param_value_and_source(layer: str, source: str) -> None:
     assert err.field == "DefaultEndpointToHostAction"
     assert err.value == "MAYBE"
     assert source in str(err) and "MAYBE" in str(err)
+
+
+def test_a_bad_value_in_etcd_is_ignored_and_the_layer_below_applies(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """etcd holds what anybody wrote: one bad key must not stop every felix starting."""
+    cfg = load_config(env={}, etcd_global={"DefaultEndpointToHostAction": "RETURN"},
+                      etcd_host={"DefaultEndpointToHostAction": "MAYBE"})
+    assert cfg.DefaultEndpointToHostAction == "RETURN"
+    assert cfg.source("DefaultEndpointToHostAction") == SOURCE_ETCD_GLOBAL
+    cfg = load_config(env={}, etcd_global={"HealthPort": "99999"})
+    assert cfg.HealthPort == 9099 and cfg.source("HealthPort") == "default"
+    assert any("HealthPort" in r.message and "99999" in r.message for r in caplog.records)
 
 
 @pytest.mark.parametrize("name,value", [

@@ -14,22 +14,25 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("libcalico", "workload", "calicoctl", "felix", "confd", "cni", "netsim", "demo",
-            "bench", "tests")
+            "bench", "faults", "tests")
 SHIPPED = ("libcalico", "workload", "calicoctl", "felix", "confd", "cni")
 
 # package -> the project packages it must never import (arrows point down only).
 FORBIDDEN: dict[str, set[str]] = {
     "libcalico": {"workload", "calicoctl", "felix", "confd", "cni", "netsim", "demo", "bench",
-                  "tests"},
-    "workload": {"calicoctl", "felix", "confd", "cni", "netsim", "demo", "bench", "tests"},
-    "calicoctl": {"felix", "confd", "cni", "netsim", "demo", "bench", "tests"},
-    "felix": {"calicoctl", "confd", "cni", "netsim", "demo", "bench", "tests"},
-    "confd": {"calicoctl", "felix", "workload", "cni", "netsim", "demo", "bench", "tests"},
+                  "faults", "tests"},
+    "workload": {"calicoctl", "felix", "confd", "cni", "netsim", "demo", "bench", "faults",
+                 "tests"},
+    "calicoctl": {"felix", "confd", "cni", "netsim", "demo", "bench", "faults", "tests"},
+    "felix": {"calicoctl", "confd", "cni", "netsim", "demo", "bench", "faults", "tests"},
+    "confd": {"calicoctl", "felix", "workload", "cni", "netsim", "demo", "bench", "faults",
+              "tests"},
     # The CNI plugins: a thin adapter over the workload layer, like calicoctl container.
-    "cni": {"calicoctl", "felix", "confd", "netsim", "demo", "bench", "tests"},
-    "netsim": {"demo", "bench", "tests"},
-    "demo": {"bench", "tests"},
-    "bench": {"demo", "tests"},
+    "cni": {"calicoctl", "felix", "confd", "netsim", "demo", "bench", "faults", "tests"},
+    "netsim": {"demo", "bench", "faults", "tests"},
+    "demo": {"bench", "faults", "tests"},
+    "bench": {"demo", "faults", "tests"},
+    "faults": {"demo", "bench", "tests"},
 }
 # Third-party modules a package must not import at all: libcalico owns no dataplane code;
 # the CNI plugins (one process per call) use etcd's JSON gateway and workload.netlink.
@@ -72,7 +75,7 @@ def test_the_shipped_programs_never_import_test_or_demo_code() -> None:
     bad = [f"{path.relative_to(ROOT)}:{line} imports {name}"
            for pkg, path in _sources() if pkg in SHIPPED
            for line, name in _imports(path)
-           if name.split(".")[0] in ("tests", "netsim", "demo", "bench")]
+           if name.split(".")[0] in ("tests", "netsim", "demo", "bench", "faults")]
     assert bad == []
 
 
