@@ -21,7 +21,8 @@ Chain layout (filter):
   felix-OUTPUT: clear marks, conntrack; to workloads RETURN (the host may always reach
     its workloads); else felix-TO-HOST-IF (failsafe ports first); accept on mark.
   felix-FAILSAFE-IN/-OUT: ACCEPT the failsafe ports (`(protocol, port)` pairs,
-    FailsafeInboundHostPorts/FailsafeOutboundHostPorts) by destination port.
+    FailsafeInboundHostPorts/FailsafeOutboundHostPorts) by destination port, and for IPv6
+    neighbour discovery.
 
 Leaves to others: endpoint, policy and dispatch chains (the sibling modules), the
 configuration values (`felix.config`), applying (`felix.dataplane`).
@@ -57,9 +58,12 @@ INVALID_DROP = Rule("-m conntrack --ctstate INVALID", "-j DROP")
 ESTABLISHED_ACCEPT = Rule("-m conntrack --ctstate RELATED,ESTABLISHED", "-j ACCEPT")
 # Neighbour discovery and MLD a workload needs to talk to its host.
 ICMPV6_HOST_TYPES = (130, 131, 132, 133, 135, 136)
+# Router solicitation/advertisement, neighbour solicitation/advertisement.
+ICMPV6_NDP_TYPES = (133, 134, 135, 136)
 
 # Comments of the static rules that decide a verdict.
 COMMENT_FAILSAFE = "failsafe"
+COMMENT_NDP = "IPv6 neighbour discovery"
 COMMENT_ENDPOINT_TO_HOST = "DefaultEndpointToHostAction"
 COMMENT_HOST_TO_WORKLOAD = "host to local workload"
 
@@ -70,10 +74,15 @@ def _wildcards(prefixes: Sequence[str]) -> list[str]:
     return [f"{p}+" for p in prefixes]
 
 
-def render_failsafe_chains(in_ports: Ports, out_ports: Ports) -> list[Chain]:
-    """felix-FAILSAFE-IN/-OUT: one ACCEPT per protocol (and per 15 ports)."""
+def render_failsafe_chains(in_ports: Ports, out_ports: Ports, version: int = 4) -> list[Chain]:
+    """felix-FAILSAFE-IN/-OUT: one ACCEPT per protocol (and per 15 ports); for IPv6 first
+    neighbour discovery, without which a host endpoint would cut the host (and every
+    workload it forwards for) off its IPv6 neighbours (IPv4's ARP is not iptables')."""
     def chain(name: str, ports: Ports) -> Chain:
         rules = []
+        if version == 6:
+            rules += [Rule(f"-p icmpv6 -m icmp6 --icmpv6-type {t}", "-j ACCEPT", COMMENT_NDP)
+                      for t in ICMPV6_NDP_TYPES]
         for proto in dict.fromkeys(p for p, _ in ports):
             numbers = [str(n) for p, n in ports if p == proto]
             for i in range(0, len(numbers), MAX_MULTIPORT_ENTRIES):
@@ -119,7 +128,7 @@ def render_filter_chains(version: int, prefixes: Sequence[str], endpoint_to_host
     out += [Rule(f"-o {w}", "-j RETURN", COMMENT_HOST_TO_WORKLOAD) for w in wild]
     out += [Rule("", f"-j {CHAIN_TO_HOST_IF}"), Rule(mark_match(marks.accept), "-j ACCEPT")]
     return [Chain(CHAIN_FORWARD, tuple(forward)), Chain(CHAIN_INPUT, tuple(inp)),
-            Chain(CHAIN_OUTPUT, tuple(out)), *render_failsafe_chains(in_ports, out_ports)]
+            Chain(CHAIN_OUTPUT, tuple(out)), *render_failsafe_chains(in_ports, out_ports, version)]
 
 
 def render_nat_chains() -> list[Chain]:
