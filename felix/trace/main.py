@@ -95,8 +95,9 @@ def run(argv: Sequence[str], prog: str = "calico-felix-trace") -> int:
         args = build_parser(prog).parse_args(list(argv))
         logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
                             format="%(levelname)s %(name)s: %(message)s")
-        if args.log_level == "warning":  # felix's parser logs every invalid value it skips
-            logging.getLogger("felix.calc.parse").setLevel(logging.ERROR)
+        if args.log_level == "warning":  # one line per error, as calicoctl: no chatter
+            for name in ("felix.calc.parse", "libcalico.datastore"):
+                logging.getLogger(name).setLevel(logging.ERROR)
         from felix.trace.report import render_text, to_dict
         from felix.trace.snapshot import Snapshot
         from felix.trace.trace import trace

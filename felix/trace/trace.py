@@ -44,7 +44,7 @@ from felix.rules.policy import (
     COMMENT_SPOOFED_MAC,
     rule_index,
 )
-from felix.rules.static import COMMENT_ENDPOINT_TO_HOST, COMMENT_HOST_TO_WORKLOAD
+from felix.rules.static import COMMENT_ENDPOINT_TO_HOST, COMMENT_HOST_TO_WORKLOAD, COMMENT_NDP
 from felix.trace.places import HOST, OUTSIDE, WORKLOAD, Place, flow_version, resolve
 from felix.trace.snapshot import Record, Snapshot
 from felix.trace.view import HostView, build_view
@@ -381,6 +381,9 @@ def _classify(step: Step, text: str, view: HostView, snapshot: Snapshot, place: 
                         tier=source.tier, policy=source.name if source.kind == "policy" else None,
                         profile=source.name if source.kind == "profile" else None,
                         rule_index=index, rule=words)
+    if step.chain in (CHAIN_FAILSAFE_IN, CHAIN_FAILSAFE_OUT) and comment == COMMENT_NDP:
+        return Decision("failsafe", "IPv6 neighbour discovery, always allowed through host "
+                        "endpoints")
     if step.chain in (CHAIN_FAILSAFE_IN, CHAIN_FAILSAFE_OUT):
         param = ("FailsafeInboundHostPorts" if step.chain == CHAIN_FAILSAFE_IN
                  else "FailsafeOutboundHostPorts")
