@@ -79,6 +79,9 @@ class Snapshot:
         self.policy_items: list[tuple[str, str]] = []
         self.global_config: dict[str, str] = {}
         self._bgp: dict[str, str] | None = None
+        self._holding: dict[str, list[Record]] = {}  # address -> endpoints (memo)
+        self._heps: dict[str, list[Record]] = {}  # hostname -> host endpoints (memo)
+        self._by_host: dict[str, list[tuple[str, str]]] | None = None  # hostname -> items
         for key, value in items:
             if key.startswith(keyspace.HOST_DIR):
                 self.host_items.append((key, value))
@@ -90,26 +93,35 @@ class Snapshot:
     @classmethod
     def read(cls, store: Datastore) -> Snapshot:
         """Every key under /calico/v1/ in one consistent read."""
-        kvs, revision = store.list(V1_DIR)
-        return cls(((kv.key, kv.value) for kv in kvs), revision, store)
+        items, revision = store.list_items(V1_DIR)
+        return cls(items, revision, store)
 
     # ---- hosts -------------------------------------------------------------------------
 
+    def items_of(self, hostname: str) -> list[tuple[str, str]]:
+        """The keys and values under the host's directory."""
+        if self._by_host is None:
+            self._by_host = {}
+            start = len(keyspace.HOST_DIR)
+            for key, value in self.host_items:
+                self._by_host.setdefault(key[start:key.find("/", start)], []).append(
+                    (key, value))
+        return self._by_host.get(hostname, [])
+
     def host_config(self, hostname: str) -> dict[str, str]:
         prefix = keyspace.host_config_dir(hostname)
-        return {k[len(prefix):]: v for k, v in self.host_items if k.startswith(prefix)}
+        return {k[len(prefix):]: v for k, v in self.items_of(hostname) if k.startswith(prefix)}
 
     def hostnames(self) -> set[str]:
-        out = set()
-        for key, _ in self.host_items:
-            out.add(key[len(keyspace.HOST_DIR):].split("/", 1)[0])
-        return out
+        self.items_of("")
+        assert self._by_host is not None
+        return set(self._by_host)
 
     def node_address(self, hostname: str, version: int) -> str | None:
         """The node's registered address (`bird_ip`, or its BGP ip_addr_v6)."""
         if version == 4:
             key = keyspace.host_bird_ip_key(hostname)
-            return next((v.strip() for k, v in self.host_items if k == key), None)
+            return next((v.strip() for k, v in self.items_of(hostname) if k == key), None)
         value = self._bgp_values().get(keyspace.bgp_host_key(hostname, "ip_addr_v6"))
         return value.strip() if value else None
 
@@ -142,6 +154,8 @@ class Snapshot:
     def endpoints_holding(self, address: str) -> list[Record]:
         """Every endpoint (workload or host, any host) with `address` among its
         addresses, valid or not for felix (an invalid one holds nothing)."""
+        if address in self._holding:
+            return self._holding[address]
         version = ipaddress.ip_address(address).version
         out = []
         for key, value in self.host_items:
@@ -150,6 +164,7 @@ class Snapshot:
             rec = _record(key, value)
             if rec is not None and address in rec.addresses(version):
                 out.append(rec)
+        self._holding[address] = out
         return out
 
     def workload_endpoints_named(self, name: str) -> list[Record]:
@@ -174,19 +189,19 @@ class Snapshot:
 
     def host_endpoints(self, hostname: str) -> list[Record]:
         """The host endpoints of `hostname` (valid or not)."""
-        prefix = keyspace.host_dir(hostname)
-        recs = (_record(k, v) for k, v in self.host_items if k.startswith(prefix)
-                and isinstance(keyspace.parse_key(k), keyspace.HostEndpointKey))
-        return [r for r in recs if r is not None]
+        if hostname not in self._heps:
+            recs = (_record(k, v) for k, v in self.items_of(hostname)
+                    if isinstance(keyspace.parse_key(k), keyspace.HostEndpointKey))
+            self._heps[hostname] = [r for r in recs if r is not None]
+        return self._heps[hostname]
 
     def workload_endpoints_on(self, hostname: str, ifname: str) -> list[Record]:
         """The workload endpoints of `hostname` whose value names interface `ifname`
         (several may claim one interface; felix picks one)."""
-        prefix = keyspace.host_workload_dir(hostname)
         quoted = f'"{ifname}"'
         out = []
-        for key, value in self.host_items:
-            if key.startswith(prefix) and quoted in value:
+        for key, value in self.items_of(hostname):
+            if quoted in value:
                 rec = _record(key, value)
                 if rec is not None and rec.model is not None and rec.model.name == ifname:
                     out.append(rec)

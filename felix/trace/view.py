@@ -9,7 +9,9 @@ profile each policy/profile chain renders.
 What is fed, and why that is enough:
   - the host's felix configuration from etcd (global, then per host) over the defaults
     (a host's config file and environment are not visible from here);
-  - every tier and policy (policy selection needs them all);
+  - every tier, and every policy whose selector matches one of the host's endpoints fed
+    here (felix's resolver activates no other policy for them; a policy that is not well
+    formed enough to tell is fed too, for felix's parser to judge);
   - the host's host endpoints, and of its workload endpoints those the flow runs
     through, with any others claiming the same interfaces (felix resolves such clashes);
     the endpoint and policy chains of an endpoint depend only on it and the policies,
@@ -28,17 +30,20 @@ Leaves to others: the calculation and the rules themselves (`felix.calc`,
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from felix.calc.graph import CalcGraph, CalcSettings
+from felix.calc.membership import effective_labels
 from felix.calc.parse import parse_update
 from felix.config import Config, load_config
 from felix.dataplane.types import Chain, IPSetState, Rule
 from felix.rules.names import Marks, policy_chain, profile_chain
 from felix.trace.snapshot import Record, Snapshot
 from libcalico import keyspace
+from libcalico.model.selector import parse_selector
 
 
 @dataclass(frozen=True)
@@ -109,14 +114,18 @@ def build_view(snapshot: Snapshot, hostname: str, local: Iterable[Record],
     profiles = {p for rec in endpoints.values() if rec.model is not None
                 for p in rec.model.profile_ids}
     sources: dict[str, RuleSource] = {}
+    profile_items = snapshot.profile_items(profiles)
+    local_labels = _local_labels(hostname, endpoints.values(), profile_items)
     for key, value in snapshot.tier_and_policy_items():
-        graph.on_update(key, value)
         parsed = keyspace.parse_key(key)
         if isinstance(parsed, keyspace.PolicyKey):
+            if not _may_select(value, local_labels):
+                continue
             for inbound in (True, False):
                 sources[policy_chain(parsed.tier, parsed.name, inbound)] = RuleSource(
                     "policy", parsed.name, inbound, key, parsed.tier)
-    for key, value in snapshot.profile_items(profiles):
+        graph.on_update(key, value)
+    for key, value in profile_items:
         graph.on_update(key, value)
     for name in profiles:
         for inbound in (True, False):
@@ -128,3 +137,26 @@ def build_view(snapshot: Snapshot, hostname: str, local: Iterable[Record],
     state = graph.desired_state()
     return HostView(hostname, config, settings, graph.marks, state.chains, state.base_jumps,
                     state.ipsets, sources)
+
+
+def _local_labels(hostname: str, records: Iterable[Record],
+                  profile_items: Iterable[tuple[str, str]]) -> list[dict[str, str]]:
+    """The selector labels of the host's endpoints among `records` (their own labels over
+    their profiles', as felix's resolver sees them)."""
+    profile_labels: dict[str, Mapping[str, str]] = {}
+    for key, value in profile_items:
+        parsed = parse_update(key, value)
+        if parsed is not None and parsed.key.part == "labels" and parsed.value:
+            profile_labels[parsed.key.name] = parsed.value
+    return [effective_labels(profile_labels, r.model.labels, r.model.profile_ids)
+            for r in records if r.model is not None and r.parsed.hostname == hostname]
+
+
+def _may_select(value: str, local_labels: list[dict[str, str]]) -> bool:
+    """False only for a policy whose selector matches none of `local_labels`."""
+    try:
+        data = json.loads(value)
+        selector = parse_selector(data.get("selector", "") or "")
+    except (ValueError, AttributeError, TypeError):
+        return True
+    return any(selector.evaluate(labels) for labels in local_labels)
