@@ -58,8 +58,8 @@ def decode_range(buf: bytes) -> tuple[int, bool, list[tuple[bytes, bytes]]]:
         field, wire = tag >> 3, tag & 7
         if wire != 2:
             if field == _MORE and wire == 0:
-                value, pos = _varint(buf, pos)
-                more = bool(value)
+                flag, pos = _varint(buf, pos)
+                more = bool(flag)
             else:
                 pos = _skip(buf, pos, wire)
             continue
