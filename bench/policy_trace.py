@@ -14,7 +14,9 @@ key under /calico/v1/ and computes the two hosts' chains), median and max over t
 queries after one warm-up. Baseline, same run: `etcdctl get --prefix /calico/v1/`
 (ETCDCTL_API=3), reading exactly the keys the trace reads, median of the same number
 of runs; also `python -c pass` and `calico-felix-trace` run directly (the part of the
-time that is the trace program, without calicoctl's start). Goal: <= 500 ms per query.
+time that is the trace program, without calicoctl's start). CPU time (user + system of
+each process and its children) is reported beside the wall times: on a shared machine
+it shows the cost apart from waiting for a core. Goal: <= 500 ms per query.
 Prints one JSON object. Run as `python -m bench.policy_trace [--quick]`.
 """
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import resource
 import shutil
 import subprocess
 import sys
@@ -135,11 +138,19 @@ def queries(hosts: int, endpoints: int, count: int, rng: random.Random) -> list[
 
 
 def wall_ms(cmd: Sequence[str], env: dict[str, str]) -> tuple[float, str]:
+    return timed_run(cmd, env)[::2]  # type: ignore[return-value]
+
+
+def timed_run(cmd: Sequence[str], env: dict[str, str]) -> tuple[float, float, str]:
+    """(wall ms, CPU ms of the process and its children, stdout)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with timed() as sw:
         proc = subprocess.run(list(cmd), env=env, capture_output=True, text=True, check=False)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr[-500:]}")
-    return sw.seconds * 1000, proc.stdout
+    cpu = (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) * 1000
+    return sw.seconds * 1000, cpu, proc.stdout
 
 
 def main() -> None:
@@ -169,14 +180,16 @@ def main() -> None:
             program = str(Path(ctl).with_name("calico-felix-trace"))
             flows = queries(hosts, endpoints, count, rng)
             wall_ms([ctl, "policy", "trace", *flows[0]], env)  # warm-up (page cache)
-            times, verdicts = [], {"allow": 0, "deny": 0}
+            times, cpu, verdicts = [], [], {"allow": 0, "deny": 0}
             for flow in flows:
-                ms, out = wall_ms([ctl, "policy", "trace", *flow, "-o", "json"], env)
+                ms, cpu_ms, out = timed_run([ctl, "policy", "trace", *flow, "-o", "json"], env)
                 times.append(ms)
+                cpu.append(cpu_ms)
                 verdicts[json.loads(out)["verdict"]] += 1
-            direct = [wall_ms([program, *flow], env)[0] for flow in flows[:max(3, count // 3)]]
-            baseline = [wall_ms(etcdctl, ctl_env)[0] for _ in range(count)]
+            direct = [timed_run([program, *flow], env) for flow in flows[:max(3, count // 3)]]
+            baseline = [timed_run(etcdctl, ctl_env) for _ in range(count)]
             python = [wall_ms([sys.executable, "-c", "pass"], base)[0] for _ in range(5)]
+            load = os.getloadavg()[0]
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
     p50, worst = median(times), max(times)
@@ -191,14 +204,18 @@ def main() -> None:
                  "(one query per process, different flows), after one warm-up run",
         "wall_ms": {"p50": round(p50, 1), "p90": round(percentile(times, 90), 1),
                     "max": round(worst, 1)},
-        "trace_program_ms": {"p50": round(median(direct), 1)},
-        "baseline_ms": {"etcdctl_get_prefix": round(median(baseline), 1),
+        "cpu_ms": {"p50": round(median(cpu), 1), "max": round(max(cpu), 1)},
+        "trace_program_ms": {"p50": round(median([d[0] for d in direct]), 1),
+                             "cpu_p50": round(median([d[1] for d in direct]), 1)},
+        "baseline_ms": {"etcdctl_get_prefix": round(median([b[0] for b in baseline]), 1),
+                        "etcdctl_get_prefix_cpu": round(median([b[1] for b in baseline]), 1),
                         "python_c_pass": round(median(python), 1)},
+        "load_average_1m": round(load, 2),
         "baseline_names": {
             "etcdctl_get_prefix": f"etcdctl get --prefix /calico/v1/ ({len(keys)} keys with "
                                   "values: exactly what the trace reads), median",
             "python_c_pass": "python -c pass (the interpreter's start-up)"},
-        "ratio": ratio(p50, median(baseline)),
+        "ratio": ratio(p50, median([b[0] for b in baseline])),
         "goal_ms": GOAL_MS,
         "goal_met": worst <= GOAL_MS,
         "goal_met_p50": p50 <= GOAL_MS,

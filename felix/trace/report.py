@@ -31,7 +31,9 @@ def _decision_dict(d: Decision | None) -> dict[str, Any] | None:
 def _flow_words(r: TraceResult) -> str:
     f = r.flow
     if f.dport is not None:
-        ports = f"{r.source.address} port {r.sport} -> {r.destination.address} port {f.dport}"
+        chosen = " (ephemeral)" if f.sport is None else ""
+        ports = (f"{r.source.address} port {r.sport}{chosen} -> {r.destination.address} "
+                 f"port {f.dport}")
     else:
         ports = f"{r.source.address} -> {r.destination.address}"
     icmp = f" type {f.icmp_type} code {f.icmp_code}" if f.icmp_type is not None else ""
