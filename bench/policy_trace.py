@@ -138,7 +138,8 @@ def queries(hosts: int, endpoints: int, count: int, rng: random.Random) -> list[
 
 
 def wall_ms(cmd: Sequence[str], env: dict[str, str]) -> tuple[float, str]:
-    return timed_run(cmd, env)[::2]  # type: ignore[return-value]
+    ms, _, out = timed_run(cmd, env)
+    return ms, out
 
 
 def timed_run(cmd: Sequence[str], env: dict[str, str]) -> tuple[float, float, str]:
