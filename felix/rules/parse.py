@@ -253,6 +253,10 @@ def parse_match(text: str) -> tuple[Criterion, ...]:
                            neg))
         elif opt == "-m" and not neg:
             _module(tokens, tokens.take(opt), out)
+        elif opt in ("--sport", "--dport") and any(
+                isinstance(c, Protocol) and not c.negate and c.number in (6, 17) for c in out):
+            # `-p tcp --dport N`: iptables loads the protocol's match module implicitly
+            out.append(Ports(opt == "--sport", _port_ranges(tokens.take(opt)), neg))
         else:
             raise ValueError(f"unknown match option {opt!r} in {text!r}")
     return tuple(out)

@@ -98,16 +98,23 @@ def run(argv: Sequence[str], prog: str = "calico-felix-trace") -> int:
         if args.log_level == "warning":  # one line per error, as calicoctl: no chatter
             for name in ("felix.calc.parse", "libcalico.datastore"):
                 logging.getLogger(name).setLevel(logging.ERROR)
-        from felix.trace.report import render_text, to_dict
-        from felix.trace.snapshot import Snapshot
-        from felix.trace.trace import trace
-        from libcalico.datastore import Datastore, EtcdSettings
-
         numbers = {name: _number(opt, getattr(args, name)) for name, opt in (
             ("port", "--port"), ("source_port", "--source-port"),
             ("icmp_type", "--icmp-type"), ("icmp_code", "--icmp-code"))}
-        with Datastore(EtcdSettings.from_env()) as store:
-            snapshot = Snapshot.read(store)
+        from concurrent.futures import ThreadPoolExecutor
+
+        from libcalico import keyspace
+        from libcalico.datastore import Datastore, EtcdSettings
+
+        with Datastore(EtcdSettings.from_env()) as store, ThreadPoolExecutor(1) as pool:
+            # etcd answers (and gRPC receives, without the GIL) while felix's modules load
+            read = pool.submit(store.list_items, keyspace.V1 + "/")  # Snapshot.read's keys
+            from felix.trace.report import render_text, to_dict
+            from felix.trace.snapshot import Snapshot
+            from felix.trace.trace import trace
+
+            items, revision = read.result()
+            snapshot = Snapshot(items, revision, store)
             result = trace(snapshot, args.source, args.destination, args.protocol,
                            ip_version=int(args.ip_version) if args.ip_version else None,
                            **numbers)

@@ -141,6 +141,8 @@ def test_parsed_values() -> None:
         MarkMatch(0, 0x2000000), MacSource("aa:bb:cc:dd:ee:ff", True))
     assert parse_match("-p icmpv6 -m icmp6 ! --icmpv6-type 128/0 -m udp --dport 53") == (
         Protocol(58), IcmpType(6, 128, 0, True), Ports(False, ((53, 53),)))
+    assert parse_match("-p udp ! --dport 4789 --sport 1:2") == (
+        Protocol(17), Ports(False, ((4789, 4789),), True), Ports(True, ((1, 2),)))
     assert parse_action('-j LOG --log-prefix "calico-packet: " --log-level 5') == Action(
         "LOG", log_prefix="calico-packet: ")
     assert parse_action("-j MARK --set-xmark 0x1000000/0x1000000") == Action(
@@ -151,6 +153,7 @@ def test_parsed_values() -> None:
 
 
 @pytest.mark.parametrize("text", ["-m addrtype --dst-type LOCAL", "-x", "-m set --match-set s",
+                                  "--dport 80", "-p icmp --dport 80",
                                   "-p nosuch", "-m multiport --dports x", "--comment a",
                                   "-m mark"])
 def test_unknown_or_malformed_matches_are_refused(text: str) -> None:
