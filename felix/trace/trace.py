@@ -339,8 +339,9 @@ def _direction(direction: str, place: Place, hops: Sequence[Hop],
         return done("allow", Decision("not-policed", "accepted before this direction's "
                                       f"policy: {decision.summary}", chain=decision.chain,
                                       iptables=decision.iptables))
-    returned = next((s for s in reversed(mine) if s.rule is not None
-                     and s.rule.comment == COMMENT_HOST_TO_WORKLOAD), None)
+    returned = next((s for s in reversed(mine) if s.rule is not None and s.action is not None
+                     and s.action.kind == "RETURN" and s.rule.comment in (
+                         COMMENT_HOST_TO_WORKLOAD, COMMENT_ENDPOINT_TO_HOST)), None)
     if returned is not None:
         return done("allow", _decision(returned, view, snapshot, place, hop))
     if hop.hook == "OUTPUT" and direction == IN:

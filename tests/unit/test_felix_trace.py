@@ -76,6 +76,8 @@ ITEMS = [
         "name": "eth0", "profile_ids": ["host"], "labels": {"role": "host"}})),
     (ks.global_config_key("FailsafeInboundHostPorts"), "tcp:22,udp:68"),
     (ks.host_config_key("h2", "DefaultEndpointToHostAction"), "ACCEPT"),
+    (ks.host_bird_ip_key("h3"), "198.18.0.3"),
+    (ks.host_config_key("h3", "DefaultEndpointToHostAction"), "RETURN"),
 ]
 
 
@@ -174,6 +176,10 @@ def test_host_endpoints_failsafe_and_default_endpoint_to_host_action(snap: Snaps
     assert r.verdict == "allow"
     assert decided(r, 0) == ("allow", "profile", None, "back", "0")
     assert decided(r, 1)[:2] == ("allow", "DefaultEndpointToHostAction")
+    r = run(snap, "w7", "host:h3", port=80)  # RETURN: the host's own rules decide
+    assert r.verdict == "allow" and decided(r, 0)[:2] == ("allow", "profile")
+    assert decided(r, 1)[:2] == ("allow", "DefaultEndpointToHostAction")
+    assert "RETURN" in r.directions[1].decided_by.summary  # type: ignore[union-attr]
     # the host to its own workload: felix lets it
     r = run(snap, "host:h1", "back", port=1)
     assert r.verdict == "allow" and decided(r, 0)[:2] == ("allow", "host-to-workload")
