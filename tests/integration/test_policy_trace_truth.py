@@ -46,7 +46,14 @@ from libcalico.datastore import Datastore
 from libcalico.model import Node
 from netsim.topology import Host, Topology
 from netsim.wait import wait_for
-from tests.support.workloads import Workload, connect, create_workload, delete_workload, ping
+from tests.support.workloads import (
+    Workload,
+    connect,
+    create_workload,
+    delete_workload,
+    ping,
+    wait_serving,
+)
 from tests.support.workloads import serve as serve_ports
 
 pytestmark = [pytest.mark.root, pytest.mark.etcd, pytest.mark.slow]
@@ -123,6 +130,8 @@ def lab() -> Iterator[Lab]:
                 store.put(wl.key, wl.endpoint_json())
             lab.listeners += [serve_ports(host.ns.name, PORTS), serve_ports(outside.ns.name,
                                                                             PORTS)]
+            for ns in (host.ns.name, outside.ns.name, *(w.ns.name for w in lab.workloads)):
+                wait_serving(ns, PORTS)
             lab.felix = topo.spawn(host, [FELIX], "felix", env=topo.daemon_env({
                 "FELIX_FELIXHOSTNAME": HOST, "FELIX_LOGSEVERITYSCREEN": "INFO",
                 "FELIX_HEALTHENABLED": "false"}))

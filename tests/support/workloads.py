@@ -81,6 +81,16 @@ def serve(netns: str, ports: Sequence[int]) -> subprocess.Popen[bytes]:
                             stderr=subprocess.DEVNULL, start_new_session=True)
 
 
+def wait_serving(netns: str, ports: Sequence[int], timeout: float = 20.0) -> None:
+    """Until `serve`'s listeners in `netns` answer on every port (over loopback, which no
+    policy polices)."""
+    from netsim.wait import wait_for
+
+    for port in ports:
+        wait_for(lambda p=port: connect(netns, "127.0.0.1", p, timeout=0.5), timeout,  # type: ignore[misc]
+                 message=f"a listener on port {port} in {netns}")
+
+
 def connect(netns: str, dest: str, port: int, udp: bool = False, timeout: float = 1.0,
             src: str | None = None, sport: int | None = None) -> bool:
     """From `netns`: True when the listener at dest:port answered "ok" within `timeout`

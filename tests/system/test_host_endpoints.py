@@ -28,7 +28,7 @@ from libcalico.client import CalicoClient
 from netsim.netns import Namespace, veth
 from netsim.topology import Host, Topology
 from netsim.wait import wait_for
-from tests.support.workloads import Workload, connect, ping, serve
+from tests.support.workloads import Workload, connect, ping, serve, wait_serving
 
 pytestmark = [pytest.mark.etcd, pytest.mark.root, pytest.mark.slow]
 
@@ -118,6 +118,9 @@ def lab() -> Iterator[Lab]:
         h2.ns.ip("route", "add", LAN_NET, "via", h1.ip)
         for ns in (h1.ns.name, h2.ns.name, lan.name):
             listeners.append(serve(ns, (SSH, OPENED, CLOSED)))
+        for ns in (h1.ns.name, h2.ns.name, lan.name, *(w.ns.name for w in workloads)):
+            wait_serving(ns, (SSH, OPENED, CLOSED) if ns in (h1.ns.name, h2.ns.name,
+                                                             lan.name) else (OPENED, CLOSED))
         lab = Lab(topo, client, h1, h2, lan, *workloads)
         wait_for(lambda: lab.w1.ping(lab.w2.ipv4) and lab.w1.ping(str(lab.w2.ipv6)),
                  CONVERGE_S, message="workloads reaching each other")
