@@ -17,7 +17,11 @@ of runs; also `python -c pass` and `calico-felix-trace` run directly (the part o
 time that is the trace program, without calicoctl's start). CPU time (user + system of
 each process and its children) is reported beside the wall times: on a shared machine
 it shows the cost apart from waiting for a core. Goal: <= 500 ms per query.
-Prints one JSON object. Run as `python -m bench.policy_trace [--quick]`.
+At full size it then runs the randomized real-packet proof at a larger size than the
+test suite does (tests/integration/test_policy_trace_truth.py with TRUTH_SEEDS seeds of
+TRUTH_FLOWS flows, `--no-truth` to skip) and reports how many flows it checked and
+whether every trace verdict matched its packet.
+Prints one JSON object. Run as `python -m bench.policy_trace [--quick] [--no-truth]`.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ from pathlib import Path
 from bench.common import emit, median, parser, percentile, ratio, timed
 
 GOAL_MS = 500.0
+TRUTH_SEEDS, TRUTH_FLOWS = 12, 50
+ROOT = Path(__file__).resolve().parents[1]
 TXN_BATCH = 100  # etcd's default --max-txn-ops is 128
 TIERS = ("security", "platform", "apps", "default-ish")
 
@@ -154,8 +160,24 @@ def timed_run(cmd: Sequence[str], env: dict[str, str]) -> tuple[float, float, st
     return sw.seconds * 1000, cpu, proc.stdout
 
 
+def truth_run(seeds: int, flows: int) -> dict[str, object]:
+    """The real-packet proof, larger: seeds x flows traced flows sent as packets."""
+    env = {**os.environ, "CALICO_TRACE_SEEDS": str(seeds), "CALICO_TRACE_FLOWS": str(flows),
+           "CALICO_TRACE_SEED": "9000"}
+    with timed() as sw:
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                               "tests/integration/test_policy_trace_truth.py"], cwd=ROOT,
+                              env=env, capture_output=True, text=True, check=False)
+    summary = (proc.stdout.strip().splitlines() or ["no output"])[-1]
+    return {"seeds": seeds, "flows": seeds * flows, "all_matched": proc.returncode == 0,
+            "pytest": summary, "seconds": round(sw.seconds, 1)}
+
+
 def main() -> None:
-    args = parser(__doc__ or "").parse_args()
+    p = parser(__doc__ or "")
+    p.add_argument("--no-truth", action="store_true",
+                   help="skip the larger real-packet proof of the full run")
+    args = p.parse_args()
     quick = args.quick
     hosts, endpoints, profiles, policies = (10, 1000, 100, 20) if quick else \
         (50, 10_000, 1000, 200)
@@ -194,6 +216,7 @@ def main() -> None:
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
     p50, worst = median(times), max(times)
+    truth = None if quick or args.no_truth else truth_run(TRUTH_SEEDS, TRUTH_FLOWS)
     emit({
         "benchmark": "policy_trace",
         "quick": quick,
@@ -220,6 +243,7 @@ def main() -> None:
         "goal_ms": GOAL_MS,
         "goal_met": worst <= GOAL_MS,
         "goal_met_p50": p50 <= GOAL_MS,
+        "truth": truth,
     })
 
 

@@ -159,7 +159,7 @@ BENCHMARKS = [
           fields=("endpoints", "profiles", "policies", "keys", "queries", "wall_ms.p50",
                   "wall_ms.p90", "wall_ms.max", "cpu_ms.p50", "trace_program_ms.p50",
                   "baseline_ms.etcdctl_get_prefix", "baseline_ms.python_c_pass", "goal_ms"),
-          extra_fields=("goal_met", "goal_met_p50", "clock", "baseline_names"),
+          extra_fields=("goal_met", "goal_met_p50", "clock", "baseline_names", "truth"),
           marks=(pytest.mark.etcd,), check=_check_policy_trace),
     Bench("node",
           fields=("cluster_up.hosts", "cluster_up.total_s", "cluster_up.first_host_s",
