@@ -48,8 +48,11 @@ COMMAND_TABLE: dict[str, tuple[str, str]] = {
     "get": ("resources", "Show resources of KIND (ipPool, profile, tier, policy, "
                          "workloadEndpoint, hostEndpoint, node, bgpPeer, bgpConfig, "
                          "felixConfig, ipamConfig)."),
+    "hostendpoint": ("hostendpoint", "Manage host endpoints: a host's interfaces under policy "
+                                     "(failsafe ports stay open)."),
     "ipam": ("ipam", "IP address management."),
     "node": ("node", "Run Calico on this host (`node` or `node run`), or manage nodes."),
+    "policy": ("policy", "Ask the security policy questions: trace a flow."),
     "pool": ("pool", "Manage IP address pools."),
     "profile": ("profile", "Manage security profiles."),
     "replace": ("resources", "Replace the resources in the file (error if any is missing)."),

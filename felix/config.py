@@ -109,11 +109,24 @@ def _float(text: str) -> float:
     return value
 
 
-def _ports(text: str) -> tuple[int, ...]:
-    parts = [p for p in text.replace(" ", "").split(",") if p]
-    if text.strip().lower() == "none":
+FAILSAFE_PROTOCOLS = ("tcp", "udp")
+
+
+def _proto_ports(text: str) -> tuple[tuple[str, int], ...]:
+    """`tcp:22, udp:68, 179` -> (("tcp", 22), ("udp", 68), ("tcp", 179)); a bare port is
+    TCP; `none` (or nothing) is the empty list."""
+    if text.strip().lower() in ("none", ""):
         return ()
-    return tuple(_port(p) for p in parts)
+    out: list[tuple[str, int]] = []
+    for part in (p for p in text.replace(" ", "").split(",") if p):
+        proto, sep, port = part.rpartition(":")
+        proto = proto.lower() if sep else "tcp"
+        if proto not in FAILSAFE_PROTOCOLS:
+            raise ValueError(f"bad protocol {proto!r} in {part!r} (expected tcp or udp)")
+        entry = (proto, _port(port))
+        if entry not in out:
+            out.append(entry)
+    return tuple(out)
 
 
 def _str(text: str) -> str:
@@ -215,9 +228,13 @@ PARAMS: tuple[Param, ...] = (
     Param("IptablesLockTimeoutSecs", _float, "10", "Seconds to wait for the xtables lock."),
     Param("IptablesMarkMask", _mark_mask, "0xff000000", "Mark bits felix may use."),
     Param("MaxIpsetSize", _nonneg_int, "1048576", "maxelem of felix's ipsets."),
-    Param("FailsafeInboundHostPorts", _ports, "22", "TCP ports always open to host endpoints."),
-    Param("FailsafeOutboundHostPorts", _ports, "179,2379,2380,4001,7001",
-          "TCP ports host endpoints may always reach (BGP and etcd)."),
+    Param("FailsafeInboundHostPorts", _proto_ports, "tcp:22,udp:68,tcp:179",
+          "[tcp|udp:]port list always open into the host through its host endpoints, "
+          "whatever their policy (ssh, DHCP, BGP); a bare port is TCP; none: no ports."),
+    Param("FailsafeOutboundHostPorts", _proto_ports,
+          "udp:53,udp:67,tcp:179,tcp:2379,tcp:2380,tcp:4001,tcp:7001",
+          "[tcp|udp:]port list the host may always reach through its host endpoints, "
+          "whatever their policy (DNS, DHCP, BGP, etcd); none: no ports."),
     # tunnels (used while a pool with that encapsulation exists; see docs/felix.md)
     Param("VXLANMTU", _ranged(68, 65535, "an MTU"), str(DEFAULT_VXLAN_MTU),
           "MTU of vxlan.calico, and of workload interfaces in VXLAN pools (fabric MTU "

@@ -6,7 +6,8 @@ fail-over between endpoints, authentication (a token per connection, renewed whe
 says it is no longer valid: tokens die with an etcd restart), a timeout on every unary
 call, and the
 primitive operations everything else is built from: get, paged list by prefix at one
-revision, create-only put, compare-and-swap put and delete on mod_revision (they return
+revision (also as bare keys and values decoded from the wire, for reads of many keys),
+create-only put, compare-and-swap put and delete on mod_revision (they return
 whether they won; losing a race is normal, not an error), multi-key transactions, leases
 and raw watch streams. Every etcd3/grpc exception is mapped onto `libcalico.errors`.
 
@@ -344,6 +345,7 @@ class _Conn:
     client: Any  # etcd3.Etcd3Client, or an etcdgateway.GatewayClient
     rpc: Any  # etcd3.etcdrpc module, or etcdgateway.GATEWAY_RPC
     watchstub: Any = None
+    raw_range: Any = None  # KV/Range returning the serialized response (list_items)
 
     @property
     def meta(self) -> Any:
@@ -529,6 +531,36 @@ class Datastore:
                                kv.mod_revision, kv.create_revision, kv.lease)
                             for kv in resp.kvs])
         return out, revision
+
+    def list_items(self, prefix: str,
+                   revision: int = 0) -> tuple[builtins.list[tuple[str, str]], int]:
+        """Keys and values below `prefix` (no metadata) as one consistent read; returns
+        (items, revision). For reads of many keys: the responses are decoded straight from
+        the wire (`libcalico.etcdwire`), not into protobuf objects, several times faster."""
+        from libcalico.etcdwire import decode_range
+
+        start = prefix.encode()
+        end = _prefix_end(start)
+        out: builtins.list[tuple[str, str]] = []
+        while True:
+            data = self._call(functools.partial(self._raw_range, key=start, range_end=end,
+                                                revision=revision))
+            header_revision, more, kvs = decode_range(data)
+            revision = revision or header_revision
+            out.extend((k.decode(), v.decode("utf-8", "replace")) for k, v in kvs)
+            if not more or not kvs:
+                return out, revision
+            start = kvs[-1][0] + b"\0"
+
+    def _raw_range(self, conn: _Conn, key: bytes, range_end: bytes, revision: int) -> bytes:
+        if conn.raw_range is None:
+            conn.raw_range = conn.client.channel.unary_unary(
+                "/etcdserverpb.KV/Range",
+                request_serializer=conn.rpc.RangeRequest.SerializeToString,
+                response_deserializer=None)
+        rq = conn.rpc.RangeRequest(key=key, range_end=range_end, revision=revision,
+                                   limit=PAGE_SIZE)
+        return bytes(conn.raw_range(rq, self.settings.timeout))
 
     def list_keys(self, prefix: str, revision: int = 0) -> tuple[builtins.list[str], int]:
         """The keys below `prefix`, without their values, as one consistent read;

@@ -62,8 +62,10 @@ class CalcSettings:
     prefixes: tuple[str, ...] = ("cali",)
     endpoint_to_host: str = "DROP"
     mark_mask: int = 0xFF000000
-    failsafe_in: tuple[int, ...] = (22,)
-    failsafe_out: tuple[int, ...] = (179, 2379, 2380, 4001, 7001)
+    failsafe_in: tuple[tuple[str, int], ...] = (("tcp", 22), ("udp", 68), ("tcp", 179))
+    failsafe_out: tuple[tuple[str, int], ...] = (
+        ("udp", 53), ("udp", 67), ("tcp", 179), ("tcp", 2379), ("tcp", 2380), ("tcp", 4001),
+        ("tcp", 7001))
     ipv6: bool = True
     vxlan_mtu: int = DEFAULT_VXLAN_MTU
     vxlan_vni: int = VXLAN_VNI

@@ -9,13 +9,20 @@ MASQUERADE rule for pools with nat-outgoing (ipsets `felix-masq-ipam-pools` and
 Chain layout (filter):
   felix-FORWARD: drop ctstate INVALID, accept RELATED,ESTABLISHED; from a workload
     interface -> felix-FROM-ENDPOINT (outbound policy of the sender), to a workload
-    interface -> felix-TO-ENDPOINT (inbound policy of the receiver); accept what returns.
+    interface -> felix-TO-ENDPOINT (inbound policy of the receiver); accept what returns
+    (workload traffic never meets host endpoint policy). Other forwarded traffic: clear
+    marks, felix-FROM-HOST-IF-FWD (inbound policy of the host endpoint it came in
+    through), felix-TO-HOST-IF-FWD (outbound policy of the one it leaves through); accept
+    on mark; an interface without a host endpoint is not policed.
   felix-INPUT: clear marks, conntrack as above; from workloads: IPv6 neighbour
     discovery, DHCP and DNS to the host are accepted, then DefaultEndpointToHostAction
     (DROP; RETURN or ACCEPT after the workload's outbound policy); other interfaces go
     through felix-FROM-HOST-IF (host endpoints, failsafe ports first); accept on mark.
   felix-OUTPUT: clear marks, conntrack; to workloads RETURN (the host may always reach
-    its workloads); else felix-TO-HOST-IF; accept on mark.
+    its workloads); else felix-TO-HOST-IF (failsafe ports first); accept on mark.
+  felix-FAILSAFE-IN/-OUT: ACCEPT the failsafe ports (`(protocol, port)` pairs,
+    FailsafeInboundHostPorts/FailsafeOutboundHostPorts) by destination port, and for IPv6
+    neighbour discovery.
 
 Leaves to others: endpoint, policy and dispatch chains (the sibling modules), the
 configuration values (`felix.config`), applying (`felix.dataplane`).
@@ -33,11 +40,13 @@ from felix.rules.names import (
     CHAIN_FORWARD,
     CHAIN_FROM_ENDPOINT,
     CHAIN_FROM_HOST_IF,
+    CHAIN_FROM_HOST_IF_FWD,
     CHAIN_INPUT,
     CHAIN_NAT_POSTROUTING,
     CHAIN_OUTPUT,
     CHAIN_TO_ENDPOINT,
     CHAIN_TO_HOST_IF,
+    CHAIN_TO_HOST_IF_FWD,
     IPSET_ALL_POOLS,
     IPSET_MASQ_POOLS,
     Marks,
@@ -49,26 +58,43 @@ INVALID_DROP = Rule("-m conntrack --ctstate INVALID", "-j DROP")
 ESTABLISHED_ACCEPT = Rule("-m conntrack --ctstate RELATED,ESTABLISHED", "-j ACCEPT")
 # Neighbour discovery and MLD a workload needs to talk to its host.
 ICMPV6_HOST_TYPES = (130, 131, 132, 133, 135, 136)
+# Router solicitation/advertisement, neighbour solicitation/advertisement.
+ICMPV6_NDP_TYPES = (133, 134, 135, 136)
+
+# Comments of the static rules that decide a verdict.
+COMMENT_FAILSAFE = "failsafe"
+COMMENT_NDP = "IPv6 neighbour discovery"
+COMMENT_ENDPOINT_TO_HOST = "DefaultEndpointToHostAction"
+COMMENT_HOST_TO_WORKLOAD = "host to local workload"
+
+Ports = Sequence[tuple[str, int]]  # (protocol, port) pairs
 
 
 def _wildcards(prefixes: Sequence[str]) -> list[str]:
     return [f"{p}+" for p in prefixes]
 
 
-def render_failsafe_chains(in_ports: Sequence[int], out_ports: Sequence[int]) -> list[Chain]:
-    def chain(name: str, ports: Sequence[int]) -> Chain:
+def render_failsafe_chains(in_ports: Ports, out_ports: Ports, version: int = 4) -> list[Chain]:
+    """felix-FAILSAFE-IN/-OUT: one ACCEPT per protocol (and per 15 ports); for IPv6 first
+    neighbour discovery, without which a host endpoint would cut the host (and every
+    workload it forwards for) off its IPv6 neighbours (IPv4's ARP is not iptables')."""
+    def chain(name: str, ports: Ports) -> Chain:
         rules = []
-        ports = list(ports)
-        for i in range(0, len(ports), MAX_MULTIPORT_ENTRIES):
-            chunk = ",".join(str(p) for p in ports[i:i + MAX_MULTIPORT_ENTRIES])
-            rules.append(Rule(f"-p tcp -m multiport --dports {chunk}", "-j ACCEPT", "failsafe"))
+        if version == 6:
+            rules += [Rule(f"-p icmpv6 -m icmp6 --icmpv6-type {t}", "-j ACCEPT", COMMENT_NDP)
+                      for t in ICMPV6_NDP_TYPES]
+        for proto in dict.fromkeys(p for p, _ in ports):
+            numbers = [str(n) for p, n in ports if p == proto]
+            for i in range(0, len(numbers), MAX_MULTIPORT_ENTRIES):
+                chunk = ",".join(numbers[i:i + MAX_MULTIPORT_ENTRIES])
+                rules.append(Rule(f"-p {proto} -m multiport --dports {chunk}", "-j ACCEPT",
+                                  COMMENT_FAILSAFE))
         return Chain(name, tuple(rules))
     return [chain(CHAIN_FAILSAFE_IN, in_ports), chain(CHAIN_FAILSAFE_OUT, out_ports)]
 
 
 def render_filter_chains(version: int, prefixes: Sequence[str], endpoint_to_host: str,
-                         marks: Marks, in_ports: Sequence[int],
-                         out_ports: Sequence[int]) -> list[Chain]:
+                         marks: Marks, in_ports: Ports, out_ports: Ports) -> list[Chain]:
     """felix-INPUT, felix-FORWARD, felix-OUTPUT and the failsafe chains."""
     wild = _wildcards(prefixes)
     clear = Rule("", set_mark(marks.all, 0))
@@ -77,6 +103,9 @@ def render_filter_chains(version: int, prefixes: Sequence[str], endpoint_to_host
     forward += [Rule(f"-o {w}", f"-j {CHAIN_TO_ENDPOINT}") for w in wild]
     forward += [Rule(f"-i {w}", "-j ACCEPT") for w in wild]
     forward += [Rule(f"-o {w}", "-j ACCEPT") for w in wild]
+    forward += [clear, Rule("", f"-j {CHAIN_FROM_HOST_IF_FWD}"),
+                Rule("", f"-j {CHAIN_TO_HOST_IF_FWD}"),
+                Rule(mark_match(marks.accept), "-j ACCEPT")]
 
     inp = [clear, INVALID_DROP, ESTABLISHED_ACCEPT]
     for w in wild:
@@ -89,17 +118,17 @@ def render_filter_chains(version: int, prefixes: Sequence[str], endpoint_to_host
             inp.append(Rule(f"-i {w} -p udp -m udp --sport 68 --dport 67", "-j ACCEPT", "DHCP"))
         inp.append(Rule(f"-i {w} -p udp -m udp --dport 53", "-j ACCEPT", "DNS"))
         if endpoint_to_host == "DROP":
-            inp.append(Rule(f"-i {w}", "-j DROP", "DefaultEndpointToHostAction"))
+            inp.append(Rule(f"-i {w}", "-j DROP", COMMENT_ENDPOINT_TO_HOST))
         else:
             inp.append(Rule(f"-i {w}", f"-j {CHAIN_FROM_ENDPOINT}", "workload outbound policy"))
-            inp.append(Rule(f"-i {w}", f"-j {endpoint_to_host}", "DefaultEndpointToHostAction"))
+            inp.append(Rule(f"-i {w}", f"-j {endpoint_to_host}", COMMENT_ENDPOINT_TO_HOST))
     inp += [Rule("", f"-j {CHAIN_FROM_HOST_IF}"), Rule(mark_match(marks.accept), "-j ACCEPT")]
 
     out = [clear, INVALID_DROP, ESTABLISHED_ACCEPT]
-    out += [Rule(f"-o {w}", "-j RETURN", "host to local workload") for w in wild]
+    out += [Rule(f"-o {w}", "-j RETURN", COMMENT_HOST_TO_WORKLOAD) for w in wild]
     out += [Rule("", f"-j {CHAIN_TO_HOST_IF}"), Rule(mark_match(marks.accept), "-j ACCEPT")]
     return [Chain(CHAIN_FORWARD, tuple(forward)), Chain(CHAIN_INPUT, tuple(inp)),
-            Chain(CHAIN_OUTPUT, tuple(out)), *render_failsafe_chains(in_ports, out_ports)]
+            Chain(CHAIN_OUTPUT, tuple(out)), *render_failsafe_chains(in_ports, out_ports, version)]
 
 
 def render_nat_chains() -> list[Chain]:

@@ -229,8 +229,9 @@ def test_small_dispatch_is_flat() -> None:
                 Rule("-i cali+", "-j ACCEPT", "DefaultEndpointToHostAction")]),
 ])
 def test_endpoint_to_host_action(action: str, expect: list[Rule]) -> None:
-    chains = {c.name: c for c in render_filter_chains(4, ("cali",), action, MARKS, (22,),
-                                                      (2379,))}
+    chains = {c.name: c for c in render_filter_chains(4, ("cali",), action, MARKS,
+                                                      (("tcp", 22), ("udp", 68), ("tcp", 179)),
+                                                      (("tcp", 2379),))}
     rules = list(chains["felix-INPUT"].rules)
     start = rules.index(Rule("-i cali+ -p udp -m udp --dport 53", "-j ACCEPT", "DNS")) + 1
     assert rules[start:start + len(expect)] == expect
@@ -238,7 +239,15 @@ def test_endpoint_to_host_action(action: str, expect: list[Rule]) -> None:
         Rule("-m conntrack --ctstate INVALID", "-j DROP"),
         Rule("-m conntrack --ctstate RELATED,ESTABLISHED", "-j ACCEPT"))
     assert chains["felix-FAILSAFE-IN"].rules == (
-        Rule("-p tcp -m multiport --dports 22", "-j ACCEPT", "failsafe"),)
+        Rule("-p tcp -m multiport --dports 22,179", "-j ACCEPT", "failsafe"),
+        Rule("-p udp -m multiport --dports 68", "-j ACCEPT", "failsafe"))
+    assert chains["felix-FAILSAFE-OUT"].rules == (
+        Rule("-p tcp -m multiport --dports 2379", "-j ACCEPT", "failsafe"),)
+    # forwarded traffic that is not a workload's: host endpoint policy of both interfaces
+    assert chains["felix-FORWARD"].rules[-4:] == (
+        Rule("", "-j MARK --set-xmark 0x0/0x7000000"), Rule("", "-j felix-FROM-HOST-IF-FWD"),
+        Rule("", "-j felix-TO-HOST-IF-FWD"),
+        Rule("-m mark --mark 0x1000000/0x1000000", "-j ACCEPT"))
 
 
 def test_base_jumps_and_nat() -> None:
