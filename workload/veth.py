@@ -5,7 +5,11 @@ differently (calicoctl container and the CNI plugin use them all; the Docker dri
 creates the pair and leaves moving, renaming and addressing the peer to Docker):
 - naming: `host_interface_name` (`cali` + the first 11 characters of the endpoint id,
   at most 15 characters), `temp_peer_name`, `netns_path`;
-- `create_veth`: a veth pair with both ends in one namespace (the host's), host end up;
+- `create_veth`: a veth pair with both ends in one namespace (the host's), host end up
+  (the peer's MAC chosen by the caller or the kernel);
+- `add_gateway_addresses`: the gateways as addresses of the host end, for runtimes that
+  configure the workload side themselves (Docker: it sets the default route, nobody
+  adds the workload's gateway neighbour entry);
 - `move_into_namespace`: the peer into the workload's namespace, renamed, up;
 - `set_mtu`;
 - `configure_interface` (= `add_addresses` + `add_gateway_neighbours` +
@@ -156,7 +160,7 @@ def _global_addresses(ipr: Any, index: int) -> list[str]:
 
 
 def _create_veth(ipr: Any, host_ifname: str, peer_ifname: str, netns: str | None,
-                 mtu: int | None) -> VethPair:
+                 mtu: int | None, peer_mac: str | None = None) -> VethPair:
     with _netlink(f"interface {host_ifname}"):
         ipr.link("add", ifname=host_ifname, kind="veth", peer=peer_ifname)
     try:
@@ -166,6 +170,8 @@ def _create_veth(ipr: Any, host_ifname: str, peer_ifname: str, netns: str | None
             if mtu is not None:
                 ipr.link("set", index=index, mtu=mtu)
                 ipr.link("set", index=peer, mtu=mtu)
+            if peer_mac is not None:
+                ipr.link("set", index=peer, address=peer_mac)
             ipr.link("set", index=index, state="up")
         return VethPair(host_ifname, _mac(ipr, index), peer_ifname, _mac(ipr, peer))
     except BaseException:
@@ -174,12 +180,34 @@ def _create_veth(ipr: Any, host_ifname: str, peer_ifname: str, netns: str | None
 
 
 def create_veth(host_ifname: str, peer_ifname: str, *, netns: str | None = None,
-                mtu: int | None = None) -> VethPair:
+                mtu: int | None = None, peer_mac: str | None = None) -> VethPair:
     """A veth pair `host_ifname` <-> `peer_ifname`, both in `netns` (the host's; None:
     this process's), the host end up and the peer down (it is moved next: by
-    `move_into_namespace`, or by Docker). `AlreadyExists` if a name is taken."""
+    `move_into_namespace`, or by Docker); the peer gets `peer_mac` if given (else the
+    kernel's random one). `AlreadyExists` if a name is taken."""
     with _socket(netns) as ipr:
-        return _create_veth(ipr, host_ifname, peer_ifname, netns, mtu)
+        return _create_veth(ipr, host_ifname, peer_ifname, netns, mtu, peer_mac)
+
+
+def add_gateway_addresses(host_ifname: str, versions: Iterable[int], *,
+                          netns: str | None = None) -> None:
+    """Each version's gateway as an address of the host end itself (169.254.1.1/32 with
+    scope host, fe80::1/128 without DAD), so that the host end answers ARP / neighbour
+    solicitations for the gateway on its own, with no route or neighbour entry inside the
+    workload and no route to the gateway on the host (proxy ARP needs one; hosts without
+    a default route have none). For runtimes that configure the workload side themselves
+    (Docker). Scope host: the host never picks 169.254.1.1 as a source address."""
+    from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
+
+    with _socket(netns) as ipr:
+        index = _require(ipr, host_ifname, netns)
+        for version in sorted(set(versions)):
+            gw = gateway_route(version).gateway
+            with _netlink(f"gateway address {gw} on {host_ifname}", ok=(errno.EEXIST,)):
+                if version == 6:
+                    ipr.addr("add", index=index, address=gw, prefixlen=128, flags=IFA_F_NODAD)
+                else:
+                    ipr.addr("add", index=index, address=gw, prefixlen=32, scope=254)
 
 
 def _move(here: Any, inside: Any, ifname: str, target: str, new_ifname: str,
