@@ -132,14 +132,15 @@ def test_without_a_pool_and_with_docker_ipam_networks_are_refused(cluster: Clust
 
 @pytest.fixture(scope="module")
 def nets(cluster: Cluster) -> dict[str, dict[str, Any]]:
-    """net1 (IPv4 and IPv6, labelled tier=web) and net2 on both hosts; containers a1 on
-    host1 and b1 on host2 in net1, b2 on host2 in net2."""
+    """net1 (IPv4 and IPv6, labelled tier=web), net2 and net3 (its own pool, --subnet) on
+    both hosts; containers a1 on host1 and b1 on host2 in net1, b2 on host2 in net2."""
     h1, h2 = cluster.topo.hosts
     cluster.ctl("pool", "add", POOL_V4, POOL_V6, POOL_NET3)
     for h in (h1, h2):
         e = cluster.engine(h)
         e.docker("network", "create", *CALICO, "--ipv6", "--label", "tier=web", "net1")
         e.docker("network", "create", *CALICO, "net2")
+        e.docker("network", "create", *CALICO, "--subnet", POOL_NET3, "net3")
     return {"a1": run(cluster.engine(h1), "a1", "net1"),
             "b1": run(cluster.engine(h2), "b1", "net1"),
             "b2": run(cluster.engine(h2), "b2", "net2")}
@@ -179,7 +180,7 @@ def test_containers_in_one_network_reach_each_other_across_hosts(
     rules = json.loads(cluster.ctl("profile", "net1", "rule", "json").stdout)
     assert rules == {"inbound_rules": [{"src_tag": "net1"}], "outbound_rules": [{}]}
     profiles = json.loads(cluster.ctl("profile", "show", "-o", "json").stdout)
-    assert sorted(p["metadata"]["name"] for p in profiles) == ["net1", "net2"]
+    assert sorted(p["metadata"]["name"] for p in profiles) == ["net1", "net2", "net3"]
 
 
 def test_containers_in_different_networks_do_not_reach_each_other(
@@ -241,3 +242,146 @@ def test_a_profile_rule_and_a_label_selector_policy_apply_within_two_seconds(
     finally:
         cluster.ctl("delete", "-f", str(policy))
     wait_for(lambda: reaches(e1, "a1", b1, 9090), 10, message="b1:9090 open again")
+
+
+def test_every_refusal_reaches_the_user_as_one_line(cluster: Cluster, store: Any,
+                                                   nets: dict[str, dict[str, Any]]) -> None:
+    e1 = cluster.engine(cluster.topo.hosts[0])
+    outside = docker_error(e1.docker("network", "create", *CALICO, "--subnet", OUTSIDE, "out",
+                                     check=False))
+    assert f"--subnet {OUTSIDE} is not a Calico IP pool" in outside
+    option = docker_error(e1.docker("network", "create", *CALICO, "-o", "ipip=true", "opt",
+                                    check=False))
+    assert "option ipip is not supported" in option
+    gateway = docker_error(e1.docker("network", "create", *CALICO, "--subnet", POOL_NET3,
+                                     "--gateway", "198.19.128.1", "gw", check=False))
+    assert "--gateway is not supported" in gateway
+    # A network whose record is gone from etcd (say, the datastore was wiped).
+    e1.docker("network", "create", *CALICO, "lost")
+    network_id = e1.docker("network", "inspect", "-f", "{{.Id}}", "lost").stdout.strip()
+    record = store.get(ks.libnetwork_network_key(network_id))
+    store.delete(ks.libnetwork_network_key(network_id))
+    unknown = docker_error(e1.docker("run", "--rm", "--net=lost", IMAGE, "true", check=False))
+    assert f"network {network_id[:12]} is not known to the calico driver" in unknown
+    store.put(record.key, record.value)  # back, so that its removal takes its profile
+    e1.docker("network", "rm", "lost")
+    networks = set(e1.docker("network", "ls", "--format", "{{.Name}}").stdout.split())
+    assert not {"out", "opt", "gw", "lost"} & networks
+    assert len(endpoints(store, "host1")) == 1  # a1's only: nothing half-made
+
+
+def test_ip_gives_the_container_that_address(cluster: Cluster, store: Any,
+                                            nets: dict[str, dict[str, Any]]) -> None:
+    """`--ip` (Docker allows it on networks created with --subnet: here a Calico pool)."""
+    e1 = cluster.engine(cluster.topo.hosts[0])
+    wanted = "198.19.128.100"
+    try:
+        info = run(e1, "fixed", "net3", "--ip", wanted)
+        assert addr(info, "net3") == wanted
+        held = json.loads(cluster.ctl("ipam", "info", wanted, "-o", "json").stdout)
+        assert held["attributes"] == {"host": "host1", "orchestrator": "libnetwork",
+                                      "pool": POOL_NET3}
+        in_use = docker_error(e1.docker("run", "--rm", "--net=net3", "--ip", wanted, IMAGE,
+                                        "true", check=False))
+        assert f"address {wanted} is already in use" in in_use
+        outside = docker_error(e1.docker("run", "--rm", "--net=net3", "--ip", "198.19.0.7",
+                                         IMAGE, "true", check=False))
+        assert "not in the network's subnet" in outside or "subnet" in outside
+    finally:
+        e1.docker("rm", "-f", "fixed", check=False)
+    released = cluster.ctl("ipam", "info", wanted, check=False)
+    assert released.returncode == 3 and "not allocated" in released.stderr
+    assert len(endpoints(store, "host1")) == 1  # a1's only: nothing half-made
+
+
+def test_a_container_on_two_networks_has_an_endpoint_for_each(
+        cluster: Cluster, store: Any, nets: dict[str, dict[str, Any]]) -> None:
+    h1, h2 = cluster.topo.hosts
+    e1, e2 = cluster.engine(h1), cluster.engine(h2)
+    b3 = addr(run(e2, "b3", "net3"), "net3")
+    e1.docker("network", "connect", "net3", "a1")
+    a1_net3 = addr(inspect(e1, "a1"), "net3")
+    assert a1_net3.startswith("198.19.128.")
+    shown = json.loads(cluster.ctl("container", "a1", "endpoint", "show", "-o", "json").stdout)
+    assert sorted(ep["spec"]["profile_ids"] for ep in shown) == [["net1"], ["net3"]]
+    routes = e1.docker("exec", "a1", "ip", "route").stdout
+    assert f"{POOL_NET3} dev eth1" in routes and "default via 169.254.1.1 dev eth0" in routes
+    wait_for(lambda: reaches(e1, "a1", b3), CONVERGE_S, message="a1 reaching b3 over net3")
+    assert reaches(e2, "b3", a1_net3, 8080)
+    assert reaches(e1, "a1", addr(nets["b1"], "net1"))  # net1 as before
+    e1.docker("network", "disconnect", "net3", "a1")
+    shown = json.loads(cluster.ctl("container", "a1", "endpoint", "show", "-o", "json").stdout)
+    assert [ep["spec"]["profile_ids"] for ep in shown] == [["net1"]]
+    assert "eth1" not in e1.docker("exec", "a1", "ip", "link").stdout
+    assert len([line for line in h1.ns.ip("-o", "link").stdout.splitlines()
+                if ": cali" in line]) == 1
+    assert reaches(e1, "a1", addr(nets["b1"], "net1"))
+
+
+def test_the_driver_restarts_while_containers_run(cluster: Cluster, store: Any,
+                                                 nets: dict[str, dict[str, Any]]) -> None:
+    h1 = cluster.topo.hosts[0]
+    e1 = cluster.engine(h1)
+    b1 = addr(nets["b1"], "net1")
+    cluster.docker.stop_driver(h1, cluster.drivers.pop(h1.name))
+    assert reaches(e1, "a1", b1)  # the dataplane never depended on the driver
+    cluster.drivers[h1.name] = cluster.docker.start_driver(h1)
+    try:
+        info = run(e1, "after", "net1")
+        wait_for(lambda: reaches(e1, "after", b1), CONVERGE_S, message="a new container")
+        # a container from before the restart is still known: its endpoint goes cleanly
+        before = len(endpoints(store, "host1"))
+    finally:
+        e1.docker("rm", "-f", "after", check=False)
+    assert len(endpoints(store, "host1")) == before - 1
+    assert addr(info, "net1") not in json.dumps(endpoints(store, "host1"))
+
+
+def test_the_engine_restarts_with_restart_always_containers(
+        cluster: Cluster, store: Any, nets: dict[str, dict[str, Any]]) -> None:
+    h1 = cluster.topo.hosts[0]
+    e1 = cluster.engine(h1)
+    b1 = addr(nets["b1"], "net1")
+    old = run(e1, "always", "net1", "--restart=always")
+    wait_for(lambda: reaches(e1, "always", b1), CONVERGE_S, message="always reaching b1")
+    e1.restart()
+    wait_for(lambda: inspect(e1, "always")["State"]["Running"], 60,
+             message="the restart=always container running again")
+    new = inspect(e1, "always")
+    wait_for(lambda: reaches(e1, "always", b1), CONVERGE_S,
+             message="always reaching b1 after the engine restarted")
+    # a1 (no restart policy) stopped with the engine; only the new endpoint is left.
+    (ep,) = endpoints(store, "host1").values()
+    assert ep["ipv4_nets"] == [f"{addr(new, 'net1')}/32"]
+    assert old["NetworkSettings"]["Networks"]["net1"]["EndpointID"] != \
+        new["NetworkSettings"]["Networks"]["net1"]["EndpointID"]
+    e1.docker("rm", "-f", "a1")
+
+
+def test_nothing_is_left_behind(cluster: Cluster, store: Any,
+                                nets: dict[str, dict[str, Any]]) -> None:
+    for h in cluster.topo.hosts:
+        e = cluster.engine(h)
+        ids = e.docker("ps", "-aq").stdout.split()
+        if ids:
+            e.docker("rm", "-f", *ids)
+        for net in ("net1", "net2", "net3"):
+            e.docker("network", "rm", net)
+    check = cluster.ctl("ipam", "check")
+    assert "Checked 0 allocations and 0 endpoint addresses" in check.stdout
+    assert "No problems found" in check.stdout
+    assert endpoints(store, "host1") == {} and endpoints(store, "host2") == {}
+    assert store.list(f"{ks.LIBNETWORK}/")[0] == []  # records and profile markers
+    profiles = json.loads(cluster.ctl("profile", "show", "-o", "json").stdout)
+    assert profiles == []  # the driver made them, the last network of each name took them
+    for h in cluster.topo.hosts:
+        links = h.ns.ip("-o", "link").stdout
+        assert ": cali" not in links and ": tmp" not in links, links
+
+        def chains_gone(host: Host = h) -> bool:
+            dump = "".join(host.ns.exec(cmd).stdout for cmd in ("iptables-save",
+                                                                "ip6tables-save"))
+            return not any(f":{p}" in dump for p in ("felix-TO-EP-", "felix-FROM-EP-",
+                                                      "felix-p-"))
+
+        wait_for(chains_gone, 10, message=f"{h.name}: endpoint and profile chains removed")
