@@ -29,6 +29,8 @@ from typing import Any
 from netsim.netns import kill_namespace_processes, namespace_exists
 
 DEFAULT_PATH = "/run/calico-demo/state.json"
+# What marks calicoctl's own containers (calicoctl.nodedocker.COMPONENT_LABEL).
+COMPONENT_LABEL = "org.pycalico-net.component"
 
 
 def default_path() -> Path:
@@ -73,17 +75,24 @@ class DemoState:
 def remove_containers(engine: str) -> int:
     """`docker rm -f` every container of the engine at `engine` (a DOCKER_HOST value)
     while it still runs: containers in namespaces of their own (the --runtime=docker
-    workloads) are in no namespace the state names. Returns how many."""
+    workloads) are in no namespace the state names. The workloads go first, while the
+    Docker driver they need to leave their network still runs. Returns how many."""
     env = {**os.environ, "DOCKER_HOST": engine}
+    removed = 0
     try:
-        ids = subprocess.run(["docker", "ps", "-aq"], capture_output=True, text=True,
-                             env=env, timeout=30, check=False).stdout.split()
-        if ids:
-            subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, env=env,
-                           timeout=120, check=False)
+        ours = subprocess.run(["docker", "ps", "-aq", "--filter", f"label={COMPONENT_LABEL}"],
+                              capture_output=True, text=True, env=env, timeout=30,
+                              check=False).stdout.split()
+        every = subprocess.run(["docker", "ps", "-aq"], capture_output=True, text=True,
+                               env=env, timeout=30, check=False).stdout.split()
+        for ids in ([i for i in every if i not in ours], ours):
+            if ids:
+                subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, env=env,
+                               timeout=120, check=False)
+                removed += len(ids)
     except (OSError, subprocess.TimeoutExpired):
-        return 0
-    return len(ids)
+        pass
+    return removed
 
 
 def teardown(state: DemoState, say: Callable[[str], None] = print) -> bool:

@@ -47,6 +47,7 @@ PLUGIN_DIR = Path("/run/docker/plugins")
 START_TIMEOUT_S = 60.0
 BUSYBOX = "/bin/busybox"  # Debian busybox-static: runs in an otherwise empty image
 BUSYBOX_APPLETS = ("sh", "sleep", "ip", "cat", "ping", "nc", "true")
+COMPONENT_LABEL = "org.pycalico-net.component"  # calicoctl's containers (node, driver)
 
 
 class EngineFailed(RuntimeError):
@@ -187,9 +188,14 @@ class DockerEngine:
         """Remove every container, stop dockerd (it stops its containerd), kill what is
         left of ours, unmount whatever remains below the directory and remove it."""
         if self.proc is not None and self.proc.poll() is None:
-            ids = self.docker("ps", "-aq", check=False, timeout=30).stdout.split()
-            if ids:
-                self.docker("rm", "-f", *ids, check=False, timeout=60)
+            # Workloads first, while the containers serving them (calicoctl's: the node
+            # and the Docker driver their networks need) still run.
+            ours = self.docker("ps", "-aq", "--filter", f"label={COMPONENT_LABEL}",
+                               check=False, timeout=30).stdout.split()
+            every = self.docker("ps", "-aq", check=False, timeout=30).stdout.split()
+            for ids in ([i for i in every if i not in ours], ours):
+                if ids:
+                    self.docker("rm", "-f", *ids, check=False, timeout=120)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGTERM)
             try:
