@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -79,8 +80,10 @@ class PluginApp:
         else:
             length = int(environ.get("CONTENT_LENGTH") or 0)
             body = environ["wsgi.input"].read(length) if length > 0 else b""
-            _log.debug("%s %s", path, body[:2000])
+            started = time.monotonic()
             status, answer = self.answer(path, body)
+            _log.debug("%s %s -> %d %s (%.1f ms)", path, body[:2000], status,
+                       json.dumps(answer)[:2000], (time.monotonic() - started) * 1000)
         data = json.dumps(answer).encode()
         reason = {200: "OK", 400: "Bad Request", 404: "Not Found",
                   405: "Method Not Allowed"}[status]
