@@ -173,6 +173,11 @@ class Topology:
         self._procs.append(proc)
         return proc
 
+    def forget(self, proc: subprocess.Popen[bytes]) -> None:
+        """Stop tracking a process `spawn` started (after the caller has stopped it)."""
+        if proc in self._procs:
+            self._procs.remove(proc)
+
     @staticmethod
     def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM,
                      timeout: float = 10.0) -> int | None:

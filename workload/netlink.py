@@ -52,7 +52,7 @@ IFF_UP = 0x1
 NUD_PERMANENT = 0x80
 RT_TABLE_MAIN = 254
 RTPROT_BOOT = 3
-RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_NOWHERE = 0, 253, 255
+RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_HOST, RT_SCOPE_NOWHERE = 0, 253, 254, 255
 RTN_UNICAST = 1
 RTNH_F_ONLINK = 0x4
 _CLONE_NEWNET = 0x40000000
@@ -295,7 +295,8 @@ class RtSocket:
         self.request(RTM_NEWLINK, body, NLM_F_CREATE | NLM_F_EXCL)
 
     def set_link(self, index: int, *, up: bool | None = None, mtu: int | None = None,
-                 name: str | None = None, netns_fd: int | None = None) -> None:
+                 name: str | None = None, netns_fd: int | None = None,
+                 address: str | None = None) -> None:
         flags = change = 0
         if up is not None:
             flags, change = (IFF_UP if up else 0), IFF_UP
@@ -306,6 +307,8 @@ class RtSocket:
             attrs += _attr(IFLA_IFNAME, _name(name))
         if netns_fd is not None:
             attrs += _attr(IFLA_NET_NS_FD, _U32.pack(netns_fd))
+        if address is not None:
+            attrs += _attr(IFLA_ADDRESS, bytes.fromhex(address.replace(":", "")))
         self.request(RTM_SETLINK, _IFINFO.pack(0, 0, index, flags, change) + attrs)
 
     def del_link(self, index: int) -> None:
@@ -313,16 +316,18 @@ class RtSocket:
 
     # --- addresses -----------------------------------------------------------------------------
 
-    def _addr_body(self, index: int, ip: str, prefixlen: int, flags: int) -> bytes:
+    def _addr_body(self, index: int, ip: str, prefixlen: int, flags: int,
+                   scope: int = RT_SCOPE_UNIVERSE) -> bytes:
         family = _family(ip)
         packed = socket.inet_pton(family, ip)
-        return (_IFADDR.pack(family, prefixlen, flags, RT_SCOPE_UNIVERSE, index)
+        return (_IFADDR.pack(family, prefixlen, flags, scope, index)
                 + _attr(IFA_LOCAL, packed) + _attr(IFA_ADDRESS, packed))
 
-    def add_address(self, index: int, ip: str, prefixlen: int, nodad: bool = False) -> None:
+    def add_address(self, index: int, ip: str, prefixlen: int, nodad: bool = False,
+                    scope: int = RT_SCOPE_UNIVERSE) -> None:
         """EEXIST if the interface has it already."""
         self.request(RTM_NEWADDR, self._addr_body(index, ip, prefixlen,
-                                                  IFA_F_NODAD if nodad else 0),
+                                                  IFA_F_NODAD if nodad else 0, scope),
                      NLM_F_CREATE | NLM_F_EXCL)
 
     def del_address(self, index: int, ip: str, prefixlen: int) -> None:

@@ -5,7 +5,11 @@ differently (calicoctl container and the CNI plugin use them all; the Docker dri
 creates the pair and leaves moving, renaming and addressing the peer to Docker):
 - naming: `host_interface_name` (`cali` + the first 11 characters of the endpoint id,
   at most 15 characters), `temp_peer_name`, `netns_path`;
-- `create_veth`: a veth pair with both ends in one namespace (the host's), host end up;
+- `create_veth`: a veth pair with both ends in one namespace (the host's), host end up
+  (the peer's MAC chosen by the caller or the kernel);
+- `add_gateway_addresses`: the gateways as addresses of the host end, for runtimes that
+  configure the workload side themselves (Docker: it sets the default route, nobody
+  adds the workload's gateway neighbour entry);
 - `move_into_namespace`: the peer into the workload's namespace, renamed, up;
 - `set_mtu`;
 - `configure_interface` (= `add_addresses` + `add_gateway_neighbours` +
@@ -49,7 +53,7 @@ from dataclasses import dataclass
 
 from libcalico.errors import AlreadyExists, CalicoError, NotFound
 from workload.gateway import gateway_route, ip_version
-from workload.netlink import NUD_PERMANENT, RtSocket, netns_path
+from workload.netlink import NUD_PERMANENT, RT_SCOPE_HOST, RtSocket, netns_path
 
 _log = logging.getLogger(__name__)
 
@@ -154,13 +158,15 @@ def _global_addresses(sock: RtSocket, index: int) -> list[str]:
 
 
 def _create_veth(sock: RtSocket, host_ifname: str, peer_ifname: str, netns: str | None,
-                 mtu: int | None) -> VethPair:
+                 mtu: int | None, peer_mac: str | None = None) -> VethPair:
     with _netlink(f"interface {host_ifname}"):
         sock.add_veth(host_ifname, peer_ifname, mtu)
     try:
         index = _require(sock, host_ifname, netns)
         peer = _require(sock, peer_ifname, netns)
         with _netlink(f"interface {host_ifname}"):
+            if peer_mac is not None:
+                sock.set_link(peer, address=peer_mac)
             sock.set_link(index, up=True)
         return VethPair(host_ifname, _mac(sock, index), peer_ifname, _mac(sock, peer))
     except BaseException:
@@ -169,12 +175,32 @@ def _create_veth(sock: RtSocket, host_ifname: str, peer_ifname: str, netns: str 
 
 
 def create_veth(host_ifname: str, peer_ifname: str, *, netns: str | None = None,
-                mtu: int | None = None) -> VethPair:
+                mtu: int | None = None, peer_mac: str | None = None) -> VethPair:
     """A veth pair `host_ifname` <-> `peer_ifname`, both in `netns` (the host's; None:
     this process's), the host end up and the peer down (it is moved next: by
-    `move_into_namespace`, or by Docker). `AlreadyExists` if a name is taken."""
+    `move_into_namespace`, or by Docker); the peer gets `peer_mac` if given (else the
+    kernel's random one). `AlreadyExists` if a name is taken."""
     with _socket(netns) as sock:
-        return _create_veth(sock, host_ifname, peer_ifname, netns, mtu)
+        return _create_veth(sock, host_ifname, peer_ifname, netns, mtu, peer_mac)
+
+
+def add_gateway_addresses(host_ifname: str, versions: Iterable[int], *,
+                          netns: str | None = None) -> None:
+    """Each version's gateway as an address of the host end itself (169.254.1.1/32 with
+    scope host, fe80::1/128 without DAD), so that the host end answers ARP / neighbour
+    solicitations for the gateway on its own, with no route or neighbour entry inside the
+    workload and no route to the gateway on the host (proxy ARP needs one; hosts without
+    a default route have none). For runtimes that configure the workload side themselves
+    (Docker). Scope host: the host never picks 169.254.1.1 as a source address."""
+    with _socket(netns) as sock:
+        index = _require(sock, host_ifname, netns)
+        for version in sorted(set(versions)):
+            gw = gateway_route(version).gateway
+            with _netlink(f"gateway address {gw} on {host_ifname}", ok=(errno.EEXIST,)):
+                if version == 6:
+                    sock.add_address(index, gw, 128, nodad=True)
+                else:
+                    sock.add_address(index, gw, 32, scope=RT_SCOPE_HOST)
 
 
 def _move(here: RtSocket, inside: RtSocket, ifname: str, target: str, new_ifname: str,

@@ -238,6 +238,24 @@ def _check_policy_trace(r: dict[str, Any]) -> None:
     assert "clock" in r and "etcdctl_get_prefix" in r["baseline_names"]
 
 
+def _check_docker(r: dict[str, Any]) -> None:
+    assert r["benchmark"] == "docker" and r["quick"] is True
+    run, par = r["run"], r["parallel"]
+    assert run["rounds"] == 3 and run["p90_s"] >= run["median_s"]
+    assert math.isclose(run["ratio"], run["median_s"] / run["baseline"]["median_s"],
+                        rel_tol=0.05)
+    assert run["goal_met"] == (run["ratio"] <= run["goal"]["max_ratio"])
+    assert r["ratio"] == run["ratio"]
+    # every container got its own address and was reached from the other host
+    assert par["containers"] == 5 and par["distinct_addresses"] == 5
+    assert par["duplicate_addresses"] == 0
+    reach = par["reachable"]
+    assert reach["p50_s"] <= reach["p99_s"] <= reach["max_s"]
+    assert par["goal_met"] == (reach["p99_s"] <= par["goal"]["max_p99_s"])
+    _clocks_named(r, "run.clock", "run.baseline.name", "parallel.clock",
+                  "parallel.baseline.name")
+
+
 BENCHMARKS = [
     Bench("syncer",
           fields=("keys", "updates", "rounds", "ratio", "ratio_snapshot", "ratio_updates",
@@ -335,6 +353,14 @@ BENCHMARKS = [
                         "rebuild.clock", "restart.clock"),
           marks=(pytest.mark.root, pytest.mark.etcd), check=_check_node_docker,
           timeout=600.0),
+    Bench("docker",
+          fields=("run.median_s", "run.p90_s", "run.baseline.median_s", "run.ratio",
+                  "run.goal.max_ratio", "parallel.containers", "parallel.reachable.p50_s",
+                  "parallel.reachable.p99_s", "parallel.docker_run_returned.p99_s",
+                  "parallel.baseline.docker_run_returned.p99_s", "parallel.ratio",
+                  "parallel.goal.max_p99_s"),
+          extra_fields=("run.goal_met", "parallel.goal_met", "parallel.duplicate_addresses"),
+          marks=(pytest.mark.root, pytest.mark.etcd), check=_check_docker),
     Bench("confd",
           fields=("render.view_and_render_ms.p50", "render.view_and_render_ms.p99",
                   "latency.change_to_reconfigured_ms.p50",
