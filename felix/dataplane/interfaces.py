@@ -29,19 +29,12 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-import pyroute2
-from pyroute2.netlink.rtnl import RTM_DELLINK, RTMGRP_LINK
-
 from felix.dataplane.cmd import DataplaneError
-from felix.dataplane.netlink import (
-    Link,
-    NetlinkSocket,
-    Request,
-    errno_text,
-    neighbour_request,
-)
-from felix.dataplane.netns import run_in_netns
 from felix.dataplane.types import InterfaceState
+from rtnl.codec import Link, Request, errno_text, neighbour_request
+from rtnl.consts import RTM_DELLINK, RTMGRP_LINK
+from rtnl.netns import run_in_netns
+from rtnl.sock import NetlinkSocket
 
 _log = logging.getLogger(__name__)
 
@@ -186,7 +179,7 @@ class Interfaces:
             self._failed.update((n, f"interfaces: sysctl {e}") for n, e in errors.items())
         try:
             self._apply_proxies([n for n in names if n not in missing and n not in errors])
-        except (pyroute2.NetlinkError, OSError) as exc:
+        except OSError as exc:  # rtnl's NetlinkError included
             failed = [n for n in names if self._desired[n].proxy_ndp]
             self._dirty.update(failed)
             self._failed.update((n, f"interfaces: proxy NDP: {exc}") for n in failed)
@@ -205,7 +198,7 @@ class Interfaces:
             return
         if self._nl is None:
             self._nl = NetlinkSocket(self.netns)
-        links = self._nl.get_links({k[0] for k in wanted})
+        links = self._nl.get_links({k[0] for k in wanted}, detail=False)
         requests: list[Request] = []
         keys: list[tuple[tuple[str, str], int | None]] = []
         for ifname, ip in sorted(wanted):
@@ -300,7 +293,7 @@ class InterfaceWatcher:
         """Dump all links (on a separate socket) and report what differs from our view."""
         dumper = NetlinkSocket(self.netns)
         try:
-            fresh = {link.index: link for link in dumper.dump_links()}
+            fresh = {link.index: link for link in dumper.dump_links(detail=False)}
         finally:
             dumper.close()
         if not initial:
@@ -342,12 +335,12 @@ class InterfaceWatcher:
         read, dump again (and keep trying at the next wake-up if that fails too)."""
         assert self._events is not None
         try:
-            events = self._events.recv_link_events()
-        except (pyroute2.NetlinkError, OSError) as exc:
+            events = self._events.recv_link_events(detail=False)
+        except OSError as exc:  # rtnl's NetlinkError included (ENOBUFS: events lost)
             _log.warning("interface events lost (%s): dumping again", exc)
             try:
                 self._resync()
-            except (pyroute2.NetlinkError, OSError) as again:
+            except OSError as again:
                 _log.error("interface dump failed (%s); the periodic refresh still "
                            "repairs the dataplane", again)
             return
