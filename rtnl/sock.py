@@ -12,8 +12,9 @@ on it:
   neighbours, proxy neighbours, FDB entries, addresses);
 - `recv_link_events()`: with `groups=RTMGRP_LINK`, the next datagram of link events.
 Failures raise `rtnl.codec.NetlinkError` (errno in `code`): a refused request, ENOBUFS
-(the receive buffer overran: events or replies were lost, resync) and ETIMEDOUT (the
-kernel did not answer within `timeout`).
+(the receive buffer overran: events or replies were lost, resync), EMSGSIZE (a datagram
+larger than the read buffer: lost, try again) and ETIMEDOUT (the kernel did not answer
+within `timeout`).
 
 Not thread-safe: one owner per socket.
 
@@ -73,6 +74,12 @@ from rtnl.netns import run_in_netns
 Reply = tuple[int, bytes, int, int]  # (message type, datagram, body offset, end offset)
 
 WINDOW = 512  # requests per send: their acks (one small skb each) must fit rcvbuf
+# What one recv reads. The kernel sends a dump in datagrams of at most 32 KiB (unless one
+# message is larger) and everything else one message per datagram; a datagram that does
+# not fit is detected (MSG_TRUNC), raised as EMSGSIZE and the buffer grown for the next.
+# Not 1 MiB: a fresh 1 MiB buffer costs ~0.5 ms of page faults per socket, and the
+# workload steps open a few sockets per CNI call.
+RECV_SIZE = 64 * 1024
 _DUMP_ATTEMPTS = 5
 
 
@@ -99,7 +106,7 @@ class NetlinkSocket:
         self._sock = sock if sock is not None else run_in_netns(netns, make)
         self._sock.settimeout(timeout)
         self._seq = itertools.count(1)
-        self._buf = bytearray(1 << 20)
+        self._buf = bytearray(RECV_SIZE)
 
     def fileno(self) -> int:
         return self._sock.fileno()
@@ -117,7 +124,7 @@ class NetlinkSocket:
 
     def _recv(self) -> bytes:
         try:
-            n = self._sock.recv_into(self._buf)
+            n = self._sock.recv_into(self._buf, 0, socket.MSG_TRUNC)
         except TimeoutError as exc:
             raise NetlinkError(errno.ETIMEDOUT, "netlink: timed out waiting for the kernel") \
                 from exc
@@ -126,7 +133,11 @@ class NetlinkSocket:
                 raise NetlinkError(errno.ENOBUFS,
                                    "netlink: receive buffer overrun (ENOBUFS)") from exc
             raise
-        return bytes(self._buf[:n])
+        if n > len(self._buf):  # MSG_TRUNC: the datagram's real length; the rest is lost
+            self._buf = bytearray(1 << (n - 1).bit_length())
+            raise NetlinkError(errno.EMSGSIZE, f"netlink: a {n}-byte datagram did not fit "
+                               "the receive buffer (grown for the next attempt)")
+        return bytes(memoryview(self._buf)[:n])
 
     def _send(self, payload: bytes) -> None:
         view = memoryview(payload)

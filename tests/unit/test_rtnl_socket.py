@@ -14,7 +14,7 @@ import pytest
 
 from rtnl import codec, consts
 from rtnl.codec import Link, NetlinkError, Request
-from rtnl.sock import WINDOW, NetlinkSocket
+from rtnl.sock import RECV_SIZE, WINDOW, NetlinkSocket
 
 HDR = struct.Struct("=IHHII")  # written out here, not taken from the code under test
 NLM_F_MULTI = 0x2  # a part of a multipart answer (rtnl never needs to look)
@@ -72,14 +72,15 @@ class FakeKernel:
             self.datagrams.append(b"".join(out[i:i + self.per_datagram]))
         return len(data)
 
-    def recv_into(self, buf: bytearray) -> int:
+    def recv_into(self, buf: bytearray, nbytes: int = 0, flags: int = 0) -> int:
         if self.fail_recv is not None:
             raise self.fail_recv
         if not self.datagrams:
             raise TimeoutError("timed out")
         data = self.datagrams.pop(0)
-        buf[:len(data)] = data
-        return len(data)
+        fits = data[:len(buf)]  # a datagram is read whole or truncated, never split
+        buf[:len(fits)] = fits
+        return len(data) if flags & socket.MSG_TRUNC else len(fits)
 
 
 def nl(kernel: FakeKernel) -> NetlinkSocket:
@@ -202,3 +203,25 @@ def test_link_events_are_parsed_and_other_messages_ignored() -> None:
     assert nl(kernel).recv_link_events() == [
         (consts.RTM_NEWLINK, Link(5, "cali1", consts.IFF_UP)),
         (consts.RTM_DELLINK, Link(6, "cali2", consts.IFF_UP))]
+
+
+def test_a_datagram_larger_than_the_buffer_is_an_error_and_the_next_one_fits() -> None:
+    """The kernel's datagram is lost when it does not fit (MSG_TRUNC tells its length):
+    EMSGSIZE, never a silently cut message; the buffer grows so the retry reads it."""
+    padding = codec.attr(1000, b"\0" * 40000) * 2
+    assert len(padding) > RECV_SIZE  # one message larger than the read buffer
+
+    def answer(mtype: int, flags: int, seq: int, body: bytes) -> list[bytes]:
+        link = (codec.IFINFO.pack(0, 1, 7, consts.IFF_UP, 0) + padding
+                + codec.attr(consts.IFLA_IFNAME, b"cali1\0"))
+        return [msg(consts.RTM_NEWLINK, seq, link), ack(seq)]
+
+    kernel = FakeKernel(answer, per_datagram=1)
+    sock = nl(kernel)
+    with pytest.raises(NetlinkError) as info:
+        sock.link("cali1")
+    assert info.value.code == errno.EMSGSIZE
+    assert len(kernel.datagrams) == 1  # the lost request's ack, skipped by the retry
+    found = sock.link("cali1")
+    assert found is not None and (found.index, found.name) == (7, "cali1")
+    assert kernel.datagrams == []
