@@ -137,7 +137,7 @@ def _netlink(what: str, ok: Collection[int] = ()) -> Iterator[None]:
 def _index(sock: NetlinkSocket, ifname: str) -> int | None:
     with _netlink(f"interface {ifname}"):
         link = sock.link(ifname)
-    return None if link is None else link.index
+    return None if link is None else link.ifindex
 
 
 def _require(sock: NetlinkSocket, ifname: str, netns: str | None) -> int:
@@ -159,7 +159,7 @@ def _mac(sock: NetlinkSocket, index: int) -> str:
 def _global_addresses(sock: NetlinkSocket, index: int) -> list[str]:
     with _netlink(f"addresses of interface {index}"):
         return sorted(a.address for a in sock.dump_addresses()
-                      if a.index == index and a.scope == 0)
+                      if a.ifindex == index and a.scope == 0)
 
 
 # --- the steps ---------------------------------------------------------------------------------
@@ -374,13 +374,13 @@ def read_interface(ifname: str, *, netns: str | None) -> InterfaceState | None:
         if link is None:
             return None
         addresses = tuple(sorted(a.address for a in sock.dump_addresses()
-                                 if a.index == link.index and a.scope == 0))
+                                 if a.ifindex == link.ifindex and a.scope == 0))
         routes = tuple((r.dst, r.gateway)
                        for family in (socket.AF_INET, socket.AF_INET6)
                        for r in sock.dump_routes(family)
-                       if r.table == RT_TABLE_MAIN and r.oif == link.index)
+                       if r.table == RT_TABLE_MAIN and r.oif == link.ifindex)
         neighbours = tuple((n.dst, n.lladdr, n.permanent)
-                           for n in sock.dump_neighbours() if n.ifindex == link.index)
+                           for n in sock.dump_neighbours() if n.ifindex == link.ifindex)
     return InterfaceState(ifname, link.mac, link.admin_up, link.mtu, addresses, routes,
                           neighbours)
 

@@ -203,8 +203,8 @@ class Interfaces:
         keys: list[tuple[tuple[str, str], int | None]] = []
         for ifname, ip in sorted(wanted):
             if ifname in links:
-                requests.append(neighbour_request(ip, None, links[ifname].index, proxy=True))
-                keys.append(((ifname, ip), links[ifname].index))
+                requests.append(neighbour_request(ip, None, links[ifname].ifindex, proxy=True))
+                keys.append(((ifname, ip), links[ifname].ifindex))
         for key in sorted(stale):
             requests.append(neighbour_request(key[1], None, self._kernel_proxies[key],
                                               delete=True, proxy=True))
@@ -265,7 +265,7 @@ class InterfaceWatcher:
     def _emit(self, kind: str, link: Link) -> None:
         if not self._wanted(link.name):
             return
-        self.callback(InterfaceEvent(kind, link.name, link.index, link.up))
+        self.callback(InterfaceEvent(kind, link.name, link.ifindex, link.up))
 
     def start(self) -> dict[str, bool]:
         self._events = NetlinkSocket(self.netns, groups=RTMGRP_LINK, rcvbuf=self.rcvbuf)
@@ -293,7 +293,7 @@ class InterfaceWatcher:
         """Dump all links (on a separate socket) and report what differs from our view."""
         dumper = NetlinkSocket(self.netns)
         try:
-            fresh = {link.index: link for link in dumper.dump_links(detail=False)}
+            fresh = {link.ifindex: link for link in dumper.dump_links(detail=False)}
         finally:
             dumper.close()
         if not initial:
@@ -306,11 +306,11 @@ class InterfaceWatcher:
             self._on_new(link, force=initial)
 
     def _on_new(self, link: Link, force: bool = False) -> None:
-        old = self._links.get(link.index)
+        old = self._links.get(link.ifindex)
         if old is not None and old.name != link.name:
             self._emit("removed", old)
             old = None
-        self._links[link.index] = link
+        self._links[link.ifindex] = link
         if old is None or force:
             self._emit("added", link)
         elif old.up != link.up:
@@ -346,7 +346,7 @@ class InterfaceWatcher:
             return
         for msg_type, link in events:
             if msg_type == RTM_DELLINK:
-                old = self._links.pop(link.index, None)
+                old = self._links.pop(link.ifindex, None)
                 self._emit("removed", old or link)
             else:
                 self._on_new(link)

@@ -255,9 +255,9 @@ class Routes:
             else:
                 self._pending_neighs.discard(nkey)
             if mac is not None and link is not None and usable:
-                if have_n != (link.index, mac):
-                    requests.append(neighbour_request(ip, mac, link.index))
-                    actions.append(("neigh", nkey, (link.index, mac)))
+                if have_n != (link.ifindex, mac):
+                    requests.append(neighbour_request(ip, mac, link.ifindex))
+                    actions.append(("neigh", nkey, (link.ifindex, mac)))
             elif have_n is not None:
                 requests.append(neighbour_request(ip, None, have_n[0], delete=True))
                 actions.append(("neigh", nkey, None))
@@ -311,14 +311,14 @@ class Routes:
         link = links.get(want.ifname)
         if link is None or not link.up:
             return None
-        return RouteValue(link.index, want.gateway, False, want.onlink)
+        return RouteValue(link.ifindex, want.gateway, False, want.onlink)
 
     # ---- resync ----------------------------------------------------------------------
 
     def resync(self) -> dict[str, Link]:
         """Dump links, routes and neighbours; mark every difference dirty; return links."""
         links = {link.name: link for link in self._nl.dump_links(detail=False)}
-        by_index = {link.index: link.name for link in links.values()}
+        by_index = {link.ifindex: link.name for link in links.values()}
         self._kernel_routes = {r.dst: RouteValue(r.oif, r.gateway, r.blackhole, r.onlink)
                                for r in self._nl.dump_routes()
                                if r.proto == self.proto and r.table == RT_TABLE_MAIN}

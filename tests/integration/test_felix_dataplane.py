@@ -530,7 +530,7 @@ def test_netlink_batch_reports_errno_per_request(host: Namespace) -> None:
     nl = NetlinkSocket(host.name)
     try:
         make_workload_ifaces(host, ["calieeee"])
-        index = nl.get_links(["calieeee"])["calieeee"].index
+        index = nl.get_links(["calieeee"])["calieeee"].ifindex
         results = nl.request_batch([
             route_request("198.18.5.1/32", proto=80, oif=index),
             route_request("198.18.5.2/32", proto=80, oif=index, delete=True),

@@ -67,20 +67,20 @@ def test_veth_pair_with_peer_born_in_another_namespace(ns: Namespace,
         assert host["mtu"] == peer["mtu"] == 1410
         link = sock.link("cali0001")
         assert link is not None
-        assert (link.index, link.mac, link.mtu, link.admin_up) == (
+        assert (link.ifindex, link.mac, link.mtu, link.admin_up) == (
             host["ifindex"], host["address"], 1410, False)
-        assert sock.link_by_index(link.index) == link
+        assert sock.link_by_index(link.ifindex) == link
         with NetlinkSocket(other.name) as inside:
             eth0 = inside.link("eth0")
             assert eth0 is not None and eth0.mac == peer["address"]
             # rename, MTU and up in one request (the kernel renames first)
-            inside.request(codec.set_link_request(eth0.index, name="eth1", mtu=1400, up=True))
-        sock.request(codec.set_link_request(link.index, up=True))
+            inside.request(codec.set_link_request(eth0.ifindex, name="eth1", mtu=1400, up=True))
+        sock.request(codec.set_link_request(link.ifindex, up=True))
         moved = ipj(other, "link", "show", "eth1")[0]
         assert moved["mtu"] == 1400 and "UP" in moved["flags"]
         now = sock.link("cali0001")
         assert now is not None and now.admin_up and now.up  # both ends up: carrier
-        sock.request(codec.del_link_request(link.index))
+        sock.request(codec.del_link_request(link.ifindex))
         assert sock.link("cali0001") is None
         assert ipj(other, "link", "show", "type", "veth") == []  # the peer went with it
 
@@ -92,7 +92,7 @@ def test_move_into_a_namespace(ns: Namespace, sock: NetlinkSocket) -> None:
         assert peer is not None
         fd = os.open(netns_path(other.name), os.O_RDONLY)
         try:
-            sock.request(codec.set_link_request(peer.index, netns_fd=fd))
+            sock.request(codec.set_link_request(peer.ifindex, netns_fd=fd))
         finally:
             os.close(fd)
         assert sock.link("tmp0002") is None
@@ -111,7 +111,7 @@ def test_addresses(ns: Namespace, sock: NetlinkSocket) -> None:
         "addr_info"]}
     assert ("198.18.3.4", 32) in shown and ("fd00::3:4", 128) in shown
     assert shown[("fd00::3:4", 128)].get("nodad") is True
-    mine = {(a.address, a.prefixlen, a.scope) for a in sock.dump_addresses() if a.index == index}
+    mine = {(a.address, a.prefixlen, a.scope) for a in sock.dump_addresses() if a.ifindex == index}
     assert {("198.18.3.4", 32, 0), ("fd00::3:4", 128, 0)} <= mine
     assert {a.address for a in sock.dump_addresses(socket.AF_INET)} == {"127.0.0.1",
                                                                         "198.18.3.4"}
@@ -176,7 +176,7 @@ def test_neighbours_proxies_and_fdb(ns: Namespace, sock: NetlinkSocket) -> None:
         codec.neighbour_request("198.18.2.2", "ee:ee:ee:ee:ee:02", index),
         codec.neighbour_request("fd00::2:2", "ee:ee:ee:ee:ee:03", index),
         codec.neighbour_request("fd00::2:9", None, index, proxy=True),
-        codec.fdb_request("66:cc:00:00:00:02", "198.19.0.2", vx.index),
+        codec.fdb_request("66:cc:00:00:00:02", "198.19.0.2", vx.ifindex),
     ])
     assert [code for code, _ in results] == [0, 0, 0, 0]
     shown = {n["dst"]: n for n in ipj(ns, "neigh", "show", "dev", "dum0")}
@@ -193,13 +193,13 @@ def test_neighbours_proxies_and_fdb(ns: Namespace, sock: NetlinkSocket) -> None:
     assert {n.dst for n in sock.dump_neighbours(socket.AF_INET6)} >= {"fd00::2:2"}
     assert "198.18.2.2" not in {n.dst for n in sock.dump_neighbours(socket.AF_INET6)}
     assert [n.dst for n in sock.dump_neighbours(proxy=True)] == ["fd00::2:9"]
-    entries = [(e.mac, e.dst) for e in sock.dump_fdb(vx.index)
+    entries = [(e.mac, e.dst) for e in sock.dump_fdb(vx.ifindex)
                if e.state & consts.NUD_PERMANENT]
     assert ("66:cc:00:00:00:02", "198.19.0.2") in entries
     results = sock.request_batch([
         codec.neighbour_request("198.18.2.2", None, index, delete=True),
         codec.neighbour_request("fd00::2:9", None, index, delete=True, proxy=True),
-        codec.fdb_request("66:cc:00:00:00:02", "198.19.0.2", vx.index, delete=True),
+        codec.fdb_request("66:cc:00:00:00:02", "198.19.0.2", vx.ifindex, delete=True),
         codec.neighbour_request("198.18.2.2", None, index, delete=True)])
     assert [code for code, _ in results] == [0, 0, 0, errno.ENOENT]
     assert "198.18.2.2" not in ns.ip("neigh", "show", "dev", "dum0").stdout

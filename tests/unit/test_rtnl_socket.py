@@ -125,7 +125,7 @@ def test_batch_keeps_each_requests_replies_and_ignores_a_second_ack() -> None:
     sock = nl(FakeKernel(answer, per_datagram=2))
     found = sock.get_links(["cali1", "missing", "cali2"])
     assert sorted(found) == ["cali1", "cali2"]
-    assert found["cali1"].index != found["cali2"].index
+    assert found["cali1"].ifindex != found["cali2"].ifindex
     assert sock.link("cali1") is not None
     assert sock.link("missing") is None  # ENODEV: no such interface, not an error
 
@@ -223,5 +223,5 @@ def test_a_datagram_larger_than_the_buffer_is_an_error_and_the_next_one_fits() -
     assert info.value.code == errno.EMSGSIZE
     assert len(kernel.datagrams) == 1  # the lost request's ack, skipped by the retry
     found = sock.link("cali1")
-    assert found is not None and (found.index, found.name) == (7, "cali1")
+    assert found is not None and (found.ifindex, found.name) == (7, "cali1")
     assert kernel.datagrams == []
