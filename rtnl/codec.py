@@ -3,7 +3,8 @@
 Owns:
 - `NetlinkError`, the one error of a netlink conversation (an `OSError` whose `errno`,
   also readable as `code`, is the kernel's errno; ENOBUFS: messages were lost, the
-  caller must resync; ETIMEDOUT: the kernel did not answer), and `errno_text`;
+  caller must resync; EMSGSIZE: a datagram did not fit the read buffer; ETIMEDOUT: the
+  kernel did not answer), and `errno_text`;
 - the typed values read back: `Link`, `Route`, `Neighbour`, `FdbEntry`, `Address`;
 - `Request` (message type, extra header flags, body after the header) and its builders:
   links (look up, a veth pair, set state/MTU/name/namespace, delete), addresses, routes
