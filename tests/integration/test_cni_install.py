@@ -87,7 +87,7 @@ def test_install_replaces_only_its_own_files_and_checks_all_first(tmp: Path) -> 
 
 def test_a_plugin_call_imports_no_heavy_library(unix_etcd, tmp: Path) -> None:
     """ADD and DEL through cni.main.run, in a fresh `python -I -S` interpreter as the
-    launcher runs it: the etcd gateway and workload.netlink, never grpc or pyroute2."""
+    launcher runs it: the etcd gateway and rtnl, never grpc or pyroute2."""
     ns = f"cni-imp-{os.getpid()}"
     subprocess.run(["ip", "netns", "add", ns], check=True)
     store = unix_etcd.client()
