@@ -37,6 +37,9 @@ CHAIN_NAT_POSTROUTING = "felix-POSTROUTING"
 
 IPSET_MASQ_POOLS = "felix-masq-ipam-pools"
 IPSET_ALL_POOLS = "felix-all-ipam-pools"
+# The IPv4 addresses of every node in the cluster (hash:ip), while an encapsulated pool
+# exists: the hosts whose VXLAN / IP-in-IP packets pass before host endpoint policy.
+IPSET_ALL_HOSTS = "felix-all-hosts"
 
 
 def uniquely_shorten(name: str, length: int) -> str:

@@ -1,11 +1,12 @@
 """The datastore as the trace sees it: one consistent read, looked up cheaply.
 
 Owns: `Snapshot`, every key under `/calico/v1/` read at one revision (felix's own
-config, endpoints of every host, profiles, tiers, policies, node addresses), and the
-lookups the trace needs, each costing a scan of key or value text before anything is
-parsed: endpoints by name, endpoints holding an address (a value is parsed only when
+config, endpoints of every host, profiles, tiers, policies, pools, node addresses), and
+the lookups the trace needs, each costing a scan of key or value text before anything
+is parsed: endpoints by name, endpoints holding an address (a value is parsed only when
 its text contains the address), a host's endpoints and config, nodes' addresses (a
-host's IPv6 address lives in the BGP keys, read only when asked for). Values are parsed
+host's IPv6 address and the BGP address felix's all-hosts set holds live in the BGP
+keys, read at the same revision only when asked for). Values are parsed
 by felix's own parser (`felix.calc.parse.parse_update`), so what is invalid for felix
 is invalid here.
 
@@ -68,8 +69,9 @@ def _record(key: str, raw: str) -> Record | None:
 class Snapshot:
     """See the module docstring. State fields: `revision`; `host_items` (every key and
     value under /calico/v1/host/), `policy_items` (under /calico/v1/policy/),
-    `global_config` (name -> text); `_store` (for the few lazy BGP reads; None for a
-    snapshot built from items)."""
+    `pool_items` (under /calico/v1/ipam/), `global_config` (name -> text); `_store` (for
+    the few lazy BGP reads; None for a snapshot built from items, which may then carry
+    the BGP host keys itself)."""
 
     def __init__(self, items: Iterable[tuple[str, str]], revision: int = 0,
                  store: Datastore | None = None) -> None:
@@ -77,8 +79,10 @@ class Snapshot:
         self._store = store
         self.host_items: list[tuple[str, str]] = []
         self.policy_items: list[tuple[str, str]] = []
+        self.pool_items: list[tuple[str, str]] = []
         self.global_config: dict[str, str] = {}
         self._bgp: dict[str, str] | None = None
+        bgp: dict[str, str] = {}
         self._holding: dict[str, list[Record]] = {}  # address -> endpoints (memo)
         self._heps: dict[str, list[Record]] = {}  # hostname -> host endpoints (memo)
         self._by_host: dict[str, list[tuple[str, str]]] | None = None  # hostname -> items
@@ -89,6 +93,12 @@ class Snapshot:
                 self.policy_items.append((key, value))
             elif key.startswith(keyspace.CONFIG_DIR):
                 self.global_config[key[len(keyspace.CONFIG_DIR):]] = value
+            elif key.startswith(keyspace.POOL_DIR):
+                self.pool_items.append((key, value))
+            elif key.startswith(keyspace.BGP_HOST_DIR):
+                bgp[key] = value
+        if bgp:
+            self._bgp = bgp
 
     @classmethod
     def read(cls, store: Datastore) -> Snapshot:
@@ -140,6 +150,19 @@ class Snapshot:
                     and value.strip() == address):
                 return parsed.hostname
         return None
+
+    def node_address_items(self, addresses: Iterable[str]) -> list[tuple[str, str]]:
+        """The BGP keys (`ip_addr_v4`) of the nodes registered with one of `addresses`:
+        felix's all-hosts set holds exactly these of them."""
+        wanted = set(addresses)
+        out = []
+        for key, value in self._bgp_values().items():
+            if value.strip() not in wanted:
+                continue
+            parsed = keyspace.parse_key(key)
+            if isinstance(parsed, keyspace.BGPHostKey) and parsed.name == "ip_addr_v4":
+                out.append((key, value))
+        return out
 
     def _bgp_values(self) -> dict[str, str]:
         if self._bgp is None:

@@ -6,8 +6,9 @@ host FORWARD or INPUT; one hook when both ends share a host; an address outside 
 cluster is not policed), walking each hop's calculated chains (`felix.trace.view`,
 `felix.rules.evaluate`), and reading the walk back per direction - out of the source,
 into the destination: the verdict, the rule that decided it (a policy's or profile's
-rule with its index and text, a failsafe port, the end of a tier, anti-spoofing,
-DefaultEndpointToHostAction, ...) and the chains it went through.
+rule with its index and text, a failsafe port, VXLAN / IP-in-IP between cluster hosts,
+the end of a tier, anti-spoofing, DefaultEndpointToHostAction, ...) and the chains it
+went through.
 
 The packet is the first of a new connection (conntrack state NEW). Without
 `--source-port`, a TCP/UDP source port is taken from the ephemeral range that no rule
@@ -44,7 +45,12 @@ from felix.rules.policy import (
     COMMENT_SPOOFED_MAC,
     rule_index,
 )
-from felix.rules.static import COMMENT_ENDPOINT_TO_HOST, COMMENT_HOST_TO_WORKLOAD, COMMENT_NDP
+from felix.rules.static import (
+    COMMENT_ENCAP,
+    COMMENT_ENDPOINT_TO_HOST,
+    COMMENT_HOST_TO_WORKLOAD,
+    COMMENT_NDP,
+)
 from felix.trace.places import HOST, OUTSIDE, WORKLOAD, Place, flow_version, resolve
 from felix.trace.snapshot import Record, Snapshot
 from felix.trace.view import HostView, build_view
@@ -88,7 +94,7 @@ class Hop:
 @dataclass(frozen=True)
 class Decision:
     """What decided a direction: `kind` (policy, profile, end-of-tier,
-    no-policy-accepted, anti-spoofing, no-addresses, failsafe,
+    no-policy-accepted, anti-spoofing, no-addresses, failsafe, encapsulation,
     DefaultEndpointToHostAction, host-to-workload, no-endpoint, not-policed, static,
     rule), words for it, and where it is."""
 
@@ -220,7 +226,8 @@ def trace(snapshot: Snapshot, source: str, destination: str, protocol: str = "tc
                      and p.hostname == hop.hostname]
             local += [r for p in (src, dst) if p.kind == WORKLOAD and p.hostname == hop.hostname
                       for r in snapshot.workload_endpoints_on(hop.hostname, p.ifname or "")]
-            views[hop.hostname] = build_view(snapshot, hop.hostname, local, members)
+            views[hop.hostname] = build_view(snapshot, hop.hostname, local, members,
+                                             (src.address, dst.address))
     sport = flow.sport
     if sport is None and flow.protocol in PORT_PROTOCOLS:
         sport = _ephemeral_port([views[h.hostname] for h in hops], version)
@@ -409,6 +416,9 @@ def _classify(step: Step, text: str, view: HostView, snapshot: Snapshot, place: 
         value = view.config.DefaultEndpointToHostAction
         return Decision("DefaultEndpointToHostAction", f"DefaultEndpointToHostAction={value} "
                         f"on {view.hostname} (workload traffic to its own host)")
+    if comment in COMMENT_ENCAP.values():
+        return Decision("encapsulation", f"{comment}: the encapsulated pools' traffic "
+                        "between the cluster's hosts is accepted before host endpoint policy")
     if comment == COMMENT_HOST_TO_WORKLOAD:
         return Decision("host-to-workload", f"felix lets {hop.hostname} reach its own "
                         "workloads")

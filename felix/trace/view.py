@@ -20,7 +20,11 @@ What is fed, and why that is enough:
   - for ipset members, every endpoint of the cluster that holds one of the flow's
     addresses: a set holds an address exactly when such an endpoint matches it, so
     each set answers exactly for the flow's addresses (and holds no others);
-  - the rules, tags and labels of the profiles those endpoints use.
+  - the rules, tags and labels of the profiles those endpoints use;
+  - the pools (their encapsulations decide felix's rules for VXLAN / IP-in-IP between
+    cluster hosts) and, while one is encapsulated, the BGP address of every node
+    registered with one of the flow's addresses: felix's all-hosts set then answers
+    exactly for the flow's addresses, as the other sets do.
 
 Leaves to others: the calculation and the rules themselves (`felix.calc`,
 `felix.rules`), walking the chains (`felix.rules.evaluate`), choosing endpoints
@@ -100,10 +104,11 @@ def host_config(snapshot: Snapshot, hostname: str) -> Config:
 
 
 def build_view(snapshot: Snapshot, hostname: str, local: Iterable[Record],
-               members: Iterable[Record]) -> HostView:
+               members: Iterable[Record], addresses: Iterable[str] = ()) -> HostView:
     """Run felix's calculation for `hostname` over the relevant part of `snapshot`:
     `local` are the host's endpoints the flow runs through (host endpoints of the host
-    are added here), `members` the endpoints anywhere holding the flow's addresses."""
+    are added here), `members` the endpoints anywhere holding the flow's addresses,
+    `addresses` the flow's addresses (for the nodes registered with them)."""
     config = host_config(snapshot, hostname)
     ipv6 = True if config.Ipv6Support is None else bool(config.Ipv6Support)
     settings = dataclasses.replace(CalcSettings.from_config(config, ipv6), hostname=hostname)
@@ -133,6 +138,9 @@ def build_view(snapshot: Snapshot, hostname: str, local: Iterable[Record],
                 "profile", name, inbound, keyspace.profile_key(name, "rules"))
     for rec in endpoints.values():
         graph.on_update(rec.key, rec.raw)
+    graph.on_updates(snapshot.pool_items)
+    if graph.tunnels.encapsulations:
+        graph.on_updates(snapshot.node_address_items(addresses))
     graph.flush()
     state = graph.desired_state()
     return HostView(hostname, config, settings, graph.marks, state.chains, state.base_jumps,

@@ -6,10 +6,13 @@ the cluster, and the host itself is an end too (its eth0 sometimes a host endpoi
 Per seed: random profiles (rules, tags, labels, one sometimes without rules), tiers and
 policies (selectors, next-tier, deny, log), workload profiles and labels (sometimes a
 profile that does not exist), the host endpoint and DefaultEndpointToHostAction are
-written to etcd; once felix has programmed exactly what felix's calculation says (rule
-hashes and ipset members read back from the kernel), random flows (TCP connect, UDP
-datagram and answer, ICMP echo; IPv4 and IPv6; by name or address; explicit or
-ephemeral source ports; spoofed sources) are traced with `felix.trace` and sent as real
+written to etcd, and sometimes an encapsulated (VXLAN) pool and the outside's address as
+a node's (felix then accepts VXLAN - here on VXLANPort 5000 - between them and the host
+before host endpoint policy); once felix has programmed exactly what felix's
+calculation says (rule hashes and ipset members read back from the kernel), random flows
+(TCP connect, UDP datagram and answer, ICMP echo; IPv4 and IPv6; by name or address;
+explicit or ephemeral source ports; spoofed sources; and every seed VXLANPort both ways
+between the outside and the host) are traced with `felix.trace` and sent as real
 packets. Any disagreement fails the test naming the seed, the flow and the trace.
 
 CALICO_TRACE_SEEDS / CALICO_TRACE_FLOWS / CALICO_TRACE_SEED make a longer run
@@ -75,6 +78,11 @@ NETS = {4: ["198.18.10.0/29", "198.18.10.2/32", "198.18.0.0/24", "198.18.10.200/
 SELECTORS = ['role == "a"', 'role in {"a", "b"}', "has(env)", 'env != "x"', "!has(role)",
              "all()", 'role == "host"', 'team == "blue"']
 PROFILES = ("p0", "p1", "p2", "p3")
+# VXLAN: felix's port (one of PORTS, so that listeners answer) and a disabled pool, which
+# makes felix accept VXLAN between cluster hosts without taking a tunnel address, so no
+# vxlan device takes the port from the listeners
+VXLAN_PORT = 5000
+ENCAP_POOL = "198.19.0.0/16"
 TAGS = ("t0", "t1", "t2", "t3", "shared")
 
 
@@ -110,6 +118,7 @@ def lab() -> Iterator[Lab]:
             # host endpoint's policy says
             store.put(keyspace.global_config_key("FailsafeOutboundHostPorts"),
                       f"udp:53,tcp:179,tcp:{topo.etcd.port}")
+            store.put(keyspace.global_config_key("VXLANPort"), str(VXLAN_PORT))
             for i in range(1, 6):
                 wl = create_workload(host.ns, HOST, i, WL_V4.format(i),
                                      WL_V6.format(i) if i < 5 else None, ["p0"], {})
@@ -185,6 +194,8 @@ class Config:
     endpoints: dict[int, tuple[list[str], dict[str, str]]]  # workload -> profiles, labels
     hep: dict[str, Any] | None
     endpoint_to_host: str
+    encap_pool: bool = False  # a (disabled) VXLAN pool exists
+    outside_node: bool = False  # the outside's address is a node's (BGP ip_addr_v4)
 
 
 def random_config(rng: random.Random) -> Config:
@@ -224,7 +235,8 @@ def random_config(rng: random.Random) -> Config:
     if rng.random() < 0.6:
         hep = {"name": "eth0", "profile_ids": rng.sample(PROFILES, rng.randint(0, 2)),
                "labels": {"role": "host"} if rng.random() < 0.6 else {}}
-    return Config(items, endpoints, hep, rng.choice(["DROP", "RETURN", "ACCEPT"]))
+    return Config(items, endpoints, hep, rng.choice(["DROP", "RETURN", "ACCEPT"]),
+                  rng.random() < 0.6, rng.random() < 0.6)
 
 
 def apply_config(lab: Lab, cfg: Config) -> None:
@@ -241,6 +253,17 @@ def apply_config(lab: Lab, cfg: Config) -> None:
     else:
         store.put(hep_key, json.dumps(cfg.hep))
     store.put(keyspace.global_config_key("DefaultEndpointToHostAction"), cfg.endpoint_to_host)
+    pool_key = keyspace.pool_key(ENCAP_POOL)
+    if cfg.encap_pool:
+        store.put(pool_key, json.dumps({"cidr": ENCAP_POOL, "vxlan": "vxlan.calico",
+                                        "disabled": True}))
+    else:
+        store.delete(pool_key)
+    node_key = keyspace.bgp_host_key("outside", "ip_addr_v4")
+    if cfg.outside_node:
+        store.put(node_key, OUTSIDE_V4)
+    else:
+        store.delete(node_key)
 
 
 def programmed(lab: Lab) -> bool:
@@ -250,7 +273,8 @@ def programmed(lab: Lab) -> bool:
     snapshot = Snapshot((kv.key, kv.value) for kv in kvs)
     config = host_config(snapshot, HOST)
     graph = CalcGraph(CalcSettings.from_config(config, True))
-    for kv in kvs:
+    nodes, _ = lab.store.list(keyspace.BGP_HOST_DIR)  # for the all-hosts set
+    for kv in [*kvs, *nodes]:
         graph.on_update(kv.key, kv.value)
     graph.flush()
     desired = graph.desired_state()
@@ -329,6 +353,14 @@ def random_flow(rng: random.Random, lab: Lab) -> Flow:
     return Flow(src, dst, proto, port, sport, version, send_ns, send_from, dst_addr)
 
 
+def vxlan_flow(lab: Lab, inbound: bool) -> Flow:
+    """UDP to VXLANPort between the outside and the host (IPv4), either way."""
+    host = (f"host:{HOST}", lab.host.ns.name, lab.host.ip)
+    outside = (OUTSIDE_V4, lab.outside.ns.name, OUTSIDE_V4)
+    (src, send_ns, _), (dst, _, dst_addr) = (outside, host) if inbound else (host, outside)
+    return Flow(src, dst, "udp", VXLAN_PORT, None, 4, send_ns, None, dst_addr)
+
+
 def send(flow: Flow, timeout: float) -> bool:
     if flow.proto == "icmp":
         return ping(flow.send_ns, flow.dest_addr, timeout, flow.send_from)
@@ -364,6 +396,7 @@ def test_trace_verdicts_match_real_packets(lab: Lab, index: int) -> None:
     kvs, revision = lab.store.list(keyspace.V1 + "/")
     snapshot = Snapshot(((kv.key, kv.value) for kv in kvs), revision, lab.store)
     flows = [random_flow(rng, lab) for _ in range(FLOWS)]
+    flows += [vxlan_flow(lab, inbound=True), vxlan_flow(lab, inbound=False)]
     results = [trace(snapshot, f.src, f.dst, f.proto, f.port, f.sport,
                      ip_version=f.version) for f in flows]
     with ThreadPoolExecutor(max_workers=6) as pool:

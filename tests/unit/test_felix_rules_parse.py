@@ -87,7 +87,8 @@ def all_rendered_chains(seed: int) -> list[Chain]:
         for action in ("DROP", "RETURN", "ACCEPT"):
             chains += render_filter_chains(version, ("cali", "tap"), action, MARKS,
                                            (("tcp", 22), ("udp", 68)),
-                                           (("tcp", p) for p in range(1, 40)))  # type: ignore[arg-type]
+                                           (("tcp", p) for p in range(1, 40)),  # type: ignore[arg-type]
+                                           ("vxlan", "ipip"), 4789)
         rules = [random_model_rule(rng, version) for _ in range(60)]
         chains.append(render_rule_list("felix-p-x-i", rules, version, MARKS, True))
         chains.append(render_rule_list("felix-p-y-o", rules, version, MARKS, False))
@@ -242,6 +243,51 @@ def test_criteria_against_packets() -> None:
     assert hit("-o cali+", out_iface="cali12") and not hit("-o cali+", out_iface=None)
     with pytest.raises(KeyError):
         hit("-m set --match-set missing src")
+
+
+def test_encapsulation_from_cluster_hosts_walks_past_host_endpoints() -> None:
+    """A deny-all host endpoint on eth0 with a VXLAN and an IPIP pool: VXLAN and IP-in-IP
+    from and to cluster hosts are accepted by the encapsulation rules; from or to any
+    other address, or to another port, the host endpoint's policy drops them."""
+    import json
+
+    from libcalico import keyspace
+
+    g = CalcGraph(CalcSettings("h1", ipv6=False))
+    g.on_updates([
+        (keyspace.host_endpoint_key("h1", "fabric"), json.dumps(
+            {"name": "eth0", "profile_ids": ["deny-all"]})),
+        (keyspace.profile_key("deny-all", "rules"), json.dumps({})),
+        (keyspace.pool_key("198.19.0.0/16"), json.dumps(
+            {"cidr": "198.19.0.0/16", "vxlan": "vxlan.calico"})),
+        (keyspace.pool_key("198.20.0.0/16"), json.dumps(
+            {"cidr": "198.20.0.0/16", "ipip": "tunl0"})),
+        (keyspace.bgp_host_key("h1", "ip_addr_v4"), "198.18.1.1"),
+        (keyspace.bgp_host_key("h2", "ip_addr_v4"), "198.18.2.1")])
+    g.flush()
+    s = g.desired_state()
+    chains, jumps = s.chains[(4, "filter")], s.base_jumps[(4, "filter")]
+
+    def verdict(hook: str, peer: str, **kw: object) -> tuple[str, str | None]:
+        local = "198.18.1.1"
+        src, dst = (peer, local) if hook == "INPUT" else (local, peer)
+        iface = {"in_iface": "eth0"} if hook == "INPUT" else {"out_iface": "eth0"}
+        pkt = _pkt(**{"src": src, "dst": dst, "protocol": 17, "dport": 4789, **iface, **kw})
+        w = walk(chains, hook, jumps[hook], pkt, s.ipsets)
+        assert w.last is not None and w.last.rule is not None
+        return w.verdict, w.last.rule.comment
+
+    assert verdict("INPUT", "198.18.2.1") == ("ACCEPT", "VXLAN from a cluster host")
+    assert verdict("OUTPUT", "198.18.2.1") == ("ACCEPT", "VXLAN to a cluster host")
+    assert verdict("INPUT", "198.18.2.1", protocol=4, sport=None, dport=None) == (
+        "ACCEPT", "IP-in-IP from a cluster host")
+    assert verdict("OUTPUT", "198.18.2.1", protocol=4, sport=None, dport=None) == (
+        "ACCEPT", "IP-in-IP to a cluster host")
+    assert verdict("INPUT", "198.18.9.9")[0] == "DROP"  # not a cluster host
+    assert verdict("OUTPUT", "198.18.9.9")[0] == "DROP"
+    assert verdict("INPUT", "198.18.9.9", protocol=4, sport=None, dport=None)[0] == "DROP"
+    assert verdict("INPUT", "198.18.2.1", dport=4790)[0] == "DROP"  # not VXLANPort
+    assert verdict("INPUT", "198.18.2.1", protocol=6)[0] == "DROP"  # TCP to 4789
 
 
 def test_a_graph_walks_like_felix_says() -> None:

@@ -252,3 +252,82 @@ def host_config_settings(snap: Snapshot, hostname: str) -> Any:
 
     return replace(CalcSettings.from_config(host_config(snap, hostname), True),
                    hostname=hostname)
+
+
+# ---- encapsulated pools: VXLAN / IP-in-IP between cluster hosts --------------------------------
+
+DENY_ALL_HEP = json.dumps({"name": "eth0", "profile_ids": ["deny-all"]})
+ENCAP_ITEMS = [
+    *((ks.host_bird_ip_key(h), ip) for h, ip in (("n1", "198.18.1.1"), ("n2", "198.18.2.1"))),
+    *((ks.bgp_host_key(h, "ip_addr_v4"), ip)
+      for h, ip in (("n1", "198.18.1.1"), ("n2", "198.18.2.1"), ("n3", "198.18.3.1"))),
+    (ks.host_endpoint_key("n1", "fabric"), DENY_ALL_HEP),
+    (ks.host_endpoint_key("n2", "fabric"), DENY_ALL_HEP),
+    (ks.profile_key("deny-all", "rules"), json.dumps({})),
+]
+VXLAN_POOL = (ks.pool_key("198.19.0.0/16"), json.dumps({"cidr": "198.19.0.0/16",
+                                                        "vxlan": "vxlan.calico"}))
+IPIP_POOL = (ks.pool_key("198.20.0.0/16"), json.dumps({"cidr": "198.20.0.0/16",
+                                                       "ipip": "tunl0"}))
+
+
+def test_vxlan_between_hosts_is_allowed_by_the_encapsulation_rule() -> None:
+    snap = Snapshot([*ENCAP_ITEMS, VXLAN_POOL])
+    r = trace(snap, "host:n1", "host:n2", "udp", 4789)
+    assert r.verdict == "allow"
+    assert decided(r, 0)[:2] == ("allow", "encapsulation")
+    assert decided(r, 1)[:2] == ("allow", "encapsulation")
+    assert r.directions[1].decided_by.summary.startswith(  # type: ignore[union-attr]
+        "VXLAN from a cluster host")
+    assert r.directions[1].chains == ("INPUT", "felix-INPUT")
+    assert r.directions[1].decided_by.iptables == (  # type: ignore[union-attr]
+        "-A felix-INPUT -p udp -m udp --dport 4789 -m set --match-set felix-all-hosts src "
+        "-j ACCEPT")
+    assert "VXLAN to a cluster host" in render_text(r)
+    # a node registered only by its BGP address (no felix-traced host of its own here)
+    r = trace(snap, "198.18.3.1", "host:n2", "udp", 4789)
+    assert r.verdict == "allow" and decided(r, 1)[:2] == ("allow", "encapsulation")
+
+
+def test_vxlan_from_elsewhere_meets_the_host_endpoint_policy() -> None:
+    snap = Snapshot([*ENCAP_ITEMS, VXLAN_POOL])
+    r = trace(snap, "198.18.9.9", "host:n2", "udp", 4789)
+    assert r.verdict == "deny"
+    assert decided(r, 1)[:2] == ("deny", "no-policy-accepted")
+    assert "felix-hfrom-eth0" in r.directions[1].chains
+    r = trace(snap, "host:n1", "198.18.9.9", "udp", 4789)  # out of a host: not to a host
+    assert decided(r, 0)[:2] == ("deny", "no-policy-accepted")
+    # another port, or IP-in-IP without an IPIP pool: not exempt either
+    assert trace(snap, "host:n1", "host:n2", "udp", 4790).verdict == "deny"
+    assert trace(snap, "host:n1", "host:n2", "4").verdict == "deny"
+
+
+def test_no_encapsulated_pool_no_exemption_and_ipip_with_its_pool() -> None:
+    plain = Snapshot(ENCAP_ITEMS)
+    r = trace(plain, "host:n1", "host:n2", "udp", 4789)
+    assert r.verdict == "deny" and decided(r, 0)[:2] == ("deny", "no-policy-accepted")
+    ipip = Snapshot([*ENCAP_ITEMS, IPIP_POOL])
+    r = trace(ipip, "host:n1", "host:n2", "4")
+    assert r.verdict == "allow" and decided(r, 1)[:2] == ("allow", "encapsulation")
+    assert r.directions[0].decided_by.summary.startswith(  # type: ignore[union-attr]
+        "IP-in-IP to a cluster host")
+    assert trace(ipip, "host:n1", "host:n2", "udp", 4789).verdict == "deny"
+
+
+def test_the_view_renders_felix_s_encapsulation_rules_and_all_hosts_set() -> None:
+    """With an encapsulated pool the view's felix-INPUT/OUTPUT are felix's, and its
+    all-hosts set answers exactly for the flow's addresses."""
+    items = [*ENCAP_ITEMS, VXLAN_POOL, IPIP_POOL]
+    snap = Snapshot(items)
+    full = CalcGraph(host_config_settings(snap, "n2"))
+    full.on_updates(items)
+    full.flush()
+    whole = full.desired_state()
+    flow = ("198.18.1.1", "198.18.9.9")
+    view = build_view(snap, "n2", [], [], flow)
+    for version in (4, 6):
+        for name in ("felix-INPUT", "felix-OUTPUT"):
+            assert view.chains[(version, "filter")][name] == \
+                whole.chains[(version, "filter")][name]
+    assert view.ipsets["felix-all-hosts"].members == {
+        a for a in flow if a in whole.ipsets["felix-all-hosts"].members} == {"198.18.1.1"}
