@@ -64,6 +64,7 @@ from bench.common import emit, parser, percentile, ratio
 from bench.node import children_cpu_s, established, render_plain_bird, route_everywhere
 from bench.probe import Prober
 from libcalico import keyspace
+from netsim.etcd import EtcdServer
 from netsim.netns import Namespace
 from netsim.topology import Host, Topology
 from netsim.wait import wait_for
@@ -87,6 +88,11 @@ class Wl:
     host: str
     ns: Namespace
     ip: str
+
+
+def _etcd_socket(topo: Topology) -> str:
+    assert isinstance(topo.etcd, EtcdServer), "the scale bench runs one etcd server"
+    return topo.etcd.socket_path
 
 
 @dataclass
@@ -116,6 +122,11 @@ class Cluster:
 
     def namespaces(self) -> dict[str, str]:
         return {h.name: h.ns.name for h in self.hosts}
+
+    @property
+    def etcd_socket(self) -> str:
+        """The one etcd's unix socket (its metrics are read there)."""
+        return _etcd_socket(self.topo)
 
 
 def parallel(fn: Callable[[Any], Any], items: Iterable[Any], workers: int = 8) -> list[Any]:
@@ -363,7 +374,7 @@ def profile_changes(c: Cluster, samples: int) -> dict[str, Any]:
 
     store = c.topo.datastore()
     client = CalicoClient(store)
-    metrics_path = c.topo.etcd.socket_path if c.topo.etcd else ""
+    metrics_path = c.etcd_socket
     latencies: list[float] = []
     per_sample = []
     events: list[float] = []
@@ -425,7 +436,7 @@ def new_workloads(c: Cluster, samples: int) -> dict[str, Any]:
 
     store = c.topo.datastore()
     client, ipam = CalicoClient(store), IPAMClient(store)
-    metrics_path = c.topo.etcd.socket_path if c.topo.etcd else ""
+    metrics_path = c.etcd_socket
     latencies, first, events, sent = [], [], [], []
     try:
         for k in range(samples):
@@ -468,7 +479,7 @@ def etcd_figures(c: Cluster, start: dict[str, float]) -> dict[str, Any]:
     endpoints = len(c.made)  # the set-up workloads, the sender and (e)'s additions
     per_endpoint = sum(sizes[k]["bytes"] for k in ("workload_endpoints", "blocks", "handles",
                                                    "felix_status")) / endpoints
-    now = etcdstats.metrics(c.topo.etcd.socket_path if c.topo.etcd else "")
+    now = etcdstats.metrics(c.etcd_socket)
     return {"keys": sizes, "bytes_per_workload": round(per_endpoint, 1),
             "workloads": endpoints, "watchers": now[etcdstats.WATCHERS],
             "run": {"watch_events": now[etcdstats.EVENTS] - start[etcdstats.EVENTS],
@@ -486,8 +497,7 @@ def run_cluster(hosts: int, per_host: int, mode: str, quick: bool) -> dict[str, 
     with Topology("bscale", hosts=hosts) as topo, Prober(PROBE_INTERVAL_S) as prober:
         c = Cluster(topo, prober, mode)
         try:
-            assert topo.etcd is not None
-            start = etcdstats.metrics(topo.etcd.socket_path)
+            start = etcdstats.metrics(_etcd_socket(topo))
             for h in c.hosts:
                 prober.command("routes", ns=h.ns.name, host=h.name)
             baseline = plain_bird(c, samples)

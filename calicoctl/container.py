@@ -3,8 +3,11 @@ interface and addresses, change them, and take them away.
 
 Owns: resolving CONTAINER (a namespace name under /run/netns, an absolute namespace
 path, or, when a Docker engine runs, a container id or name via `docker inspect` on
-the engine DOCKER_HOST names, default /var/run/docker.sock) into an orchestrator
-("netns" or "docker"), a workload id and a namespace path; and the command words:
+the engine DOCKER_HOST names, default /var/run/docker.sock, through
+`calicoctl.dockercli`) into an orchestrator ("netns" or "docker"), a workload id and a
+namespace path, plus for a Docker container the endpoints Docker's calico networks gave
+it (orchestrator "libnetwork", found by the endpoint ids `docker inspect` lists), so
+`endpoint show` and `profile ...` see those too; and the command words:
   container add CONTAINER (IP|ipv4|ipv6|POOL_CIDR) [--interface=eth1]
   container remove CONTAINER
   container CONTAINER ip (add|remove) IP [--interface=eth1]
@@ -20,15 +23,13 @@ finishes - (`workload.provision`), netlink (`workload.veth`), IPAM and storage.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import subprocess
 from typing import Any
 
 import click
 
 from calicoctl.context import ctl, this_hostname
+from calicoctl.dockerworkloads import Target, docker_target, target_endpoints
 from calicoctl.groups import NamedGroup, named_subgroup
 from calicoctl.output import emit, output_option
 
@@ -38,55 +39,28 @@ _interface = click.option("--interface", default="eth1", show_default=True,
 
 def resolve_container(container: str) -> tuple[str, str, str]:
     """(orchestrator, workload id, namespace path) for CONTAINER."""
+    target = resolve_target(container)
+    return target.orchestrator, target.workload, target.netns
+
+
+def resolve_target(container: str) -> Target:
+    """CONTAINER as a namespace name under /run/netns, an absolute namespace path, or a
+    Docker container's name or (short) id on the engine DOCKER_HOST names."""
     from libcalico.errors import NotFound
 
     if container.startswith("/"):
         if not os.path.exists(container):
             raise NotFound(f"network namespace {container} does not exist")
         if os.path.dirname(container) == "/run/netns":
-            return "netns", os.path.basename(container), container
-        return "netns", container.strip("/").replace("/", "_"), container
+            return Target("netns", os.path.basename(container), container)
+        return Target("netns", container.strip("/").replace("/", "_"), container)
     path = f"/run/netns/{container}"
     if "/" not in container and os.path.exists(path):
-        return "netns", container, path
-    docker = _docker_inspect(container)
+        return Target("netns", container, path)
+    docker = docker_target(container)
     if docker is not None:
         return docker
     raise NotFound(f"no network namespace or Docker container named {container}")
-
-
-def _docker_engine_present() -> bool:
-    """Whether a Docker engine may be listening: the docker client is installed and the
-    engine's socket (DOCKER_HOST, else /var/run/docker.sock) exists. A non-unix
-    DOCKER_HOST (tcp://, ssh://) is left to `docker inspect` to try."""
-    if shutil.which("docker") is None:
-        return False
-    host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-    if host.startswith("unix://"):
-        return os.path.exists(host.removeprefix("unix://"))
-    return True
-
-
-def _docker_inspect(container: str) -> tuple[str, str, str] | None:
-    """Docker's view of the container, or None when Docker is absent or does not know it.
-    The docker client talks to the engine DOCKER_HOST names, as the docker CLI does."""
-    if not _docker_engine_present():
-        return None
-    try:
-        proc = subprocess.run(["docker", "inspect", "--type", "container", "--format",
-                               "{{json .}}", container], capture_output=True, text=True,
-                              timeout=10, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if proc.returncode != 0:
-        return None
-    info = json.loads(proc.stdout)
-    pid = (info.get("State") or {}).get("Pid") or 0
-    if not pid:
-        from calicoctl.errors import CommandFailed
-
-        raise CommandFailed(f"Docker container {container} is not running")
-    return "docker", info["Id"], f"/proc/{pid}/ns/net"
 
 
 def _clients() -> tuple[Any, Any]:
@@ -161,14 +135,20 @@ def container_named(ctx: click.Context, name: str) -> None:
     ctx.meta["calicoctl.container"] = name
 
 
-def _endpoint() -> tuple[Any, str]:
-    name = click.get_current_context().meta["calicoctl.container"]
-    orch, workload, path = resolve_container(name)
+def _endpoints() -> tuple[list[Any], str]:
+    """Every endpoint of the named container on this host (NotFound if none)."""
     from libcalico.errors import NotFound
 
-    eps = ctl().client.list_workload_endpoints(_host(), orch, workload)
+    name = click.get_current_context().meta["calicoctl.container"]
+    target = resolve_target(name)
+    eps = target_endpoints(ctl().client, _host(), target)
     if not eps:
         raise NotFound(f"container {name} has no endpoint on {_host()}")
+    return eps, target.netns
+
+
+def _endpoint() -> tuple[Any, str]:
+    eps, path = _endpoints()
     return eps[0], path
 
 
@@ -217,8 +197,8 @@ def container_endpoint_show(output: str) -> None:
     """Show the container's endpoint."""
     from calicoctl.endpoint import DETAILED_HEADERS, endpoint_rows
 
-    ep, _ = _endpoint()
-    emit(output, [ep.to_resource()], DETAILED_HEADERS, endpoint_rows([ep]))
+    eps, _ = _endpoints()
+    emit(output, [ep.to_resource() for ep in eps], DETAILED_HEADERS, endpoint_rows(eps))
 
 
 @container_named.group("profile")
@@ -232,8 +212,9 @@ def _make_profile_command(op: str) -> None:
     def command(profiles: tuple[str, ...]) -> None:
         from calicoctl.endpoint import change_profiles
 
-        ep, _ = _endpoint()
-        change_profiles(ep.ident, op, profiles)
+        eps, _ = _endpoints()
+        for ep in eps:
+            change_profiles(ep.ident, op, profiles)
 
 
 for _op in ("append", "remove", "set"):

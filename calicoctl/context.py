@@ -33,6 +33,7 @@ class CtlContext:
     ca_cert: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
+    username: str | None = None
     debug: bool = False
     _store: Any = field(default=None, repr=False)
     _client: Any = field(default=None, repr=False)
@@ -44,7 +45,7 @@ class CtlContext:
 
             settings = EtcdSettings.from_env(
                 endpoints=self.endpoints, authority=self.authority, ca_cert=self.ca_cert,
-                cert_file=self.cert_file, key_file=self.key_file,
+                cert_file=self.cert_file, key_file=self.key_file, username=self.username,
                 transport=os.environ.get("ETCD_TRANSPORT") or "http")
             self._store = Datastore(settings)
         return self._store

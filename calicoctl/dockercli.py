@@ -86,6 +86,15 @@ class DockerCLI:
         if proc.returncode != 0:
             raise DockerError(cmd, proc.returncode, "\n".join(tail))
 
+    def may_answer(self) -> bool:
+        """Cheaply, without running docker: the client is installed and, for a unix://
+        engine, its socket exists (a tcp:// or ssh:// engine is left to the client)."""
+        if shutil.which("docker", path=self.env.get("PATH")) is None:
+            return False
+        address = self.address
+        return not address.startswith("unix://") or \
+            os.path.exists(address.removeprefix("unix://"))
+
     def answers(self) -> str | None:
         """None when the engine answers; else why not (one line)."""
         if shutil.which("docker", path=self.env.get("PATH")) is None:

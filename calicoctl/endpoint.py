@@ -1,6 +1,7 @@
 """`calicoctl endpoint`: show workload endpoints and change the profiles they use.
 
 Owns: `endpoint show [--host] [--orchestrator] [--workload] [--endpoint] [--detailed]`
+(`--workload` also finds a Docker container's endpoints by its name or id)
 and `endpoint ID profile append|remove|set|show`, plus `change_profiles`, the
 profile-list edit that `container C profile ...` reuses. Profiles named must exist.
 
@@ -61,8 +62,13 @@ DETAILED_HEADERS = ["Hostname", "Orchestrator ID", "Workload ID", "Endpoint ID",
 @output_option
 def endpoint_show(host: str | None, orchestrator: str | None, workload: str | None,
                   endpoint_id: str | None, detailed: bool, output: str) -> None:
-    """Show workload endpoints (a per-workload summary unless --detailed)."""
+    """Show workload endpoints (a per-workload summary unless --detailed).
+
+    --workload also takes a Docker container's name or id: its endpoints, those
+    `calicoctl container add` made and those Docker's calico networks made."""
     eps = ctl().client.list_workload_endpoints(host, orchestrator, workload, endpoint_id)
+    if not eps and workload:
+        eps = _docker_container_endpoints(workload, host, orchestrator, endpoint_id)
     data = [e.to_resource() for e in eps]
     if detailed or output != "table":
         emit("wide" if output == "table" else output, data, DETAILED_HEADERS,
@@ -74,6 +80,18 @@ def endpoint_show(host: str | None, orchestrator: str | None, workload: str | No
             (e.hostname, e.orchestrator, e.workload), 0) + 1
     emit(output, data, ["Hostname", "Orchestrator ID", "Workload ID", "Endpoints"],
          [(*k, n) for k, n in sorted(counts.items())])
+
+
+def _docker_container_endpoints(name: str, host: str | None, orchestrator: str | None,
+                                endpoint_id: str | None) -> list[Any]:
+    from calicoctl.dockerworkloads import docker_target, target_endpoints
+
+    target = docker_target(name)
+    if target is None:
+        return []
+    eps = target_endpoints(ctl().client, host, target)
+    return [e for e in eps if (orchestrator is None or e.orchestrator == orchestrator)
+            and (endpoint_id is None or e.endpoint_id == endpoint_id)]
 
 
 def change_profiles(ident: Any, op: str, profiles: Sequence[str]) -> Any:

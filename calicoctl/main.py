@@ -48,8 +48,11 @@ COMMAND_TABLE: dict[str, tuple[str, str]] = {
     "get": ("resources", "Show resources of KIND (ipPool, profile, tier, policy, "
                          "workloadEndpoint, hostEndpoint, node, bgpPeer, bgpConfig, "
                          "felixConfig, ipamConfig)."),
+    "hostendpoint": ("hostendpoint", "Manage host endpoints: a host's interfaces under policy "
+                                     "(failsafe ports stay open)."),
     "ipam": ("ipam", "IP address management."),
     "node": ("node", "Run Calico on this host (`node` or `node run`), or manage nodes."),
+    "policy": ("policy", "Ask the security policy questions: trace a flow."),
     "pool": ("pool", "Manage IP address pools."),
     "profile": ("profile", "Manage security profiles."),
     "replace": ("resources", "Replace the resources in the file (error if any is missing)."),
@@ -130,13 +133,16 @@ class CalicoGroup(click.Group):
               help="Client certificate [env ETCD_CERT_FILE].")
 @click.option("--etcd-key-file", envvar="ETCD_KEY_FILE", metavar="FILE",
               help="Client key [env ETCD_KEY_FILE].")
+@click.option("--etcd-username", envvar="ETCD_USERNAME", metavar="USER",
+              help="etcd user, when etcd authentication is on [env ETCD_USERNAME]; the "
+                   "password is read from ETCD_PASSWORD only.")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS), default="warning",
               show_default=True, help="Logging level on stderr.")
 @click.option("--debug", is_flag=True, help="Show tracebacks of errors.")
 @click.pass_context
 def cli(ctx: click.Context, etcd_endpoints: str | None, etcd_authority: str | None,
         etcd_ca_cert_file: str | None, etcd_cert_file: str | None, etcd_key_file: str | None,
-        log_level: str, debug: bool) -> None:
+        etcd_username: str | None, log_level: str, debug: bool) -> None:
     """calicoctl: administer a Calico-style network (pools, profiles, policy,
     endpoints, containers, BGP, IPAM, config and diagnostics).
 
@@ -151,7 +157,7 @@ def cli(ctx: click.Context, etcd_endpoints: str | None, etcd_authority: str | No
         logging.getLogger("libcalico.datastore").setLevel(logging.ERROR)
     ctx.obj = CtlContext(endpoints=etcd_endpoints, authority=etcd_authority,
                          ca_cert=etcd_ca_cert_file, cert_file=etcd_cert_file,
-                         key_file=etcd_key_file, debug=debug)
+                         key_file=etcd_key_file, username=etcd_username, debug=debug)
 
 
 def main() -> None:

@@ -58,11 +58,13 @@ def register(host: str, ip: str, ip6: str | None, asn: int | None,
 
 
 def etcd_environment() -> dict[str, str]:
-    """The etcd settings given on calicoctl's command line, for the programs."""
+    """The etcd settings given on calicoctl's command line, for the programs. The password
+    is never among them: the programs read ETCD_PASSWORD from the environment they
+    inherit, so it never appears on a command line."""
     c = ctl()
     given = {"ETCD_ENDPOINTS": c.endpoints, "ETCD_AUTHORITY": c.authority,
              "ETCD_CA_CERT_FILE": c.ca_cert, "ETCD_CERT_FILE": c.cert_file,
-             "ETCD_KEY_FILE": c.key_file}
+             "ETCD_KEY_FILE": c.key_file, "ETCD_USERNAME": c.username}
     return {k: v for k, v in given.items() if v}
 
 

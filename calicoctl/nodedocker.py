@@ -25,7 +25,7 @@ Owns:
 Leaves to others: the engine client (`calicoctl.dockercli`), building the image
 (`calicoctl.nodeimage`), what runs in the container (`calicoctl.nodeentry`, which runs
 the same start-up as `--runtime=none`: `calicoctl.noderun`), the driver itself
-(`calico_libnetwork`, the next issue).
+(`calico_libnetwork`).
 """
 
 from __future__ import annotations
@@ -105,6 +105,10 @@ def _common_args(name: str, component: str, node: str, capabilities: tuple[str, 
     for var in ETCD_FILE_VARIABLES:
         if etcd.get(var):
             args += ["-v", f"{etcd[var]}:{etcd[var]}:ro"]
+    if os.environ.get("ETCD_PASSWORD"):
+        # By name only: docker copies the value from its own environment, so the password
+        # is on no command line (it is in the container's configuration, as any env is).
+        args += ["-e", "ETCD_PASSWORD"]
     return args
 
 
@@ -131,15 +135,21 @@ def render_node_run(spec: DockerNodeSpec, ip: str, etcd: Mapping[str, str],
     return [*args, *_env_args(container_env), spec.image_name]
 
 
-def render_libnetwork_run(spec: DockerNodeSpec, etcd: Mapping[str, str]) -> list[str]:
+def render_libnetwork_run(spec: DockerNodeSpec, etcd: Mapping[str, str],
+                          docker_host: str) -> list[str]:
     """`docker run` arguments for the Docker network and IPAM driver's container: the
-    same image, its entry point `calico-libnetwork`, its socket in the engine's plugin
-    directory."""
+    same image, its entry point `calico-libnetwork`, its sockets in the engine's plugin
+    directory, and the engine's API (`docker_host`, its socket mounted when it is one):
+    the driver asks it for a network's name and labels, which the plugin calls lack."""
     args = _common_args(LIBNETWORK_CONTAINER, "libnetwork", spec.name,
                         LIBNETWORK_CAPABILITIES, etcd)
-    args += ["-v", f"{PLUGIN_DIR}:{PLUGIN_DIR}", "--entrypoint", LIBNETWORK_PROGRAM]
+    args += ["-v", f"{PLUGIN_DIR}:{PLUGIN_DIR}"]
+    if docker_host.startswith("unix://"):
+        engine_socket = docker_host.removeprefix("unix://")
+        args += ["-v", f"{engine_socket}:{engine_socket}"]
+    args += ["--entrypoint", LIBNETWORK_PROGRAM]
     container_env = {"HOSTNAME": spec.name, "CALICO_LIBNETWORK_SOCKET": LIBNETWORK_SOCKET,
-                     **etcd}
+                     "DOCKER_HOST": docker_host, **etcd}
     return [*args, *_env_args(container_env), spec.image_name]
 
 
@@ -264,7 +274,8 @@ def run_in_docker(spec: DockerNodeSpec, detach: bool, timeout: float) -> None:
     click.echo(f"Calico node is running with id: {node_id}")
     libnetwork_id = None
     if spec.libnetwork:
-        libnetwork_id = docker.run(*render_libnetwork_run(spec, etcd)).stdout.strip()
+        libnetwork_id = docker.run(*render_libnetwork_run(spec, etcd, docker.address)
+                                   ).stdout.strip()
         click.echo(f"Calico libnetwork driver is running with id: {libnetwork_id}")
     click.echo("Waiting for felix, confd and BIRD to start")
     _wait_node(docker, paths, timeout)

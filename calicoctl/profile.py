@@ -42,11 +42,10 @@ def profile() -> None:
 @click.argument("name", metavar="PROFILE")
 def profile_add(name: str) -> None:
     """Create an empty profile (tagged with its own name, like calicoctl v0.x)."""
-    from libcalico.model import Profile, Rule, Rules
+    from libcalico.model import Profile
 
     # Seed-era default rules: allow in from the profile's own tag, allow all out.
-    rules = Rules((Rule(action="allow", src_tag=name),), (Rule(action="allow"),))
-    ctl().client.create_profile(Profile(name, rules, (name,)))
+    ctl().client.create_profile(Profile.with_default_rules(name))
     click.echo(f"Created profile {name}")
 
 

@@ -65,14 +65,19 @@ def _read(filename: str) -> list[Any]:
     from libcalico.errors import ValidationError
 
     if filename == "-":
-        text, source = sys.stdin.read(), "stdin"
+        data, source = sys.stdin.buffer.read(), "stdin"
     else:
         try:
-            with open(filename, encoding="utf-8") as f:
-                text = f.read()
+            with open(filename, "rb") as f:
+                data = f.read()
         except OSError as exc:
             raise ValidationError("--filename", filename, exc.strerror or str(exc)) from None
         source = filename
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValidationError(source, f"byte {exc.start + 1}",
+                              "is not UTF-8 text (resource files are YAML or JSON)") from None
     return parse_documents(load_documents(text, source))
 
 

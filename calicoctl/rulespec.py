@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from libcalico.errors import ValidationError
+from libcalico.model.validate import is_decimal
 
 _SIDE_WORDS = {"ports": "ports", "tag": "tag", "cidr": "net", "selector": "selector"}
 _PROTOCOL_WORDS = ("tcp", "udp", "icmp", "icmpv6", "sctp", "udplite")
@@ -67,13 +68,13 @@ def parse_rule(action: str, match: Sequence[str]) -> Any:
                 raise ValidationError("rule", text, f"'{word}' cannot be negated")
             side = "src" if word == "from" else "dst"
             i = j
-        elif side is None and (word in _PROTOCOL_WORDS or word.isdigit()) and \
+        elif side is None and (word in _PROTOCOL_WORDS or is_decimal(word)) and \
                 "protocol" not in kwargs and "not_protocol" not in kwargs:
-            put(prefix + "protocol", int(word) if word.isdigit() else word)
+            put(prefix + "protocol", int(word) if is_decimal(word) else word)
             i = j
         elif side is None and word in ("type", "code"):
             value = need_value(j, word)
-            if not value.isdigit():
+            if not is_decimal(value):
                 raise ValidationError(f"icmp_{word}", value, "must be an integer from 0 to 255")
             put(f"{prefix}icmp_{word}", int(value))
             i = j + 1

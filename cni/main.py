@@ -14,7 +14,7 @@ never to stdout.
 Start-up is part of every call's latency, so only what the command needs is imported:
 VERSION (which podman sends before every ADD and DEL) imports nothing but
 `cni.versions` (not even `json`), ADD imports no grpc (etcd's JSON gateway) and no pyroute2
-(`workload.netlink`).
+(`workload.veth` speaks rtnetlink through `rtnl`, standard library only).
 
 Leaves to others: the commands (`cni.calico`, `cni.ipam`), parsing (`cni.config`,
 `cni.spec`).

@@ -53,8 +53,12 @@ def find_templates_dir(explicit: str | None = None) -> Path:
 
 
 def _bird_string(value: object) -> str:
-    """A value as the inside of a BIRD string literal."""
-    return str(value).replace("\\", "\\\\").replace('"', '\\"')
+    """A value as the inside of a BIRD string literal. BIRD's lexer has no escapes
+    (a string runs from one `"` to the next, on one line), so a double quote becomes a
+    single one and a backslash or control character a `?`: descriptions are for people,
+    and a node named `"` must not break every host's configuration."""
+    text = str(value).replace('"', "'")
+    return "".join("?" if c == "\\" or not c.isprintable() else c for c in text)
 
 
 @functools.lru_cache(maxsize=8)

@@ -226,12 +226,17 @@ def build_view(values: Mapping[str, str]) -> BGPView:
     def by_addr(items: list[str]) -> tuple[str, ...]:
         return tuple(sorted(set(items), key=_net_sort_key))
 
+    nodes: dict[str, Node] = {}
+    for h, f in sorted(node_fields.items()):
+        try:  # the hostname comes from the key: it can be anything someone wrote
+            nodes[h] = Node(h, **{_NODE_ATTRS[k]: v for k, v in f.items()})
+        except ValidationError as exc:
+            problems.append(f"{keyspace.BGP_HOST_DIR}{h}/: {exc}; ignored")
     return BGPView(
         global_as=settings.get("as_num", DEFAULT_AS_NUM),
         mesh_enabled=settings.get("node_mesh", True),
         global_loglevel=settings.get("loglevel"),
-        nodes={h: Node(h, **{_NODE_ATTRS[k]: v for k, v in f.items()})
-               for h, f in sorted(node_fields.items())},
+        nodes=nodes,
         global_peers=tuple(sorted(global_peers, key=lambda p: _net_sort_key(p.ip))),
         node_peers={h: tuple(sorted(ps, key=lambda p: _net_sort_key(p.ip)))
                     for h, ps in sorted(node_peers.items())},

@@ -4,10 +4,13 @@ Owns the demo's steps, in order: etcd and three hosts in network namespaces
 (`netsim.topology.Topology`, reused as the system tests use it), `calicoctl node
 run --runtime=none` in every host at once (with `--runtime=docker`: a private Docker
 engine per host, `netsim.dockerhosts`, with this checkout's node image, and
-`calicoctl node --runtime=docker` running container calico-node on each), an IPv4 pool
-(198.19.0.0/16, outside the fabric's 198.18.0.0/24) and an IPv6 pool (fd00:198:19::/64,
-blocks of /122), a profile, two workloads per host (`calicoctl container add NS ipv4`,
-`container NS ip add ipv6`, `container NS profile set`), waiting (polled, with a
+`calicoctl node --runtime=docker --libnetwork` running containers calico-node and
+calico-libnetwork on each), an IPv4 pool (198.19.0.0/16, outside the fabric's
+198.18.0.0/24) and an IPv6 pool (fd00:198:19::/64, blocks of /122), a profile, two
+workloads per host (`calicoctl container add NS ipv4`, `container NS ip add ipv6`,
+`container NS profile set`; with `--runtime=docker`: `docker network create -d calico
+--ipam-driver calico-ipam --ipv6 demo` on each host and `docker run --net=demo`
+containers, whose endpoints use profile demo), waiting (polled, with a
 deadline) until every host has every BGP session Established and a BIRD route to every
 other host's workloads, each host's `calicoctl node status` and routing tables, then the
 ping/TCP matrix before and after `calicoctl profile demo rule add inbound --at=0 deny
@@ -50,6 +53,7 @@ WORKLOADS_PER_HOST = 2
 POOL_V4 = "198.19.0.0/16"
 POOL_V6 = "fd00:198:19::/64"
 PROFILE = "demo"
+NETWORK = PROFILE  # --runtime=docker: the Docker network, whose endpoints use the profile
 DENY_RULE = ("inbound", "--at=0", "deny", "tcp", "to", "ports", str(matrix.DENIED_PORT))
 AGENT = str(Path(__file__).with_name("agent.py"))
 CONVERGE_S = 45.0
@@ -59,9 +63,17 @@ T = TypeVar("T")
 
 @dataclass
 class Workload:
+    """A workload: a namespace of its own (`calicoctl container add`), or with
+    --runtime=docker a container on the host's engine (`docker run --net=demo`)."""
+
     host: Host
-    ns: Namespace
+    ns: Namespace | None
     target: matrix.Target
+    container: str | None = None
+
+    @property
+    def where(self) -> str:
+        return self.container or (self.ns.name if self.ns is not None else "")
 
 
 def section(title: str) -> None:
@@ -125,8 +137,8 @@ class Demo:
         section(f"2. calicoctl node --runtime={self.runtime} on every host at once")
         self.nodes_started = started = time.monotonic()
         docker = self.docker
-        outs = parallel(lambda h: (docker.start_node(h) if docker else topo.start_node(h)
-                                   ).stdout, topo.hosts)
+        outs = parallel(lambda h: (docker.start_node(h, "--libnetwork") if docker
+                                   else topo.start_node(h)).stdout, topo.hosts)
         for h, out in zip(topo.hosts, outs, strict=True):
             print(f"  {h.name}: {out.strip().splitlines()[-1]}")
         print(f"  all nodes up in {time.monotonic() - started:.1f} s")
@@ -140,25 +152,71 @@ class Demo:
         print(f"  $ calicoctl profile {PROFILE} rule show")
         print(indent(self.ctl(h1, "profile", PROFILE, "rule", "show").stdout, "    "))
 
-        section(f"4. {WORKLOADS_PER_HOST} workloads per host (calicoctl container add)")
-        for h in topo.hosts:
-            for j in range(1, WORKLOADS_PER_HOST + 1):
-                ns = Namespace(f"{PREFIX}-{h.name[-1]}w{j}")
-                self.state.add([ns.name])
-                self.workloads.append(Workload(h, ns, matrix.Target(f"{h.name}/w{j}", "", "")))
-        parallel(self._add_host_workloads, topo.hosts)
-        self.state.add(workloads={w.target.label: {"ns": w.ns.name, "ipv4": w.target.ipv4,
+        if self.docker is not None:
+            self._docker_workloads()
+        else:
+            section(f"4. {WORKLOADS_PER_HOST} workloads per host (calicoctl container add)")
+            for h in topo.hosts:
+                for j in range(1, WORKLOADS_PER_HOST + 1):
+                    ns = Namespace(f"{PREFIX}-{h.name[-1]}w{j}")
+                    self.state.add([ns.name])
+                    self.workloads.append(Workload(h, ns, matrix.Target(f"{h.name}/w{j}", "",
+                                                                        "")))
+            parallel(self._add_host_workloads, topo.hosts)
+        self.state.add(workloads={w.target.label: {"ns": w.ns.name if w.ns else None,
+                                                   "container": w.container,
+                                                   "ipv4": w.target.ipv4,
                                                    "ipv6": w.target.ipv6}
                                   for w in self.workloads})
-        print(f"  {'workload':<10} {'namespace':<16} {'IPv4':<15} IPv6")
+        where = "container" if self.docker is not None else "namespace"
+        print(f"  {'workload':<10} {where:<16} {'IPv4':<15} IPv6")
         for w in self.workloads:
-            print(f"  {w.target.label:<10} {w.ns.name:<16} {w.target.ipv4:<15} {w.target.ipv6}")
+            print(f"  {w.target.label:<10} {w.where:<16} {w.target.ipv4:<15} {w.target.ipv6}")
+
+    def _docker_workloads(self) -> None:
+        """--runtime=docker: network `demo` (driver calico, IPAM calico-ipam, IPv6) on each
+        host's engine - its endpoints use the profile of that name, made above - and the
+        workloads as containers on it (`docker run --net=demo`), each running the demo's
+        listeners (demo/agent.py, mounted, with the Python of the node image)."""
+        assert self.docker is not None and self.topo is not None
+        docker = self.docker
+        section(f"4. docker network create -d calico --ipam-driver calico-ipam --ipv6 "
+                f"{NETWORK} on every host, then {WORKLOADS_PER_HOST} workloads per host "
+                f"(docker run --net={NETWORK})")
+        for h in self.topo.hosts:
+            for j in range(1, WORKLOADS_PER_HOST + 1):
+                self.workloads.append(Workload(h, None, matrix.Target(f"{h.name}/w{j}", "", ""),
+                                               container=f"w{j}"))
+
+        def add(host: Host) -> None:
+            engine = docker.engine(host)
+            engine.docker("network", "create", "-d", "calico", "--ipam-driver", "calico-ipam",
+                          "--ipv6", NETWORK)
+            for w in (w for w in self.workloads if w.host is host):
+                assert w.container is not None
+                engine.docker("run", "-d", "--name", w.container, f"--net={NETWORK}", "-v",
+                              f"{AGENT}:/agent.py:ro", "--entrypoint", "python3",
+                              DEFAULT_IMAGE, "/agent.py", "serve", str(matrix.DENIED_PORT),
+                              str(matrix.OPEN_PORT))
+                info = json.loads(engine.docker("inspect", w.container).stdout)[0]
+                net = info["NetworkSettings"]["Networks"][NETWORK]
+                w.target = matrix.Target(w.target.label, net["IPAddress"],
+                                         net["GlobalIPv6Address"])
+                deadline = time.monotonic() + 30
+                while "ready" not in engine.docker("logs", w.container).stdout:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"the listeners in {w.container} on {host.name} "
+                                           "did not start")
+                    time.sleep(0.1)
+
+        parallel(add, self.topo.hosts)
 
     def _add_host_workloads(self, host: Host) -> None:
         """On `host`, one after the other (as an operator would): add each workload with
         an IPv4 address, give it an IPv6 one, put it in the profile; start its listeners."""
         assert self.topo is not None
         for w in (w for w in self.workloads if w.host is host):
+            assert w.ns is not None
             self.ctl(host, "container", "add", w.ns.name, "ipv4")
             self.ctl(host, "container", w.ns.name, "ip", "add", "ipv6")
             self.ctl(host, "container", w.ns.name, "profile", "set", PROFILE)
@@ -172,6 +230,7 @@ class Demo:
 
     @staticmethod
     def _start_listener(w: Workload) -> None:
+        assert w.ns is not None
         proc = subprocess.Popen(["ip", "netns", "exec", w.ns.name, sys.executable, AGENT,
                                  "serve", str(matrix.DENIED_PORT), str(matrix.OPEN_PORT)],
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
@@ -239,9 +298,16 @@ class Demo:
 
     def probe(self, w: Workload) -> dict[tuple[str, str, int, str], bool]:
         plan = matrix.probe_plan(w.target, [x.target for x in self.workloads])
-        proc = subprocess.run(["ip", "netns", "exec", w.ns.name, sys.executable, AGENT,
-                               "probe", json.dumps(plan)], capture_output=True, text=True,
-                              check=False)
+        if w.container is not None:  # from the container's network namespace
+            assert self.docker is not None
+            pid = self.docker.engine(w.host).docker(
+                "inspect", "-f", "{{.State.Pid}}", w.container).stdout.strip()
+            enter = ["nsenter", f"--net=/proc/{pid}/ns/net"]
+        else:
+            assert w.ns is not None
+            enter = ["ip", "netns", "exec", w.ns.name]
+        proc = subprocess.run([*enter, sys.executable, AGENT, "probe", json.dumps(plan)],
+                              capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"probe from {w.target.label} failed: {proc.stderr.strip()}")
         return matrix.parse_probe(w.target, json.loads(proc.stdout))
@@ -286,12 +352,18 @@ class Demo:
         env = (f"env ETCD_ENDPOINTS={self.topo.etcd.url} HOSTNAME={h1.name} "
                f"CALICO_RUN_DIR={h1.dir / 'run'} NO_DEFAULT_POOLS=1")
         docker = []
+        far = next(x for x in w if x.host is not h1)
         if self.docker is not None:
             engine = self.docker.engine(h1).host
             env += f" DOCKER_HOST={engine}"
-            docker = [f"  DOCKER_HOST={engine} docker ps    # calico-node on {h1.name}",
-                      f"  DOCKER_HOST={engine} docker logs calico-node"]
-        far = next(x for x in w if x.host is not h1)
+            pid = f"$(DOCKER_HOST={engine} docker inspect -f '{{{{.State.Pid}}}}' {w[0].where})"
+            enter = f"nsenter --net=/proc/{pid}/ns/net"
+            docker = [f"  DOCKER_HOST={engine} docker ps    # calico-node, calico-libnetwork, "
+                      f"the workloads on {h1.name}",
+                      f"  DOCKER_HOST={engine} docker network inspect {NETWORK}",
+                      f"  DOCKER_HOST={engine} docker logs calico-libnetwork"]
+        else:
+            enter = f"ip netns exec {w[0].where}"
         return "\n".join([
             "The cluster keeps running. To explore it:",
             f"  ip netns exec {h1.ns.name} {env} \\\n      {calicoctl_path()} node status",
@@ -299,9 +371,9 @@ class Demo:
             *docker,
             f"  birdc -s {h1.dir / 'run' / 'bird.ctl'} show route",
             f"  ip -n {far.host.ns.name} route",
-            f"  ip netns exec {w[0].ns.name} ping -c 2 {far.target.ipv4}",
-            f"  ip netns exec {w[0].ns.name} ping -c 2 {far.target.ipv6}",
-            f"  ip netns exec {w[0].ns.name} nc -zv -w 2 {far.target.ipv4} "
+            f"  {enter} ping -c 2 {far.target.ipv4}",
+            f"  {enter} ping -c 2 {far.target.ipv6}",
+            f"  {enter} nc -zv -w 2 {far.target.ipv4} "
             f"{matrix.OPEN_PORT}    # {matrix.DENIED_PORT} is denied",
             f"  logs: {self.topo.dir}/host*/log/{{felix,confd,bird}}.log",
             f"  state: {self.state.path}",

@@ -5,7 +5,8 @@ $CALICO_DEMO_STATE choose another): the namespaces the demo created (fabric, hos
 workloads) in creation order, its directories (the topology's scratch directory with the
 hosts' logs and run directories, etcd's data directory), and what `--keep` prints (etcd's
 URL, hosts, workloads). It is written before anything it names is used, rewritten as the
-demo grows, and removed last by `teardown`, which kills every process left in those
+demo grows, and removed last by `teardown`, which first removes the containers of the
+Docker engines it names (--runtime=docker), then kills every process left in those
 namespaces (TERM, then KILL), deletes the namespaces (their veths, routes, iptables and
 ipsets go with them) and the directories. Only what the file names is touched.
 
@@ -28,6 +29,8 @@ from typing import Any
 from netsim.netns import kill_namespace_processes, namespace_exists
 
 DEFAULT_PATH = "/run/calico-demo/state.json"
+# What marks calicoctl's own containers (calicoctl.nodedocker.COMPONENT_LABEL).
+COMPONENT_LABEL = "org.pycalico-net.component"
 
 
 def default_path() -> Path:
@@ -69,8 +72,33 @@ class DemoState:
                    list(data.get("dirs", [])), dict(data.get("info", {})))
 
 
+def remove_containers(engine: str) -> int:
+    """`docker rm -f` every container of the engine at `engine` (a DOCKER_HOST value)
+    while it still runs: containers in namespaces of their own (the --runtime=docker
+    workloads) are in no namespace the state names. The workloads go first, while the
+    Docker driver they need to leave their network still runs. Returns how many."""
+    env = {**os.environ, "DOCKER_HOST": engine}
+    removed = 0
+    try:
+        ours = subprocess.run(["docker", "ps", "-aq", "--filter", f"label={COMPONENT_LABEL}"],
+                              capture_output=True, text=True, env=env, timeout=30,
+                              check=False).stdout.split()
+        every = subprocess.run(["docker", "ps", "-aq"], capture_output=True, text=True,
+                               env=env, timeout=30, check=False).stdout.split()
+        for ids in ([i for i in every if i not in ours], ours):
+            if ids:
+                subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, env=env,
+                               timeout=120, check=False)
+                removed += len(ids)
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return removed
+
+
 def teardown(state: DemoState, say: Callable[[str], None] = print) -> bool:
     """Remove everything `state` names, then the state file. True when nothing is left."""
+    for engine in (state.info.get("engines") or {}).values():
+        remove_containers(str(engine))
     existing = [n for n in state.namespaces if namespace_exists(n)]
     killed = kill_namespace_processes(existing, timeout=5.0)
     for name in reversed(existing):

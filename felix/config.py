@@ -10,8 +10,10 @@ sources with this precedence, lowest first:
              < environment (FELIX_<UPPERCASE NAME>)
 
 Bootstrap parameters (hostname, etcd connection, log file) may only come from the file
-or the environment: felix needs them before it can read etcd. A bad value raises
-`ConfigError` naming the parameter, the value and the source it came from.
+or the environment: felix needs them before it can read etcd. A bad value in the file or
+the environment raises `ConfigError` naming the parameter, the value and the source it
+came from; a bad value in etcd is logged and ignored (the layer below applies), so one
+bad key cannot keep every felix in the cluster from starting.
 
 A `Config` is immutable; a change produces a new object. When the configuration held in
 etcd changes while felix runs, the driver builds the new `Config`; if it differs from the
@@ -107,11 +109,24 @@ def _float(text: str) -> float:
     return value
 
 
-def _ports(text: str) -> tuple[int, ...]:
-    parts = [p for p in text.replace(" ", "").split(",") if p]
-    if text.strip().lower() == "none":
+FAILSAFE_PROTOCOLS = ("tcp", "udp")
+
+
+def _proto_ports(text: str) -> tuple[tuple[str, int], ...]:
+    """`tcp:22, udp:68, 179` -> (("tcp", 22), ("udp", 68), ("tcp", 179)); a bare port is
+    TCP; `none` (or nothing) is the empty list."""
+    if text.strip().lower() in ("none", ""):
         return ()
-    return tuple(_port(p) for p in parts)
+    out: list[tuple[str, int]] = []
+    for part in (p for p in text.replace(" ", "").split(",") if p):
+        proto, sep, port = part.rpartition(":")
+        proto = proto.lower() if sep else "tcp"
+        if proto not in FAILSAFE_PROTOCOLS:
+            raise ValueError(f"bad protocol {proto!r} in {part!r} (expected tcp or udp)")
+        entry = (proto, _port(port))
+        if entry not in out:
+            out.append(entry)
+    return tuple(out)
 
 
 def _str(text: str) -> str:
@@ -198,6 +213,10 @@ PARAMS: tuple[Param, ...] = (
     Param("EtcdTransport", _enum("HTTP", "GRPC"), "http", "How felix talks to etcd: http "
           "(etcd's JSON gateway, standard library only) or grpc (the etcd3 package: ~30 MB "
           "more resident memory); also read from ETCD_TRANSPORT.", True),
+    Param("EtcdUsername", _opt_str, "", "etcd user, with etcd authentication on (also "
+          "read from ETCD_USERNAME).", True),
+    Param("EtcdPassword", _opt_str, "", "That user's password (also read from "
+          "ETCD_PASSWORD; never logged).", True),
     Param("LogFilePath", _opt_str, "", "Log file; empty or none: no file.", True),
     # dataplane
     Param("InterfacePrefix", _names, "cali", "Comma list of workload interface prefixes."),
@@ -212,9 +231,13 @@ PARAMS: tuple[Param, ...] = (
     Param("IptablesLockTimeoutSecs", _float, "10", "Seconds to wait for the xtables lock."),
     Param("IptablesMarkMask", _mark_mask, "0xff000000", "Mark bits felix may use."),
     Param("MaxIpsetSize", _nonneg_int, "1048576", "maxelem of felix's ipsets."),
-    Param("FailsafeInboundHostPorts", _ports, "22", "TCP ports always open to host endpoints."),
-    Param("FailsafeOutboundHostPorts", _ports, "179,2379,2380,4001,7001",
-          "TCP ports host endpoints may always reach (BGP and etcd)."),
+    Param("FailsafeInboundHostPorts", _proto_ports, "tcp:22,udp:68,tcp:179",
+          "[tcp|udp:]port list always open into the host through its host endpoints, "
+          "whatever their policy (ssh, DHCP, BGP); a bare port is TCP; none: no ports."),
+    Param("FailsafeOutboundHostPorts", _proto_ports,
+          "udp:53,udp:67,tcp:179,tcp:2379,tcp:2380,tcp:4001,tcp:7001",
+          "[tcp|udp:]port list the host may always reach through its host endpoints, "
+          "whatever their policy (DNS, DHCP, BGP, etcd); none: no ports."),
     # tunnels (used while a pool with that encapsulation exists; see docs/felix.md)
     Param("VXLANMTU", _ranged(68, 65535, "an MTU"), str(DEFAULT_VXLAN_MTU),
           "MTU of vxlan.calico, and of workload interfaces in VXLAN pools (fabric MTU "
@@ -241,6 +264,7 @@ PARAMS: tuple[Param, ...] = (
 )
 
 PARAMS_BY_NAME: Mapping[str, Param] = {p.name: p for p in PARAMS}
+SECRET_PARAMS = frozenset({"EtcdPassword"})  # masked wherever a Config is shown
 
 
 class Config:
@@ -269,7 +293,9 @@ class Config:
         return hash(tuple(sorted((k, repr(v)) for k, v in self._values.items())))
 
     def __repr__(self) -> str:
-        return f"Config({self._values!r})"
+        shown = {k: ("********" if k in SECRET_PARAMS and v else v)
+                 for k, v in self._values.items()}
+        return f"Config({shown!r})"
 
     def source(self, name: str) -> str:
         return self._sources[name]
@@ -293,7 +319,8 @@ class Config:
             env["ETCD_AUTHORITY"] = self.EtcdAddr
             env["ETCD_SCHEME"] = self.EtcdScheme.lower()
         for name, var in (("EtcdCaFile", "ETCD_CA_CERT_FILE"),
-                          ("EtcdCertFile", "ETCD_CERT_FILE"), ("EtcdKeyFile", "ETCD_KEY_FILE")):
+                          ("EtcdCertFile", "ETCD_CERT_FILE"), ("EtcdKeyFile", "ETCD_KEY_FILE"),
+                          ("EtcdUsername", "ETCD_USERNAME"), ("EtcdPassword", "ETCD_PASSWORD")):
             if self._values[name]:
                 env[var] = self._values[name]
         return env
@@ -324,7 +351,8 @@ def env_config(env: Mapping[str, str]) -> dict[str, str]:
             out[upper[var[len(ENV_PREFIX):]]] = value
     for var, name in (("ETCD_ENDPOINTS", "EtcdEndpoints"), ("ETCD_CA_CERT_FILE", "EtcdCaFile"),
                       ("ETCD_CERT_FILE", "EtcdCertFile"), ("ETCD_KEY_FILE", "EtcdKeyFile"),
-                      ("ETCD_TRANSPORT", "EtcdTransport")):
+                      ("ETCD_TRANSPORT", "EtcdTransport"), ("ETCD_USERNAME", "EtcdUsername"),
+                      ("ETCD_PASSWORD", "EtcdPassword")):
         if env.get(var) and name not in out:
             out[name] = env[var]
     return out
@@ -357,6 +385,14 @@ def load_config(*, file_values: Mapping[str, str] | None = None,
                 _log.warning("ignoring %s from %s: it may only be set in the config file "
                              "or the environment", name, source)
                 continue
+            if source in (SOURCE_ETCD_GLOBAL, SOURCE_ETCD_HOST):
+                # etcd holds what anybody wrote: a bad value there is ignored (the layer
+                # below applies), never fatal; a bad file or environment value is.
+                try:
+                    param.parse(text)
+                except ValueError as exc:
+                    _log.warning("ignoring %s=%r from %s: %s", name, text, source, exc)
+                    continue
             raw[name] = text
             sources[name] = source
     values: dict[str, Any] = {}

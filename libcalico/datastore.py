@@ -1,9 +1,13 @@
 """The datastore client: the only module that talks to etcd.
 
-Owns: connection settings (`EtcdSettings`, from `ETCD_ENDPOINTS`, `ETCD_AUTHORITY` and the
-TLS variables), fail-over between endpoints, a timeout on every unary call, and the
+Owns: connection settings (`EtcdSettings`, from `ETCD_ENDPOINTS`, `ETCD_AUTHORITY`, the
+TLS variables and `ETCD_USERNAME`/`ETCD_PASSWORD` for etcd's user authentication),
+fail-over between endpoints, authentication (a token per connection, renewed when etcd
+says it is no longer valid: tokens die with an etcd restart), a timeout on every unary
+call, and the
 primitive operations everything else is built from: get, paged list by prefix at one
-revision, create-only put, compare-and-swap put and delete on mod_revision (they return
+revision (also as bare keys and values decoded from the wire, for reads of many keys),
+create-only put, compare-and-swap put and delete on mod_revision (they return
 whether they won; losing a race is normal, not an error), multi-key transactions, leases
 and raw watch streams. Every etcd3/grpc exception is mapped onto `libcalico.errors`.
 
@@ -37,10 +41,12 @@ from urllib.parse import urlsplit
 
 from libcalico.errors import (
     AlreadyExists,
+    CalicoError,
     DatastoreError,
     DatastoreUnavailable,
     ValidationError,
 )
+from libcalico.keyspace import ROOT
 
 _log = logging.getLogger(__name__)
 
@@ -68,21 +74,25 @@ GRPC_OPTIONS = [
 
 @dataclass(frozen=True)
 class Endpoint:
-    scheme: str  # "http", "https" or "unix" (host is then the socket's path)
+    scheme: str  # "http", "https", "unix" or "unixs" (host is then the socket's path)
     host: str
     port: int
 
     @property
+    def tls(self) -> bool:
+        return self.scheme in ("https", "unixs")
+
+    @property
     def url(self) -> str:
-        if self.scheme == "unix":
-            return f"unix://{self.host}"
+        if self.scheme in ("unix", "unixs"):
+            return f"{self.scheme}://{self.host}"
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{self.scheme}://{host}:{self.port}"
 
     @property
     def grpc_target(self) -> tuple[str, int | str]:
         """(host, port) as etcd3.client joins them into a gRPC target."""
-        if self.scheme == "unix":
+        if self.scheme in ("unix", "unixs"):
             # etcd names its socket "<name>:<port>"; gRPC wants "unix:<path>".
             path, _, port = self.host.rpartition(":")
             return f"unix:{path}", port
@@ -99,23 +109,31 @@ class EtcdSettings:
     key_file: str | None = None
     timeout: float = DEFAULT_TIMEOUT
     transport: str = "grpc"  # or "http": etcd's JSON gateway, no grpc import
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)  # never printed
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *,
                  endpoints: str | None = None, authority: str | None = None,
                  ca_cert: str | None = None, cert_file: str | None = None,
                  key_file: str | None = None, timeout: float | None = None,
-                 transport: str = "grpc") -> EtcdSettings:
+                 transport: str = "grpc", username: str | None = None) -> EtcdSettings:
         """Settings from explicit values, falling back to the ETCD_* variables.
 
         `ETCD_ENDPOINTS` (comma-separated URLs) wins over `ETCD_AUTHORITY` (host:port,
-        with `ETCD_SCHEME`); the default is http://127.0.0.1:2379.
+        with `ETCD_SCHEME`); the default is http://127.0.0.1:2379. The password comes
+        only from `ETCD_PASSWORD` (never a command-line flag, which `ps` would show).
         """
         env = os.environ if env is None else env
         endpoints = endpoints or env.get("ETCD_ENDPOINTS") or None
         ca_cert = ca_cert or env.get("ETCD_CA_CERT_FILE") or None
         cert_file = cert_file or env.get("ETCD_CERT_FILE") or None
         key_file = key_file or env.get("ETCD_KEY_FILE") or None
+        username = username or env.get("ETCD_USERNAME") or None
+        password = env.get("ETCD_PASSWORD") or None
+        if bool(username) != bool(password):
+            raise ValidationError("ETCD_USERNAME/ETCD_PASSWORD", username or "(unset)",
+                                  "etcd authentication needs both a user and a password")
         if endpoints:
             eps = tuple(parse_endpoint_url(u) for u in endpoints.split(",") if u.strip())
             if not eps:
@@ -127,23 +145,25 @@ class EtcdSettings:
         if bool(cert_file) != bool(key_file):
             raise ValidationError("ETCD_CERT_FILE/ETCD_KEY_FILE", cert_file or key_file,
                                   "a client certificate needs both the cert and the key")
-        if any(e.scheme == "https" for e in eps) and not ca_cert:
+        if any(e.tls for e in eps) and not ca_cert:
             raise ValidationError("ETCD_CA_CERT_FILE", ca_cert,
                                   "https endpoints need a CA certificate")
         if transport not in TRANSPORTS:
             raise ValidationError("transport", transport, f"must be one of {TRANSPORTS}")
         return cls(eps, ca_cert, cert_file, key_file,
-                   DEFAULT_TIMEOUT if timeout is None else timeout, transport)
+                   DEFAULT_TIMEOUT if timeout is None else timeout, transport, username,
+                   password)
 
 
 def parse_endpoint_url(url: str, field: str = "ETCD_ENDPOINTS") -> Endpoint:
     url = url.strip()
-    if url.startswith("unix://"):
-        path = url[len("unix://"):]
-        if not path.startswith("/") or ":" not in path.rsplit("/", 1)[-1]:
-            raise ValidationError(field, url, "expected unix:///<path>/<name>:<port>, "
-                                  "the socket etcd makes for unix://<name>:<port>")
-        return Endpoint("unix", path, 0)
+    for scheme in ("unix", "unixs"):  # unixs: TLS over the socket
+        if url.startswith(f"{scheme}://"):
+            path = url[len(f"{scheme}://"):]
+            if not path.startswith("/") or ":" not in path.rsplit("/", 1)[-1]:
+                raise ValidationError(field, url, f"expected {scheme}:///<path>/<name>:<port>,"
+                                      f" the socket etcd makes for {scheme}://<name>:<port>")
+            return Endpoint(scheme, path, 0)
     parts = urlsplit(url if "://" in url else f"http://{url}")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValidationError(field, url, "expected http(s)://host:port")
@@ -224,6 +244,11 @@ class WatchBatch:
     events: tuple[WatchEvent, ...]
 
 
+class AuthTokenInvalid(DatastoreError):
+    """etcd no longer accepts the connection's auth token (expired, or etcd restarted):
+    the client authenticates again and retries once."""
+
+
 class Compacted(DatastoreError):
     """A watch asked for history that etcd has compacted away."""
 
@@ -250,35 +275,54 @@ def _map_errors(fn: Callable[..., T]) -> Callable[..., T]:
     return wrapper
 
 
-def translate_error(exc: BaseException) -> DatastoreError:
-    from libcalico.etcdgateway import (
-        CANCELLED,
-        DEADLINE_EXCEEDED,
-        OUT_OF_RANGE,
-        UNAVAILABLE,
-        GatewayError,
-    )
+# gRPC status codes (grpc/status.h), as both transports report them.
+_CANCELLED, _INVALID_ARGUMENT, _DEADLINE_EXCEEDED, _PERMISSION_DENIED = 1, 3, 4, 7
+_FAILED_PRECONDITION, _OUT_OF_RANGE, _UNAVAILABLE, _UNAUTHENTICATED = 9, 11, 14, 16
+
+
+def _status(exc: BaseException) -> tuple[int, str] | None:
+    """(gRPC status code, details) of a transport error, whichever transport raised it."""
+    from libcalico.etcdgateway import GatewayError
 
     if isinstance(exc, GatewayError):
-        if exc.code in (UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED):
-            return DatastoreUnavailable(f"etcd unavailable: {exc.details}")
-        if exc.code == OUT_OF_RANGE and "compacted" in exc.details:
-            return Compacted(0)
-        return DatastoreError(f"etcd error {exc.code}: {exc.details}")
-    grpc = sys.modules.get("grpc")  # not loaded: not a gRPC error (never import it here)
+        return exc.code, exc.details
+    # A process on the gateway transport never loads grpc; an exception can only be a
+    # grpc error when grpc is loaded.
+    grpc = sys.modules.get("grpc")
     if grpc is not None and isinstance(exc, grpc.RpcError):
         code = exc.code() if hasattr(exc, "code") else None
         details = exc.details() if hasattr(exc, "details") else str(exc)
-        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
-                    grpc.StatusCode.CANCELLED):
-            return DatastoreUnavailable(f"etcd unavailable: {details}")
-        if code == grpc.StatusCode.OUT_OF_RANGE and "compacted" in str(details):
-            return Compacted(0)
-        return DatastoreError(f"etcd error {code}: {details}")
-    name = type(exc).__name__
-    if name in ("ConnectionFailedError", "ConnectionTimeoutError", "WatchTimedOut"):
-        return DatastoreUnavailable(f"etcd unavailable: {name}")
-    return DatastoreError(f"etcd error: {name}: {exc}")
+        return (code.value[0] if code is not None else -1), str(details)
+    return None
+
+
+def translate_error(exc: BaseException) -> DatastoreError:
+    status = _status(exc)
+    if status is None:
+        name = type(exc).__name__
+        if name in ("ConnectionFailedError", "ConnectionTimeoutError", "WatchTimedOut"):
+            return DatastoreUnavailable(f"etcd unavailable: {name}")
+        return DatastoreError(f"etcd error: {name}: {exc}")
+    code, details = status
+    if code in (_UNAVAILABLE, _DEADLINE_EXCEEDED, _CANCELLED):
+        return DatastoreUnavailable(f"etcd unavailable: {details}")
+    if code == _OUT_OF_RANGE and "compacted" in details:
+        return Compacted(0)
+    if code == _UNAUTHENTICATED and "token" in details:
+        return AuthTokenInvalid(f"etcd refused the session: {details}")
+    if code in (_PERMISSION_DENIED, _UNAUTHENTICATED, _INVALID_ARGUMENT,
+                _FAILED_PRECONDITION) and ("auth" in details or "permission" in details):
+        return DatastoreError(f"etcd refused the credentials (ETCD_USERNAME/"
+                              f"ETCD_PASSWORD, or the user's permissions): {details}")
+    return DatastoreError(f"etcd error {code}: {details}")
+
+
+def _watch_cancelled(reason: str) -> DatastoreError:
+    """etcd cancelled a watch: for a stale auth token (etcd restarted) the next call logs
+    in again; otherwise the stream is gone as if etcd were unreachable."""
+    if "invalid auth token" in reason:
+        return AuthTokenInvalid(f"etcd refused the watch: {reason}")
+    return DatastoreUnavailable(f"watch cancelled by etcd: {reason}")
 
 
 def _prefix_end(prefix: bytes) -> bytes:
@@ -311,6 +355,12 @@ class _Conn:
     client: Any  # etcd3.Etcd3Client, or an etcdgateway.GatewayClient
     rpc: Any  # etcd3.etcdrpc module, or etcdgateway.GATEWAY_RPC
     watchstub: Any = None
+    raw_range: Any = None  # KV/Range returning the serialized response (list_items)
+
+    @property
+    def meta(self) -> Any:
+        """The call metadata: the auth token when etcd authentication is on, else None."""
+        return self.client.metadata
 
 
 class Datastore:
@@ -330,8 +380,8 @@ class Datastore:
 
     def _connect(self, endpoint: Endpoint) -> _Conn:
         s = self.settings
-        tls = endpoint.scheme == "https"
-        if tls:  # the client reads these files now; name the setting, not a bare OSError
+        tls = endpoint.tls
+        if tls:  # etcd3 reads these files now; name the setting, not a bare OSError
             for name, path in (("ETCD_CA_CERT_FILE", s.ca_cert), ("ETCD_CERT_FILE", s.cert_file),
                                ("ETCD_KEY_FILE", s.key_file)):
                 if path and not os.access(path, os.R_OK):
@@ -340,7 +390,7 @@ class Datastore:
             from libcalico.etcdgateway import GATEWAY_RPC, GatewayClient
 
             gateway = GatewayClient(endpoint.scheme, endpoint.host, endpoint.port, s.timeout,
-                                    s.ca_cert, s.cert_file, s.key_file)
+                                    s.ca_cert, s.cert_file, s.key_file, s.username, s.password)
             return _Conn(endpoint, gateway, GATEWAY_RPC)
 
         import etcd3
@@ -352,7 +402,13 @@ class Datastore:
             ca_cert=s.ca_cert if tls else None,
             cert_key=s.key_file if tls else None,
             cert_cert=s.cert_file if tls else None,
-            timeout=s.timeout, grpc_options=GRPC_OPTIONS)
+            timeout=s.timeout, grpc_options=GRPC_OPTIONS + (
+                # Over a unix socket there is no host name: etcd's certificate must name
+                # localhost (as `netsim.etcd.make_tls_material`'s does).
+                [("grpc.ssl_target_name_override", "localhost")]
+                if endpoint.scheme == "unixs" else []),
+            # etcd3 authenticates here (one RPC) and keeps the token in `metadata`.
+            user=s.username, password=s.password)
         return _Conn(endpoint, client, etcdrpc, etcdrpc.WatchStub(client.channel))
 
     def _current(self) -> _Conn:
@@ -361,24 +417,54 @@ class Datastore:
                 self._conn = self._connect(self.settings.endpoints[self._index])
             return self._conn
 
-    def _fail_over(self, failed: _Conn) -> None:
+    def _fail_over(self, failed: _Conn | None) -> None:
+        """Move to the next endpoint (`failed` None: connecting to the current one failed)."""
         with self._lock:
-            if self._conn is failed:
-                _log.warning("etcd endpoint %s unavailable; failing over", failed.endpoint.url)
-                failed.client.close()
+            if failed is None or self._conn is failed:
+                url = self.settings.endpoints[self._index].url
+                _log.warning("etcd endpoint %s unavailable; failing over", url)
+                if failed is not None:
+                    failed.client.close()
                 self._conn = None
                 self._index = (self._index + 1) % len(self.settings.endpoints)
 
+    def _reauthenticate(self, stale: _Conn) -> None:
+        """Drop a connection whose auth token etcd refuses; the next call logs in again."""
+        with self._lock:
+            if self._conn is stale:
+                _log.info("etcd auth token refused at %s; authenticating again",
+                          stale.endpoint.url)
+                stale.client.close()
+                self._conn = None
+
     def _call(self, fn: Callable[[_Conn], T]) -> T:
         last: DatastoreError | None = None
-        for _ in range(len(self.settings.endpoints)):
-            conn = self._current()
+        reauthenticated = False
+        attempts = len(self.settings.endpoints)
+        while attempts > 0:
+            attempts -= 1
+            try:
+                conn = self._current()
+            except CalicoError:  # bad settings (ValidationError), not the network
+                raise
+            except Exception as exc:  # connecting (and authenticating) failed
+                err = translate_error(exc)
+                if not isinstance(err, DatastoreUnavailable):
+                    raise err from exc
+                last = err
+                self._fail_over(None)
+                continue
             try:
                 return fn(conn)
             except DatastoreError:
                 raise
             except Exception as exc:
                 err = translate_error(exc)
+                if isinstance(err, AuthTokenInvalid) and not reauthenticated:
+                    reauthenticated = True
+                    attempts += 1
+                    self._reauthenticate(conn)
+                    continue
                 if not isinstance(err, DatastoreUnavailable):
                     raise err from exc
                 last = err
@@ -406,7 +492,7 @@ class Datastore:
                                    keys_only=keys_only)
         if range_end is not None:
             rq.range_end = range_end
-        return conn.client.kvstub.Range(rq, self.settings.timeout)
+        return conn.client.kvstub.Range(rq, self.settings.timeout, metadata=conn.meta)
 
     def _pages(self, prefix: str, revision: int, keys_only: bool = False) -> Iterator[Any]:
         """The range responses covering `prefix`, PAGE_SIZE keys each, all read at the
@@ -456,6 +542,36 @@ class Datastore:
                             for kv in resp.kvs])
         return out, revision
 
+    def list_items(self, prefix: str,
+                   revision: int = 0) -> tuple[builtins.list[tuple[str, str]], int]:
+        """Keys and values below `prefix` (no metadata) as one consistent read; returns
+        (items, revision). For reads of many keys: the responses are decoded straight from
+        the wire (`libcalico.etcdwire`), not into protobuf objects, several times faster."""
+        from libcalico.etcdwire import decode_range
+
+        start = prefix.encode()
+        end = _prefix_end(start)
+        out: builtins.list[tuple[str, str]] = []
+        while True:
+            data = self._call(functools.partial(self._raw_range, key=start, range_end=end,
+                                                revision=revision))
+            header_revision, more, kvs = decode_range(data)
+            revision = revision or header_revision
+            out.extend((k.decode(), v.decode("utf-8", "replace")) for k, v in kvs)
+            if not more or not kvs:
+                return out, revision
+            start = kvs[-1][0] + b"\0"
+
+    def _raw_range(self, conn: _Conn, key: bytes, range_end: bytes, revision: int) -> bytes:
+        if conn.raw_range is None:
+            conn.raw_range = conn.client.channel.unary_unary(
+                "/etcdserverpb.KV/Range",
+                request_serializer=conn.rpc.RangeRequest.SerializeToString,
+                response_deserializer=None)
+        rq = conn.rpc.RangeRequest(key=key, range_end=range_end, revision=revision,
+                                   limit=PAGE_SIZE)
+        return bytes(conn.raw_range(rq, self.settings.timeout))
+
     def list_keys(self, prefix: str, revision: int = 0) -> tuple[builtins.list[str], int]:
         """The keys below `prefix`, without their values, as one consistent read;
         returns (keys, revision). For listings that need only names: etcd sends no values."""
@@ -466,12 +582,17 @@ class Datastore:
         return out, revision
 
     def revision(self) -> int:
-        resp = self._call(lambda c: self._range(c, b"\0", None))
+        # A key inside the project's tree: an etcd user may be allowed only that tree.
+        resp = self._call(lambda c: self._range(c, ROOT.encode(), None, keys_only=True))
         return int(resp.header.revision)
 
     def version(self) -> str:
         def status(c: _Conn) -> str:
-            return str(c.client.status().version)
+            # The stub with the token as metadata: etcd3's own status() sends it as call
+            # credentials, which gRPC refuses over a plain-text channel.
+            resp = c.client.maintenancestub.Status(c.rpc.StatusRequest(), self.settings.timeout,
+                                                   metadata=c.meta)
+            return str(resp.version)
 
         return self._call(status)
 
@@ -481,7 +602,8 @@ class Datastore:
         """Unconditional write; returns the new revision."""
         def op(c: _Conn) -> int:
             rq = c.rpc.PutRequest(key=key.encode(), value=value.encode(), lease=lease)
-            return int(c.client.kvstub.Put(rq, self.settings.timeout).header.revision)
+            return int(c.client.kvstub.Put(rq, self.settings.timeout,
+                                           metadata=c.meta).header.revision)
 
         return self._call(op)
 
@@ -501,7 +623,8 @@ class Datastore:
         """Delete one key; True if it existed."""
         def op(c: _Conn) -> bool:
             rq = c.rpc.DeleteRangeRequest(key=key.encode())
-            return bool(c.client.kvstub.DeleteRange(rq, self.settings.timeout).deleted)
+            return bool(c.client.kvstub.DeleteRange(rq, self.settings.timeout,
+                                                    metadata=c.meta).deleted)
 
         return self._call(op)
 
@@ -513,7 +636,8 @@ class Datastore:
         def op(c: _Conn) -> int:
             start = prefix.encode()
             rq = c.rpc.DeleteRangeRequest(key=start, range_end=_prefix_end(start))
-            return int(c.client.kvstub.DeleteRange(rq, self.settings.timeout).deleted)
+            return int(c.client.kvstub.DeleteRange(rq, self.settings.timeout,
+                                                   metadata=c.meta).deleted)
 
         return self._call(op)
 
@@ -542,7 +666,7 @@ class Datastore:
                                            value=cp.value.encode()))
             rq = rpc.TxnRequest(compare=cmp, success=self._ops(rpc, success),
                                 failure=self._ops(rpc, failure))
-            resp = c.client.kvstub.Txn(rq, self.settings.timeout)
+            resp = c.client.kvstub.Txn(rq, self.settings.timeout, metadata=c.meta)
             branch = success if resp.succeeded else failure
             gets: dict[str, KV | None] = {}
             for o, r in zip(branch, resp.responses, strict=True):
@@ -575,7 +699,8 @@ class Datastore:
     def grant_lease(self, ttl: int) -> Lease:
         def op(c: _Conn) -> int:
             rq = c.rpc.LeaseGrantRequest(TTL=ttl)
-            return int(c.client.leasestub.LeaseGrant(rq, self.settings.timeout).ID)
+            return int(c.client.leasestub.LeaseGrant(rq, self.settings.timeout,
+                                                     metadata=c.meta).ID)
 
         return Lease(self, self._call(op), ttl)
 
@@ -583,7 +708,8 @@ class Datastore:
         """Keep a lease alive once; returns the remaining TTL (0: it had expired)."""
         def op(c: _Conn) -> int:
             rq = c.rpc.LeaseKeepAliveRequest(ID=lease_id)
-            for resp in c.client.leasestub.LeaseKeepAlive(iter([rq]), self.settings.timeout):
+            for resp in c.client.leasestub.LeaseKeepAlive(iter([rq]), self.settings.timeout,
+                                                          metadata=c.meta):
                 return int(resp.TTL)
             return 0
 
@@ -592,7 +718,7 @@ class Datastore:
     def revoke_lease(self, lease_id: int) -> None:
         def op(c: _Conn) -> None:
             c.client.leasestub.LeaseRevoke(c.rpc.LeaseRevokeRequest(ID=lease_id),
-                                           self.settings.timeout)
+                                           self.settings.timeout, metadata=c.meta)
 
         self._call(op)
 
@@ -601,7 +727,7 @@ class Datastore:
     def compact(self, revision: int) -> None:
         def op(c: _Conn) -> None:
             c.client.kvstub.Compact(c.rpc.CompactionRequest(revision=revision, physical=True),
-                                    self.settings.timeout)
+                                    self.settings.timeout, metadata=c.meta)
 
         self._call(op)
 
@@ -649,7 +775,7 @@ class WatchStream:
             self._gateway = self.conn.client.watch([rpc.WatchCreateRequest(
                 key=p.encode(), range_end=_prefix_end(p.encode()),
                 start_revision=self.start_revision, progress_notify=True)
-                for p in self.prefixes])
+                for p in self.prefixes], metadata=self.conn.meta)
             return
         for prefix in self.prefixes:
             start = prefix.encode()
@@ -665,7 +791,7 @@ class WatchStream:
                     return
                 yield item
 
-        self._call = self.conn.watchstub.Watch(requests())
+        self._call = self.conn.watchstub.Watch(requests(), metadata=self.conn.meta)
 
     def __iter__(self) -> Iterator[WatchBatch]:
         if self._gateway is not None:
@@ -678,7 +804,7 @@ class WatchStream:
                 if rs.compact_revision:
                     raise Compacted(int(rs.compact_revision))
                 if rs.canceled:
-                    raise DatastoreUnavailable(f"watch cancelled by etcd: {rs.cancel_reason}")
+                    raise _watch_cancelled(str(rs.cancel_reason))
                 events = tuple(
                     WatchEvent(ev.kv.key.decode(),
                                None if ev.type == 1 else ev.kv.value.decode("utf-8", "replace"),
@@ -698,8 +824,7 @@ class WatchStream:
                 if int(rs.get("compact_revision") or 0):
                     raise Compacted(int(rs["compact_revision"]))
                 if rs.get("canceled"):
-                    raise DatastoreUnavailable("watch cancelled by etcd: "
-                                               f"{rs.get('cancel_reason', '')}")
+                    raise _watch_cancelled(str(rs.get("cancel_reason", "")))
                 events = tuple(WatchEvent(*decode_watch_event(ev))
                                for ev in rs.get("events") or ())
                 yield WatchBatch(int((rs.get("header") or {}).get("revision") or 0), events)

@@ -5,12 +5,14 @@ onto `DatastoreError` subclasses by `libcalico.datastore`, so no etcd3 or grpc
 exception escapes the library; invalid user input raises `ValidationError`, which
 names the field and the offending value; IPAM's refusals (`AddressInUse`, `PoolInUse`,
 `PoolsExhausted`) are `Conflict`s, so a caller tells them apart by class, never by
-name or message text. Presentation (exit codes, one-line messages) is left to the
-command-line shells.
+name or message text. A `ValidationError` about a field named like a secret (password,
+token, ...) never quotes the value. Presentation (exit codes, one-line messages) is left
+to the command-line shells.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 
@@ -25,7 +27,32 @@ class ValidationError(CalicoError, ValueError):
         self.field = field
         self.value = value
         self.reason = reason
-        super().__init__(f"invalid {field} {value!r}: {reason}")
+        super().__init__(f"invalid {_shown_field(field)} {_shown_value(field, value)}: "
+                         f"{reason}")
+
+
+# Longest value repr an error message quotes (the whole value stays in `.value`).
+MAX_SHOWN_VALUE = 200
+MASK = "********"
+# Field names whose values are secrets: an error about one never quotes the value, so
+# it cannot land in a log or a diagnostics bundle (calicoctl diags masks more: any etcd
+# key or JSON field named like a key, too).
+SECRET_FIELD = re.compile(r"pass(word|wd|phrase)?|token|secret|credential|private", re.I)
+
+
+def _shown_field(field: Any) -> str:
+    """A field name as a message shows it: quoted when it is empty or holds a newline or
+    another unprintable character (field names can come from the input's own keys), so
+    the message stays one line and the field stays visible."""
+    text = str(field)
+    return text if text and text.isprintable() else repr(text)
+
+
+def _shown_value(field: Any, value: Any) -> str:
+    if SECRET_FIELD.search(str(field)):
+        return MASK
+    shown = repr(value)
+    return shown if len(shown) <= MAX_SHOWN_VALUE else shown[:MAX_SHOWN_VALUE - 3] + "..."
 
 
 class DatastoreError(CalicoError):

@@ -3,17 +3,21 @@
 
 Owns: the HTTP conversation with etcd's gRPC gateway (`POST /v3/kv/range` and friends,
 JSON bodies with base64 bytes and int64 as strings) over TCP, TLS (the same CA and
-client certificate files) or etcd's unix socket, one kept-alive HTTP/1.1 connection per
-endpoint (a small client of its own: `http.client` imports `ssl` and `email`, ~20 ms of
-start-up); and a stand-in for the parts of etcd3's generated gRPC modules that the
-datastore uses (`GATEWAY_RPC.RangeRequest(...)`, `client.kvstub.Range(rq, timeout)`,
-the lease stubs, `client.status()`), so the datastore's logic - paging, transactions,
-compare-and-swap, fail-over - is the same code whichever transport carries it.
+client certificate files) or etcd's unix socket, one kept-alive `http.client`
+connection per endpoint, logging in first when etcd has authentication on (the token
+goes with every call as the `Authorization` header); watches; and a stand-in for the parts of
+etcd3's generated gRPC modules that the datastore uses (`GATEWAY_RPC.RangeRequest(...)`,
+`client.kvstub.Range(rq, timeout, metadata=...)`, the lease and maintenance stubs,
+`client.metadata`), so the datastore's logic - paging, transactions, compare-and-swap,
+fail-over, re-authentication - is the same code whichever transport carries it.
 
 Watches: `GatewayClient.watch(creates)` opens one streaming `POST /v3/watch` per
 watcher, each on a connection of its own (etcd keeps the watch after the request body
 ends and streams one JSON result per line, chunked), with TCP keepalive so that a dead
-peer breaks the stream as grpc's keepalive pings would; one thread reads them all.
+peer breaks the stream as grpc's keepalive pings would; one thread reads them all
+through one selector. `http.client` connects and sends the request; the streamed answer
+is decoded here from the socket, because `http.client`'s buffered reader would hide
+bytes it has already read from the selector.
 
 Why: a CNI plugin is one process per call. `import etcd3` (grpc and protobuf) costs
 ~0.2 s of start-up on this hardware, more than the whole rest of an ADD; this module
@@ -33,11 +37,15 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import http.client
 import json
 import socket
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
+
+# etcd3's call metadata: (("token", TOKEN),) once logged in, else None.
+Metadata = Iterable[tuple[str, str]] | None
 
 # gRPC status codes (grpc/status.h) that the datastore distinguishes.
 CANCELLED, DEADLINE_EXCEEDED, OUT_OF_RANGE, UNAVAILABLE = 1, 4, 11, 14
@@ -115,6 +123,7 @@ class _Rpc:
     LeaseKeepAliveRequest = staticmethod(_message())
     LeaseRevokeRequest = staticmethod(_message())
     CompactionRequest = staticmethod(_message())
+    StatusRequest = staticmethod(_message())
     WatchCreateRequest = staticmethod(_message())
 
 
@@ -172,156 +181,108 @@ def _txn(data: dict[str, Any]) -> Msg:
 # --- the connection -----------------------------------------------------------------------------
 
 
-class _Connection:
-    """One kept-alive HTTP/1.1 connection, POST only: TCP, TLS or a unix socket.
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    """`http.client`'s connection over etcd's unix socket (`unix://`, and `unixs://` with
+    TLS, the server checked as "localhost" as gRPC does for a unix socket)."""
 
-    Why not `http.client`: it imports `ssl` and the `email` package (~20 ms of start-up
-    for every plugin call); the gateway needs one request shape and two response
-    framings (Content-Length and chunked), written here in a few lines."""
+    def __init__(self, path: str, timeout: float, context: Any = None) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+        self.context = context
 
-    def __init__(self, scheme: str, host: str, port: int, timeout: float,
-                 tls: tuple[str | None, str | None, str | None]) -> None:
-        self.scheme, self.host, self.port, self.timeout, self.tls = (scheme, host, port,
-                                                                     timeout, tls)
-        self.sock: socket.socket | None = None
-        self._buf = b""
-        self.keepalive = False  # TCP keepalive probes (a long-lived watch stream)
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.path)
+            if self.context is not None:
+                sock = self.context.wrap_socket(sock, server_hostname="localhost")
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
 
-    def _open(self) -> socket.socket:
-        if self.scheme == "unix":
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(self.timeout)
-            try:
-                sock.connect(self.host)
-            except OSError:
-                sock.close()
-                raise
-            return sock
-        sock = socket.create_connection((self.host, self.port), self.timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.keepalive:  # a dead peer breaks the stream after ~45 s of silence
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            for option, value in ((socket.TCP_KEEPIDLE, KEEPALIVE_IDLE_S),
-                                  (socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL_S),
-                                  (socket.TCP_KEEPCNT, KEEPALIVE_PROBES)):
-                sock.setsockopt(socket.IPPROTO_TCP, option, value)
-        if self.scheme == "https":
-            import ssl
 
-            ca, cert, key = self.tls
-            context = ssl.create_default_context(cafile=ca)
-            if cert:
-                context.load_cert_chain(cert, key)
-            return context.wrap_socket(sock, server_hostname=self.host)
-        return sock
+def _tls_context(tls: tuple[str | None, str | None, str | None]) -> Any:
+    import ssl
 
-    def _read_more(self) -> None:
-        assert self.sock is not None
-        chunk = self.sock.recv(65536)
-        if not chunk:
-            raise ConnectionResetError("connection closed by etcd")
-        self._buf += chunk
+    ca, cert, key = tls
+    context = ssl.create_default_context(cafile=ca)
+    if cert:
+        context.load_cert_chain(cert, key)
+    return context
 
-    def _read_line(self) -> bytes:
-        while b"\r\n" not in self._buf:
-            self._read_more()
-        line, self._buf = self._buf.split(b"\r\n", 1)
-        return line
 
-    def _read_exactly(self, n: int) -> bytes:
-        while len(self._buf) < n:
-            self._read_more()
-        data, self._buf = self._buf[:n], self._buf[n:]
-        return data
-
-    def start(self, path: str, body: bytes, timeout: float) -> tuple[int, dict[bytes, bytes]]:
-        """Send one POST and read the answer's status and headers; reconnects when there
-        is no connection yet."""
-        if self.sock is None:
-            self.sock = self._open()
-            self._buf = b""
-        self.sock.settimeout(timeout)
-        host = "localhost" if self.scheme == "unix" else self.host
-        self.sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: "
-                          f"application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-                          .encode() + body)
-        status_line = self._read_line()
-        parts = status_line.split(b" ", 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/"):
-            raise ConnectionResetError(f"bad status line {status_line[:80]!r}")
-        headers: dict[bytes, bytes] = {}
-        while line := self._read_line():
-            name, _, value = line.partition(b":")
-            headers[name.strip().lower()] = value.strip()
-        return int(parts[1]), headers
-
-    def take_buffer(self) -> bytes:
-        """What was read past the headers so far (the caller decodes the body itself)."""
-        data, self._buf = self._buf, b""
-        return data
-
-    def chunks(self) -> Iterator[bytes]:
-        """The chunks of a chunked body, as they arrive; ends after the last one."""
-        while size := int(self._read_line().split(b";")[0], 16):
-            yield self._read_exactly(size)
-            self._read_line()
-        while self._read_line():  # trailers, then the blank line
-            pass
-
-    def post(self, path: str, body: bytes, timeout: float) -> tuple[int, bytes]:
-        """(status, body) of one POST; reconnects when there is no connection yet."""
-        status, headers = self.start(path, body, timeout)
-        if headers.get(b"transfer-encoding", b"").lower() == b"chunked":
-            data = b"".join(self.chunks())
-        else:
-            data = self._read_exactly(int(headers.get(b"content-length", b"0")))
-        if headers.get(b"connection", b"").lower() == b"close":
-            self.close()
-        return status, data
-
-    def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
+def _connection(scheme: str, host: str, port: int, timeout: float,
+                tls: tuple[str | None, str | None, str | None]
+                ) -> http.client.HTTPConnection:
+    """One kept-alive HTTP/1.1 connection (`http.client`): TCP, TLS or a unix socket."""
+    if scheme in ("unix", "unixs"):
+        return _UnixHTTPConnection(host, timeout,
+                                   _tls_context(tls) if scheme == "unixs" else None)
+    if scheme == "https":
+        return http.client.HTTPSConnection(host, port, timeout=timeout,
+                                           context=_tls_context(tls))
+    return http.client.HTTPConnection(host, port, timeout=timeout)
 
 
 class GatewayClient:
-    """One endpoint's gateway: `kvstub`, `leasestub`, `status()`, `watch()` and `close()`
-    as the datastore calls them on etcd3's client. Thread-safe: unary calls take turns
-    on one kept-alive connection (a lock); each watch has a connection of its own."""
+    """One endpoint's gateway: `kvstub`, `leasestub`, `maintenancestub`, `metadata`,
+    `watch()` and `close()` as the datastore uses them on etcd3's client. Thread-safe:
+    unary calls take turns on one kept-alive connection (a lock); each watch has a
+    connection of its own. With a user and password it logs in first
+    (`/v3/auth/authenticate`) and sends the token with every call, as etcd3 does over
+    gRPC; `metadata` holds it in etcd3's form so the datastore passes it back per call."""
 
     def __init__(self, scheme: str, host: str, port: int, timeout: float,
                  ca_cert: str | None = None, cert_file: str | None = None,
-                 key_file: str | None = None) -> None:
+                 key_file: str | None = None, user: str | None = None,
+                 password: str | None = None) -> None:
         self.scheme, self.host, self.port, self.timeout = scheme, host, port, timeout
         self._tls = (ca_cert, cert_file, key_file)
-        self._conn = _Connection(scheme, host, port, timeout, self._tls)
+        self._conn = _connection(scheme, host, port, timeout, self._tls)
         self._lock = threading.Lock()
         self.kvstub = _KVStub(self)
         self.leasestub = _LeaseStub(self)
+        self.maintenancestub = _MaintenanceStub(self)
+        self.metadata: tuple[tuple[str, str], ...] | None = None
+        if user:
+            token = self.call("/v3/auth/authenticate", {"name": user, "password": password})
+            self.metadata = (("token", str(token.get("token", ""))),)
 
-    def call(self, path: str, request: Msg | dict[str, Any],
-             timeout: float | None = None) -> dict[str, Any]:
+    def call(self, path: str, request: Msg | dict[str, Any], timeout: float | None = None,
+             metadata: Metadata = None) -> dict[str, Any]:
         """POST one request; the decoded JSON answer. A kept-alive connection that the
         server closed meanwhile is re-opened once."""
         body = json.dumps(_encode(request) if isinstance(request, Msg) else request).encode()
+        headers = {"Content-Type": "application/json"}
+        token = dict(metadata or ()).get("token")
+        if token:
+            headers["Authorization"] = token
         with self._lock:
-            return self._call(path, body, timeout)
+            return self._call(path, body, headers, timeout)
 
-    def _call(self, path: str, body: bytes, timeout: float | None) -> dict[str, Any]:
+    def _call(self, path: str, body: bytes, headers: dict[str, str],
+              timeout: float | None) -> dict[str, Any]:
         for attempt in (1, 2):
             reused = self._conn.sock is not None
+            self._conn.timeout = timeout or self.timeout
+            if self._conn.sock is not None:  # a kept-alive socket has the last call's
+                self._conn.sock.settimeout(self._conn.timeout)
             try:
-                status, raw = self._conn.post(path, body, timeout or self.timeout)
+                self._conn.request("POST", path, body, headers)
+                response = self._conn.getresponse()
+                status, raw = response.status, response.read()
             except TimeoutError:
                 self._conn.close()
                 raise GatewayError(DEADLINE_EXCEEDED, f"{self._where()}: timed out") from None
-            except (ConnectionResetError, BrokenPipeError) as exc:
+            except (ConnectionResetError, BrokenPipeError,
+                    http.client.RemoteDisconnected) as exc:
                 self._conn.close()
                 if attempt == 1 and reused:
                     continue
                 raise GatewayError(UNAVAILABLE, f"{self._where()}: {exc}") from None
-            except (OSError, ValueError) as exc:
+            except (OSError, http.client.HTTPException) as exc:
                 self._conn.close()
                 raise GatewayError(UNAVAILABLE, f"{self._where()}: {exc}") from None
             try:
@@ -339,14 +300,11 @@ class GatewayClient:
         raise AssertionError("unreachable")
 
     def _where(self) -> str:
-        return self.host if self.scheme == "unix" else f"{self.host}:{self.port}"
+        return self.host if self.scheme.startswith("unix") else f"{self.host}:{self.port}"
 
-    def status(self) -> Msg:
-        return Msg(version=str(self.call("/v3/maintenance/status", {}).get("version", "")))
-
-    def watch(self, creates: Sequence[Msg]) -> GatewayWatch:
+    def watch(self, creates: Sequence[Msg], metadata: Metadata = None) -> GatewayWatch:
         """Open one watch stream with a watcher per create request (see GatewayWatch)."""
-        return GatewayWatch(self, creates)
+        return GatewayWatch(self, creates, metadata)
 
     def close(self) -> None:
         with self._lock:
@@ -366,16 +324,18 @@ class GatewayWatch:
     Iterating yields each watch response's `result` (a dict, as etcd's gateway spells it:
     base64 keys and values, int64 as strings), in order per watcher; it raises
     `GatewayError` (UNAVAILABLE) when a connection breaks or etcd ends a stream, or with
-    the code etcd puts in a streamed error. `cancel()` may be called from any thread: it
-    shuts the sockets down, and the iteration then ends quietly."""
+    the code etcd puts in a streamed error (16 for a refused auth token). `cancel()` may
+    be called from any thread: it shuts the sockets down, and the iteration then ends
+    quietly."""
 
-    def __init__(self, client: GatewayClient, creates: Sequence[Msg]) -> None:
+    def __init__(self, client: GatewayClient, creates: Sequence[Msg],
+                 metadata: Metadata = None) -> None:
         self._where = client._where()
         self.cancelled = False
         self._streams: list[_WatchConnection] = []
         try:
             for create in creates:
-                self._streams.append(_WatchConnection(client, create, self._where))
+                self._streams.append(_WatchConnection(client, create, metadata))
         except BaseException:
             self.close()
             raise
@@ -385,13 +345,15 @@ class GatewayWatch:
 
         sel = selectors.DefaultSelector()
         try:
+            # What came with each answer's headers first (a watch etcd refused at once,
+            # for a stale auth token, says so there and then stays silent).
+            ready = [(stream, False) for stream in self._streams]
             for stream in self._streams:
                 sel.register(stream.sock, selectors.EVENT_READ, stream)
             while True:
-                for key, _ in sel.select():
-                    stream = key.data
+                for stream, receive in ready:
                     try:
-                        results = stream.read()
+                        results = stream.read() if receive else stream.decode()
                     except (OSError, ValueError) as exc:
                         if self.cancelled:
                             return
@@ -403,6 +365,7 @@ class GatewayWatch:
                         raise GatewayError(UNAVAILABLE,
                                            f"{self._where}: etcd ended the watch stream")
                     yield from results
+                ready = [(key.data, True) for key, _ in sel.select()]
         finally:
             sel.close()
             self.close()
@@ -419,31 +382,73 @@ class GatewayWatch:
 
 
 class _WatchConnection:
-    """One watch request and the incremental decoding of its chunked answer: chunks,
-    then newline-separated JSON messages."""
+    """One watch request and the incremental decoding of its answer from the socket:
+    status line and headers, then chunks, then newline-separated JSON messages."""
 
-    def __init__(self, client: GatewayClient, create: Msg, where: str) -> None:
-        self.conn = _Connection(client.scheme, client.host, client.port, client.timeout,
+    def __init__(self, client: GatewayClient, create: Msg, metadata: Metadata) -> None:
+        where = client._where()
+        self.conn = _connection(client.scheme, client.host, client.port, client.timeout,
                                 client._tls)
-        self.conn.keepalive = True
         body = json.dumps({"create_request": _encode(create)}).encode()
+        headers = {"Content-Type": "application/json"}
+        token = dict(metadata or ()).get("token")
+        if token:
+            headers["Authorization"] = token
+        self._raw = b""
         try:
-            status, headers = self.conn.start("/v3/watch", body, client.timeout)
+            self.conn.connect()
+            assert self.conn.sock is not None
+            self.sock: socket.socket = self.conn.sock
+            if client.scheme in ("http", "https"):  # a dead peer breaks it after ~45 s
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                for option, value in ((socket.TCP_KEEPIDLE, KEEPALIVE_IDLE_S),
+                                      (socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL_S),
+                                      (socket.TCP_KEEPCNT, KEEPALIVE_PROBES)):
+                    self.sock.setsockopt(socket.IPPROTO_TCP, option, value)
+            self.conn.request("POST", "/v3/watch", body, headers)
+            status, answer = self._read_head()
         except TimeoutError:
             self.conn.close()
             raise GatewayError(DEADLINE_EXCEEDED, f"{where}: timed out") from None
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, http.client.HTTPException) as exc:
             self.conn.close()
             raise GatewayError(UNAVAILABLE, f"{where}: {exc}") from None
-        if status != 200 or headers.get(b"transfer-encoding", b"").lower() != b"chunked":
+        if status != 200 or answer.get(b"transfer-encoding", b"").lower() != b"chunked":
             self.conn.close()
-            raise GatewayError(UNAVAILABLE, f"{where}: watch refused (HTTP {status})")
-        assert self.conn.sock is not None
-        self.sock = self.conn.sock
+            code, message = UNAVAILABLE, f"watch refused (HTTP {status})"
+            with contextlib.suppress(ValueError):  # etcd's error body, when it sent one
+                data = json.loads(self._raw)
+                if isinstance(data, dict) and isinstance(data.get("code"), int):
+                    code, message = data["code"], str(data.get("message") or message)
+            raise GatewayError(code, f"{where}: {message}")
         self.sock.settimeout(None)  # events may be hours apart; keepalive watches the peer
-        self._raw = self.conn.take_buffer()  # what arrived with the headers
         self._pending = b""  # chunk data not yet split into lines
         self._chunk_left = -1  # bytes of the current chunk still to come; -1: a size line
+
+    def _read_head(self) -> tuple[int, dict[bytes, bytes]]:
+        """The answer's status and headers; what follows them stays in `_raw`."""
+        while b"\r\n\r\n" not in self._raw:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionResetError("connection closed by etcd")
+            self._raw += chunk
+        head, self._raw = self._raw.split(b"\r\n\r\n", 1)
+        status_line, *lines = head.split(b"\r\n")
+        parts = status_line.split(b" ", 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/"):
+            raise ValueError(f"bad status line {status_line[:80]!r}")
+        headers: dict[bytes, bytes] = {}
+        for line in lines:
+            name, _, value = line.partition(b":")
+            headers[name.strip().lower()] = value.strip()
+        if headers.get(b"transfer-encoding", b"").lower() != b"chunked":
+            length = int(headers.get(b"content-length", b"0"))
+            while len(self._raw) < length:  # an error answer: read its body
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    break
+                self._raw += chunk
+        return int(parts[1]), headers
 
     def read(self) -> list[dict[str, Any]] | None:
         """The messages completed by what the socket holds now; None at the stream's end."""
@@ -454,9 +459,10 @@ class _WatchConnection:
         while pending is not None and pending():  # which the selector cannot see
             data += self.sock.recv(1 << 16)
         self._raw += data
-        return self._decode()
+        return self.decode()
 
-    def _decode(self) -> list[dict[str, Any]] | None:
+    def decode(self) -> list[dict[str, Any]] | None:
+        """The messages completed by what was received so far; None at the stream's end."""
         out: list[dict[str, Any]] = []
         raw = self._raw
         while True:
@@ -497,41 +503,61 @@ def _watch_result(line: bytes) -> dict[str, Any]:
     return result if isinstance(result, dict) else {}
 
 
+class _MaintenanceStub:
+    def __init__(self, client: GatewayClient) -> None:
+        self._client = client
+
+    def Status(self, rq: Msg, timeout: float | None = None,  # noqa: N802 - gRPC name
+               metadata: Metadata = None) -> Msg:
+        data = self._client.call("/v3/maintenance/status", rq, timeout, metadata)
+        return Msg(version=str(data.get("version", "")))
+
+
 class _KVStub:
     def __init__(self, client: GatewayClient) -> None:
         self._client = client
 
-    def Range(self, rq: Msg, timeout: float | None = None) -> Msg:  # noqa: N802 - gRPC name
-        return _range(self._client.call("/v3/kv/range", rq, timeout))
+    def Range(self, rq: Msg, timeout: float | None = None,  # noqa: N802 - gRPC name
+              metadata: Metadata = None) -> Msg:
+        return _range(self._client.call("/v3/kv/range", rq, timeout, metadata))
 
-    def Put(self, rq: Msg, timeout: float | None = None) -> Msg:  # noqa: N802
-        return Msg(header=_header(self._client.call("/v3/kv/put", rq, timeout)))
+    def Put(self, rq: Msg, timeout: float | None = None,  # noqa: N802
+            metadata: Metadata = None) -> Msg:
+        return Msg(header=_header(self._client.call("/v3/kv/put", rq, timeout, metadata)))
 
-    def DeleteRange(self, rq: Msg, timeout: float | None = None) -> Msg:  # noqa: N802
-        data = self._client.call("/v3/kv/deleterange", rq, timeout)
+    def DeleteRange(self, rq: Msg, timeout: float | None = None,  # noqa: N802
+                    metadata: Metadata = None) -> Msg:
+        data = self._client.call("/v3/kv/deleterange", rq, timeout, metadata)
         return Msg(header=_header(data), deleted=_int(data, "deleted"))
 
-    def Txn(self, rq: Msg, timeout: float | None = None) -> Msg:  # noqa: N802
-        return _txn(self._client.call("/v3/kv/txn", rq, timeout))
+    def Txn(self, rq: Msg, timeout: float | None = None,  # noqa: N802
+            metadata: Metadata = None) -> Msg:
+        return _txn(self._client.call("/v3/kv/txn", rq, timeout, metadata))
 
-    def Compact(self, rq: Msg, timeout: float | None = None) -> Msg:  # noqa: N802
-        return Msg(header=_header(self._client.call("/v3/kv/compaction", rq, timeout)))
+    def Compact(self, rq: Msg, timeout: float | None = None,  # noqa: N802
+                metadata: Metadata = None) -> Msg:
+        data = self._client.call("/v3/kv/compaction", rq, timeout, metadata)
+        return Msg(header=_header(data))
 
 
 class _LeaseStub:
     def __init__(self, client: GatewayClient) -> None:
         self._client = client
 
-    def LeaseGrant(self, rq: Msg, timeout: float | None = None) -> Msg:  # noqa: N802
-        data = self._client.call("/v3/lease/grant", rq, timeout)
+    def LeaseGrant(self, rq: Msg, timeout: float | None = None,  # noqa: N802
+                   metadata: Metadata = None) -> Msg:
+        data = self._client.call("/v3/lease/grant", rq, timeout, metadata)
         return Msg(ID=_int(data, "ID"), TTL=_int(data, "TTL"))
 
     def LeaseKeepAlive(self, requests: Iterable[Msg],  # noqa: N802
-                       timeout: float | None = None) -> Iterator[Msg]:
+                       timeout: float | None = None,
+                       metadata: Metadata = None) -> Iterator[Msg]:
         for rq in requests:
-            data = self._client.call("/v3/lease/keepalive", rq, timeout)
+            data = self._client.call("/v3/lease/keepalive", rq, timeout, metadata)
             yield Msg(ID=_int(data.get("result") or {}, "ID"),
                       TTL=_int(data.get("result") or {}, "TTL"))
 
-    def LeaseRevoke(self, rq: Msg, timeout: float | None = None) -> Msg:  # noqa: N802
-        return Msg(header=_header(self._client.call("/v3/lease/revoke", rq, timeout)))
+    def LeaseRevoke(self, rq: Msg, timeout: float | None = None,  # noqa: N802
+                    metadata: Metadata = None) -> Msg:
+        data = self._client.call("/v3/lease/revoke", rq, timeout, metadata)
+        return Msg(header=_header(data))

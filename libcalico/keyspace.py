@@ -254,7 +254,22 @@ def endpoint_status_key(hostname: str, orchestrator: str, workload: str,
 # --- Docker libnetwork -------------------------------------------------------------------
 
 def libnetwork_network_key(network_id: str) -> str:
+    """The Docker driver's record of one network (one engine's network id)."""
     return f"{LIBNETWORK}/{_seg('network id', network_id)}"
+
+
+def libnetwork_endpoint_dir(hostname: str) -> str:
+    return f"{LIBNETWORK}/host/{_seg('hostname', hostname)}/endpoint/"
+
+
+def libnetwork_endpoint_key(hostname: str, endpoint_id: str) -> str:
+    """The Docker driver's record of one endpoint on a host (its sandbox, its role)."""
+    return f"{libnetwork_endpoint_dir(hostname)}{_seg('endpoint id', endpoint_id)}"
+
+
+def libnetwork_profile_key(profile: str) -> str:
+    """Present while the Docker driver owns (created) the profile of that name."""
+    return f"{LIBNETWORK}/profile/{_seg('profile', profile)}"
 
 
 # --- parsing ------------------------------------------------------------------------------
@@ -379,11 +394,22 @@ class LibnetworkNetworkKey:
     network_id: str
 
 
+@dataclass(frozen=True)
+class LibnetworkEndpointKey:
+    hostname: str
+    endpoint_id: str
+
+
+@dataclass(frozen=True)
+class LibnetworkProfileKey:
+    profile: str
+
+
 ParsedKey = (ReadyKey | GlobalConfigKey | HostConfigKey | HostBirdIPKey | WorkloadEndpointKey
              | HostEndpointKey | ProfileKey | TierKey | PolicyKey | PoolKey | BGPGlobalKey
              | BGPHostKey | BGPPeerKey | CustomFilterKey | IPAMConfigKey | BlockKey
              | HandleKey | AffinityKey | FelixStatusKey | EndpointStatusKey
-             | LibnetworkNetworkKey)
+             | LibnetworkNetworkKey | LibnetworkEndpointKey | LibnetworkProfileKey)
 
 _S = r"([^/]+)"
 _CIDR = r"([0-9a-fA-F:.]+-[0-9]+)"
@@ -420,6 +446,9 @@ _PATTERNS: list[tuple[str, object]] = [
     (rf"^{FELIX}/host/{_S}/workload/{_S}/{_S}/endpoint/{_S}$",
      lambda m: EndpointStatusKey(m[1], m[2], m[3], m[4])),
     (rf"^{LIBNETWORK}/{_S}$", lambda m: LibnetworkNetworkKey(m[1])),
+    (rf"^{LIBNETWORK}/host/{_S}/endpoint/{_S}$",
+     lambda m: LibnetworkEndpointKey(m[1], m[2])),
+    (rf"^{LIBNETWORK}/profile/{_S}$", lambda m: LibnetworkProfileKey(m[1])),
 ]
 
 

@@ -9,11 +9,14 @@ and shims, the mounts left below its directory, the directory.
 How it starts (see /work/shared/reference/environment.md):
 
     nsenter --net=/run/netns/HOST unshare --mount --propagation private \\
-        sh -c 'mount -t tmpfs plugins /run/docker/plugins && exec dockerd ...'
+        sh -c 'mount --bind DIR/plugins /run/docker/plugins && exec dockerd ...'
 
 `nsenter --net` rather than `ip netns exec`, which remounts /sys and hides the cgroup
-mounts dockerd needs; a private mount namespace with a tmpfs on /run/docker/plugins so
-that a network plugin's socket is seen by this engine only; no bridge, no iptables, no
+mounts dockerd needs; a private mount namespace with the engine's own `plugins`
+directory bind-mounted on /run/docker/plugins, so that a network plugin's socket is
+seen by this engine only (a plugin in a container with `-v /run/docker/plugins:...`
+lands there; one started on the machine listens in `plugin_dir`), and so that it
+survives `restart` (a restarted engine finds the plugins it had); no bridge, no iptables, no
 forwarding or masquerading changes. Containers run with `--net=host` share HOST's
 namespace. An engine that does not start raises `EngineFailed` with its log tail: the
 README's install provides dockerd, so a test that needs one fails rather than skips.
@@ -42,6 +45,7 @@ from netsim.netns import process_alive
 PLUGIN_DIR = Path("/run/docker/plugins")
 START_TIMEOUT_S = 60.0
 BUSYBOX_APPLETS = ("sh", "sleep", "ip", "cat", "ping", "nc", "true")
+COMPONENT_LABEL = "org.pycalico-net.component"  # calicoctl's containers (node, driver)
 
 
 class EngineFailed(RuntimeError):
@@ -75,6 +79,12 @@ class DockerEngine:
 
     # --- starting ---------------------------------------------------------------------------
 
+    @property
+    def plugin_dir(self) -> Path:
+        """This engine's plugin directory as the machine sees it: the engine sees it as
+        /run/docker/plugins. A plugin started outside the engine listens here."""
+        return self.dir / "plugins"
+
     @classmethod
     def start(cls, netns: str, parent: str | os.PathLike[str] | None = None,
               timeout: float = START_TIMEOUT_S) -> DockerEngine:
@@ -83,28 +93,40 @@ class DockerEngine:
             if shutil.which(binary) is None:
                 raise EngineFailed(f"{binary} is not installed (./scripts/bootstrap.sh "
                                    "installs docker.io)")
-        # The mount point for each engine's private tmpfs; it stays (docker.io's own
+        # The mount point for each engine's private bind mount; it stays (docker.io's own
         # engine uses the same directory) and is never written to outside an engine.
         PLUGIN_DIR.mkdir(parents=True, exist_ok=True)
         engine = cls(netns, Path(tempfile.mkdtemp(prefix="dockerd-", dir=parent)))
-        d = engine.dir
-        cmd = ["nsenter", f"--net=/run/netns/{netns}", "unshare", "--mount",
-               "--propagation", "private", "sh", "-c",
-               f'mount -t tmpfs plugins {PLUGIN_DIR} && exec dockerd "$@"', "dockerd",
-               "--data-root", str(d / "data"), "--exec-root", str(d / "exec"),
-               "--pidfile", str(d / "docker.pid"), "-H", engine.host,
-               "--iptables=false", "--ip6tables=false", "--ip-forward=false",
-               "--ip-masq=false", "--bridge=none"]
+        engine.plugin_dir.mkdir()
         try:
-            with open(engine.log_path, "wb") as log:
-                engine.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                               stdin=subprocess.DEVNULL,
-                                               start_new_session=True)
-            engine._wait_answering(timeout)
+            engine._launch(timeout)
         except BaseException:
             engine.stop()
             raise
         return engine
+
+    def _launch(self, timeout: float) -> None:
+        d = self.dir
+        cmd = ["nsenter", f"--net=/run/netns/{self.netns}", "unshare", "--mount",
+               "--propagation", "private", "sh", "-c",
+               f'mount --bind "$0" {PLUGIN_DIR} && exec dockerd "$@"', str(self.plugin_dir),
+               "--data-root", str(d / "data"), "--exec-root", str(d / "exec"),
+               "--pidfile", str(d / "docker.pid"), "-H", self.host,
+               "--iptables=false", "--ip6tables=false", "--ip-forward=false",
+               "--ip-masq=false", "--bridge=none"]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        self._wait_answering(timeout)
+
+    def restart(self, timeout: float = START_TIMEOUT_S) -> None:
+        """Stop dockerd as its service manager would (SIGTERM: it stops its containers)
+        and start it again on the same data; containers with a restart policy come back."""
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.proc.pid, signal.SIGTERM)  # dockerd itself (it stops containerd)
+        self.proc.wait(timeout=90)
+        self._launch(timeout)
 
     def _wait_answering(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -164,9 +186,14 @@ class DockerEngine:
         """Remove every container, stop dockerd (it stops its containerd), kill what is
         left of ours, unmount whatever remains below the directory and remove it."""
         if self.proc is not None and self.proc.poll() is None:
-            ids = self.docker("ps", "-aq", check=False, timeout=30).stdout.split()
-            if ids:
-                self.docker("rm", "-f", *ids, check=False, timeout=60)
+            # Workloads first, while the containers serving them (calicoctl's: the node
+            # and the Docker driver their networks need) still run.
+            ours = self.docker("ps", "-aq", "--filter", f"label={COMPONENT_LABEL}",
+                               check=False, timeout=30).stdout.split()
+            every = self.docker("ps", "-aq", check=False, timeout=30).stdout.split()
+            for ids in ([i for i in every if i not in ours], ours):
+                if ids:
+                    self.docker("rm", "-f", *ids, check=False, timeout=120)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGTERM)
             try:

@@ -3,7 +3,12 @@
 Owns: the fabric namespace with a bridge, host namespaces joined to it by veths
 (`eth0`, 198.18.0.<i>/24 by default), an etcd running inside the fabric namespace on
 198.18.0.254 (daemons in the hosts use its TCP URL; the test process reaches it through
-its unix socket, so the root namespace is never touched), background processes started
+its unix socket, so the root namespace is never touched) - or, with `etcd_members=3`, an
+`EtcdCluster` of real members on 198.18.0.251-253, and with `etcd_tls`/`etcd_auth` an
+etcd that accepts only client certificates / only a user and password (the daemons get
+the certificates and credentials through their ETCD_* environment), or with
+`etcd_on_host` one member inside host1 on its own address (etcd on a Calico host, whose
+port a workload must not reach), background processes started
 inside the hosts, Calico nodes started in them with `calicoctl node --runtime=none`
 (`start_node`; each host's run directory, logs and BIRD include directory live in its
 scratch directory), and removing all of it, in reverse order, even when a test fails
@@ -37,13 +42,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from libcalico.datastore import Datastore
-from netsim.etcd import EtcdServer
+from netsim.etcd import EtcdCluster, EtcdServer, make_tls_material
 from netsim.netns import Namespace, kill_namespace_processes
 
 FABRIC_NET = "198.18.0"
 FABRIC_PLEN = 24
 FABRIC_NET6 = "fd00:198:18::"  # hosts get <FABRIC_NET6><octet in hex>/64 with ipv6=True
 ETCD_IP = f"{FABRIC_NET}.254"
+ETCD_MEMBER_IPS = tuple(f"{FABRIC_NET}.{251 + i}" for i in range(3))  # etcd_members > 1
 
 
 @dataclass
@@ -62,10 +68,12 @@ class Topology:
     """A fabric bridge in its own namespace, hosts attached to it, etcd inside it."""
 
     def __init__(self, prefix: str, hosts: int = 3, etcd: bool = True,
-                 first_host_octet: int = 1, ipv6: bool = False) -> None:
+                 first_host_octet: int = 1, ipv6: bool = False, etcd_members: int = 1,
+                 etcd_tls: bool = False, etcd_auth: tuple[str, str] | None = None,
+                 etcd_on_host: bool = False) -> None:
         self.prefix = prefix
         self.hosts: list[Host] = []
-        self.etcd: EtcdServer | None = None
+        self.etcd: EtcdServer | EtcdCluster | None = None
         self.fabric: Namespace | None = None
         self._procs: list[subprocess.Popen[bytes]] = []
         self.dir = Path(tempfile.mkdtemp(prefix=f"{prefix}-topo-"))
@@ -76,18 +84,39 @@ class Topology:
             self.fabric.ip("link", "add", "br0", "address", "02:00:c6:12:00:fe", "type",
                            "bridge")
             self.fabric.ip("link", "set", "br0", "up")
-            if etcd:
-                self.fabric.ip("addr", "add", f"{ETCD_IP}/{FABRIC_PLEN}", "dev", "br0")
-                self.etcd = EtcdServer(host=ETCD_IP, netns=self.fabric.name,
-                                       unix_socket=True)
+            if etcd_on_host:  # one member inside host1, on its fabric address
+                self._add_hosts(hosts, first_host_octet, ipv6)
+                h1 = self.hosts[0]
+                tls = make_tls_material(str(self.dir / "etcd-tls"), [h1.ip]) if etcd_tls \
+                    else None
+                self.etcd = EtcdServer(host=h1.ip, netns=h1.ns.name, unix_socket=True,
+                                       tls=tls, auth=etcd_auth)
                 self.etcd.start()
-            for i in range(hosts):
-                octet = first_host_octet + i
-                self.add_host(f"host{i + 1}", f"{FABRIC_NET}.{octet}",
-                              f"{FABRIC_NET6}{octet:x}" if ipv6 else None)
+                return
+            if etcd:
+                ips = [ETCD_IP] if etcd_members == 1 else list(ETCD_MEMBER_IPS[:etcd_members])
+                if len(ips) != etcd_members:
+                    raise ValueError(f"at most {len(ETCD_MEMBER_IPS)} etcd members")
+                for ip in ips:
+                    self.fabric.ip("addr", "add", f"{ip}/{FABRIC_PLEN}", "dev", "br0")
+                tls = make_tls_material(str(self.dir / "etcd-tls"), ips) if etcd_tls else None
+                if etcd_members == 1:
+                    self.etcd = EtcdServer(host=ETCD_IP, netns=self.fabric.name,
+                                           unix_socket=True, tls=tls, auth=etcd_auth)
+                else:
+                    self.etcd = EtcdCluster(etcd_members, ips, netns=self.fabric.name,
+                                            tls=tls, unix_socket=True, auth=etcd_auth)
+                self.etcd.start()
+            self._add_hosts(hosts, first_host_octet, ipv6)
         except BaseException:
             self.close()
             raise
+
+    def _add_hosts(self, hosts: int, first_host_octet: int, ipv6: bool) -> None:
+        for i in range(hosts):
+            octet = first_host_octet + i
+            self.add_host(f"host{i + 1}", f"{FABRIC_NET}.{octet}",
+                          f"{FABRIC_NET6}{octet:x}" if ipv6 else None)
 
     # --- building -----------------------------------------------------------------------------
 
@@ -143,6 +172,11 @@ class Topology:
         host.procs.append(proc)
         self._procs.append(proc)
         return proc
+
+    def forget(self, proc: subprocess.Popen[bytes]) -> None:
+        """Stop tracking a process `spawn` started (after the caller has stopped it)."""
+        if proc in self._procs:
+            self._procs.remove(proc)
 
     @staticmethod
     def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM,

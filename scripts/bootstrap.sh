@@ -63,4 +63,4 @@ if [ ! -f "$stamp" ]; then
 fi
 # Bytecode for the project's own modules: an editable install writes none, and with
 # PYTHONDONTWRITEBYTECODE set every calicoctl run would compile them again (~30 ms).
-.venv/bin/python -m compileall -q -j 0 libcalico workload calicoctl felix confd netsim cni >/dev/null
+.venv/bin/python -m compileall -q -j 0 libcalico rtnl workload calicoctl felix confd netsim cni >/dev/null

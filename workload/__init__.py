@@ -12,8 +12,8 @@ them. Modules:
 - `provision`: adding and removing a workload (or one address) with every step undone
   on failure, and removals that a retry finishes.
 
-Nothing is imported here, so `import workload.gateway` stays cheap; pyroute2 is imported
-only when a netlink step runs.
+Nothing is imported here, so `import workload.gateway` stays cheap; the netlink steps
+speak rtnetlink through the shared `rtnl` package (standard library only), never pyroute2.
 
 Leaves to others: protocols (the adapters), allocation (`libcalico.ipam`), storage
 (`libcalico.client`), host-side routes, proxy ARP and policy (felix).

@@ -39,7 +39,11 @@ address name the endpoint (`workload.addresses.ipam_attributes`).
 
 Used by `calicoctl container`; written for the Docker and CNI adapters too, which may
 call the steps themselves (`workload.addresses`, `workload.veth`, `build_endpoint`) when
-their protocol splits an operation across calls.
+their protocol splits an operation across calls. `add_veth_endpoint` is the host side
+alone, for a runtime that moves and configures the interface itself (the Docker
+driver: IPAM assigns in one call, the endpoint is made in the next, Docker moves the
+peer); `remove_workload(..., release=False)` leaves the addresses to such a protocol's
+own release call.
 
 Leaves to others: netlink (`workload.veth`), address requests and ownership
 (`workload.addresses`), allocation (`libcalico.ipam`), the endpoint record
@@ -198,17 +202,54 @@ def add_workload(client: CalicoClient, ipam: IPAMClient, where: Workload,
         raise
 
 
+def add_veth_endpoint(client: CalicoClient, where: Workload, endpoint_id: str,
+                      ips: Sequence[str], *, mac: str | None = None, mtu: int | None = None,
+                      profiles: Sequence[str] = (), labels: Mapping[str, str] | None = None,
+                      host_netns: str | None = None) -> tuple[WorkloadEndpoint, veth.VethPair]:
+    """The host side of a workload whose runtime moves, renames and addresses the
+    interface itself (Docker): a veth pair in `host_netns` (None: this process's) - the
+    host end `host_interface_name(endpoint_id)` up, with the gateways of `ips`' versions
+    as its own addresses (`veth.add_gateway_addresses`), the peer `tmp...` left down for
+    the runtime, with `mac` (None: the kernel's random MAC) - and the endpoint for `ips`
+    (assigned by the caller), written last. On failure the pair is deleted again.
+    Returns the endpoint and the pair. `AlreadyExists` if the endpoint or an interface
+    name exists."""
+    validate_mtu(mtu)
+    WorkloadEndpointId(where.hostname, where.orchestrator, where.workload, endpoint_id)
+    for profile in profiles:
+        validate_name("profile", profile)
+    validate_labels("labels", labels or {})
+    addrs = [canonical_address("IP", ip) for ip in ips]
+    host_ifname = veth.host_interface_name(endpoint_id)
+    pair = veth.create_veth(host_ifname, veth.temp_peer_name(host_ifname), netns=host_netns,
+                            mtu=mtu, peer_mac=mac)
+    undo = _Undo()
+    undo.push(f"delete {host_ifname}", lambda: veth.delete_veth(host_ifname, netns=host_netns))
+    try:
+        veth.add_gateway_addresses(host_ifname, {ip_version(ip) for ip in addrs},
+                                   netns=host_netns)
+        ep = build_endpoint(where, endpoint_id, host_ifname, pair.peer_mac, addrs, profiles,
+                            labels)
+        client.create_workload_endpoint(ep)
+        return ep, pair
+    except BaseException:
+        undo.run()
+        raise
+
+
 def remove_workload(client: CalicoClient, ipam: IPAMClient, hostname: str,
                     orchestrator: str, workload: str, *, handle: str | None = None,
                     host_netns: str | None = None, missing_ok: bool = False,
-                    endpoint_id: str | None = None) -> Removed:
+                    endpoint_id: str | None = None, release: bool = True) -> Removed:
     """Take the workload's endpoints on `hostname` (only `endpoint_id`, if given) off the
     network: mark them inactive, delete their interfaces, release their addresses,
     delete them (see the module docstring for why in this order). Repeating it after a
     failure finishes the job.
 
     `NotFound` when the workload has no such endpoint here, unless `missing_ok` (a CNI
-    DEL)."""
+    DEL). `release=False` leaves the addresses to the caller: a way in whose protocol
+    frees them in a call of its own (Docker's IPAM driver, ReleaseAddress after
+    DeleteEndpoint), so that an address is released exactly once."""
     handle = handle or workload
     eps = client.list_workload_endpoints(hostname, orchestrator, workload, endpoint_id)
     if not eps:
@@ -226,7 +267,7 @@ def remove_workload(client: CalicoClient, ipam: IPAMClient, hostname: str,
     for ep in eps:
         veth.delete_veth(ep.name, netns=host_netns)
     released: list[str] = []
-    for ep in eps:
+    for ep in eps if release else ():
         listed = [net.split("/")[0] for net in (*ep.ipv4_nets, *ep.ipv6_nets)]
         released += addresses.release_owned(ipam, listed, handle, ep.endpoint_id)
     for ep in eps:

@@ -5,7 +5,11 @@ differently (calicoctl container and the CNI plugin use them all; the Docker dri
 creates the pair and leaves moving, renaming and addressing the peer to Docker):
 - naming: `host_interface_name` (`cali` + the first 11 characters of the endpoint id,
   at most 15 characters), `temp_peer_name`, `netns_path`;
-- `create_veth`: a veth pair with both ends in one namespace (the host's), host end up;
+- `create_veth`: a veth pair with both ends in one namespace (the host's), host end up
+  (the peer's MAC chosen by the caller or the kernel);
+- `add_gateway_addresses`: the gateways as addresses of the host end, for runtimes that
+  configure the workload side themselves (Docker: it sets the default route, nobody
+  adds the workload's gateway neighbour entry);
 - `move_into_namespace`: the peer into the workload's namespace, renamed, up;
 - `set_mtu`;
 - `configure_interface` (= `add_addresses` + `add_gateway_neighbours` +
@@ -25,10 +29,10 @@ interface or namespace is missing), `WorkloadError` (any other netlink failure);
 names the interface, address or namespace.
 
 A namespace is given as a name under /run/netns or an absolute path (/proc/PID/ns/net);
-None means this process's own. The messages go through `workload.netlink` (standard
-library only: pyroute2's import alone cost ~0.3 s, more than a whole CNI ADD may take),
-and each function opens one netlink socket per namespace it touches, however many steps
-it makes.
+None means this process's own. The messages go through the shared rtnetlink client
+`rtnl` (standard library only: pyroute2's import alone cost ~0.3 s, more than a whole
+CNI ADD may take), and each function opens one netlink socket per namespace it touches,
+however many steps it makes.
 
 `read_interface` reads back what the steps made (MAC, state, addresses, routes and
 neighbour entries of one interface), for checks such as a CNI CHECK.
@@ -48,8 +52,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from libcalico.errors import AlreadyExists, CalicoError, NotFound
+from rtnl.codec import (
+    address_request,
+    del_link_request,
+    neighbour_request,
+    route_request,
+    set_link_request,
+    veth_request,
+)
+from rtnl.consts import RT_TABLE_MAIN, RTPROT_BOOT, RTPROT_UNSPEC
+from rtnl.netns import netns_path
+from rtnl.sock import NetlinkSocket
 from workload.gateway import gateway_route, ip_version
-from workload.netlink import NUD_PERMANENT, RtSocket, netns_path
 
 _log = logging.getLogger(__name__)
 
@@ -94,12 +108,12 @@ class WorkloadInterface:
 
 
 @contextmanager
-def _socket(netns: str | None) -> Iterator[RtSocket]:
+def _socket(netns: str | None) -> Iterator[NetlinkSocket]:
     """A netlink socket in `netns` (None: this process's namespace)."""
     if netns is not None and not os.path.exists(netns_path(netns)):
         raise NotFound(f"network namespace {netns} does not exist")
     with _netlink(f"network namespace {netns}"):
-        sock = RtSocket(netns)
+        sock = NetlinkSocket(netns)
     try:
         yield sock
     finally:
@@ -108,8 +122,9 @@ def _socket(netns: str | None) -> Iterator[RtSocket]:
 
 @contextmanager
 def _netlink(what: str, ok: Collection[int] = ()) -> Iterator[None]:
-    """Turn a netlink failure inside the block into our errors, naming `what`; errnos in
-    `ok` count as success (EEXIST when adding, ENOENT when deleting)."""
+    """Turn a netlink failure inside the block (`rtnl.codec.NetlinkError`, or another
+    OSError such as a failed setns) into our errors, naming `what`; errnos in `ok` count
+    as success (EEXIST when adding, ENOENT when deleting)."""
     try:
         yield
     except OSError as exc:
@@ -123,13 +138,13 @@ def _netlink(what: str, ok: Collection[int] = ()) -> Iterator[None]:
         raise WorkloadError(f"{what}: {os.strerror(code) if code else exc}") from None
 
 
-def _index(sock: RtSocket, ifname: str) -> int | None:
+def _index(sock: NetlinkSocket, ifname: str) -> int | None:
     with _netlink(f"interface {ifname}"):
         link = sock.link(ifname)
-    return None if link is None else link.index
+    return None if link is None else link.ifindex
 
 
-def _require(sock: RtSocket, ifname: str, netns: str | None) -> int:
+def _require(sock: NetlinkSocket, ifname: str, netns: str | None) -> int:
     index = _index(sock, ifname)
     if index is None:
         where = f" in {netns}" if netns is not None else ""
@@ -137,7 +152,7 @@ def _require(sock: RtSocket, ifname: str, netns: str | None) -> int:
     return index
 
 
-def _mac(sock: RtSocket, index: int) -> str:
+def _mac(sock: NetlinkSocket, index: int) -> str:
     with _netlink(f"interface {index}"):
         link = sock.link_by_index(index)
     if link is None or link.mac is None:
@@ -145,23 +160,26 @@ def _mac(sock: RtSocket, index: int) -> str:
     return link.mac
 
 
-def _global_addresses(sock: RtSocket, index: int) -> list[str]:
+def _global_addresses(sock: NetlinkSocket, index: int) -> list[str]:
     with _netlink(f"addresses of interface {index}"):
-        return sorted(a.address for a in sock.addresses(index) if a.scope == 0)
+        return sorted(a.address for a in sock.dump_addresses()
+                      if a.ifindex == index and a.scope == 0)
 
 
 # --- the steps ---------------------------------------------------------------------------------
 
 
-def _create_veth(sock: RtSocket, host_ifname: str, peer_ifname: str, netns: str | None,
-                 mtu: int | None) -> VethPair:
+def _create_veth(sock: NetlinkSocket, host_ifname: str, peer_ifname: str,
+                 netns: str | None, mtu: int | None, peer_mac: str | None = None) -> VethPair:
     with _netlink(f"interface {host_ifname}"):
-        sock.add_veth(host_ifname, peer_ifname, mtu)
+        sock.request(veth_request(host_ifname, peer_ifname, mtu=mtu))
     try:
         index = _require(sock, host_ifname, netns)
         peer = _require(sock, peer_ifname, netns)
         with _netlink(f"interface {host_ifname}"):
-            sock.set_link(index, up=True)
+            if peer_mac is not None:
+                sock.request(set_link_request(peer, mac=peer_mac))
+            sock.request(set_link_request(index, up=True))
         return VethPair(host_ifname, _mac(sock, index), peer_ifname, _mac(sock, peer))
     except BaseException:
         _undo_delete(sock, host_ifname)
@@ -169,16 +187,36 @@ def _create_veth(sock: RtSocket, host_ifname: str, peer_ifname: str, netns: str 
 
 
 def create_veth(host_ifname: str, peer_ifname: str, *, netns: str | None = None,
-                mtu: int | None = None) -> VethPair:
+                mtu: int | None = None, peer_mac: str | None = None) -> VethPair:
     """A veth pair `host_ifname` <-> `peer_ifname`, both in `netns` (the host's; None:
     this process's), the host end up and the peer down (it is moved next: by
-    `move_into_namespace`, or by Docker). `AlreadyExists` if a name is taken."""
+    `move_into_namespace`, or by Docker); the peer gets `peer_mac` if given (else the
+    kernel's random one). `AlreadyExists` if a name is taken."""
     with _socket(netns) as sock:
-        return _create_veth(sock, host_ifname, peer_ifname, netns, mtu)
+        return _create_veth(sock, host_ifname, peer_ifname, netns, mtu, peer_mac)
 
 
-def _move(here: RtSocket, inside: RtSocket, ifname: str, target: str, new_ifname: str,
-          netns: str | None) -> int:
+def add_gateway_addresses(host_ifname: str, versions: Iterable[int], *,
+                          netns: str | None = None) -> None:
+    """Each version's gateway as an address of the host end itself (169.254.1.1/32 with
+    scope host, fe80::1/128 without DAD), so that the host end answers ARP / neighbour
+    solicitations for the gateway on its own, with no route or neighbour entry inside the
+    workload and no route to the gateway on the host (proxy ARP needs one; hosts without
+    a default route have none). For runtimes that configure the workload side themselves
+    (Docker). Scope host: the host never picks 169.254.1.1 as a source address."""
+    with _socket(netns) as sock:
+        index = _require(sock, host_ifname, netns)
+        for version in sorted(set(versions)):
+            gw = gateway_route(version).gateway
+            with _netlink(f"gateway address {gw} on {host_ifname}", ok=(errno.EEXIST,)):
+                if version == 6:
+                    sock.request(address_request(index, gw, 128, nodad=True))
+                else:
+                    sock.request(address_request(index, gw, 32, host_scope=True))
+
+
+def _move(here: NetlinkSocket, inside: NetlinkSocket, ifname: str, target: str,
+          new_ifname: str, netns: str | None) -> int:
     """Move, rename, bring up; the interface's index in `target`."""
     if _index(inside, new_ifname) is not None:
         raise AlreadyExists(f"interface {new_ifname} already exists in {target}")
@@ -186,14 +224,15 @@ def _move(here: RtSocket, inside: RtSocket, ifname: str, target: str, new_ifname
     fd = os.open(netns_path(target), os.O_RDONLY)
     try:
         with _netlink(f"moving interface {ifname} to {target}"):
-            here.set_link(index, netns_fd=fd)
+            here.request(set_link_request(index, netns_fd=fd))
     finally:
         os.close(fd)
     moved = _index(inside, ifname)
     if moved is None:
         raise WorkloadError(f"interface {ifname} vanished while moving to {target}")
     with _netlink(f"interface {new_ifname} in {target}"):
-        inside.set_link(moved, name=new_ifname, up=True)  # the kernel renames, then ups
+        # the kernel renames, then sets it up
+        inside.request(set_link_request(moved, name=new_ifname, up=True))
     return moved
 
 
@@ -210,29 +249,30 @@ def set_mtu(ifname: str, mtu: int, *, netns: str | None = None) -> None:
     with _socket(netns) as sock:
         index = _require(sock, ifname, netns)
         with _netlink(f"MTU {mtu} on {ifname}"):
-            sock.set_link(index, mtu=mtu)
+            sock.request(set_link_request(index, mtu=mtu))
 
 
-def _add_addresses(sock: RtSocket, index: int, ips: Iterable[str]) -> None:
+def _add_addresses(sock: NetlinkSocket, index: int, ips: Iterable[str]) -> None:
     for ip in ips:
         v6 = ip_version(ip) == 6
         with _netlink(f"address {ip}", ok=(errno.EEXIST,)):
-            sock.add_address(index, ip, 128 if v6 else 32, nodad=v6)
+            sock.request(address_request(index, ip, 128 if v6 else 32, nodad=v6))
 
 
-def _add_gateway_neighbours(sock: RtSocket, index: int, versions: Iterable[int],
+def _add_gateway_neighbours(sock: NetlinkSocket, index: int, versions: Iterable[int],
                             host_mac: str) -> None:
     for version in sorted(set(versions)):
         gw = gateway_route(version)
         with _netlink(f"neighbour entry for gateway {gw.gateway}"):
-            sock.replace_neighbour(index, gw.gateway, host_mac)
+            sock.request(neighbour_request(gw.gateway, host_mac, index))
 
 
-def _add_gateway_routes(sock: RtSocket, index: int, versions: Iterable[int]) -> None:
+def _add_gateway_routes(sock: NetlinkSocket, index: int, versions: Iterable[int]) -> None:
     for version in sorted(set(versions)):
         gw = gateway_route(version)
         with _netlink(f"default route via {gw.gateway}"):
-            sock.replace_route(gw.default, gw.gateway, index, onlink=gw.onlink)
+            sock.request(route_request(gw.default, proto=RTPROT_BOOT, oif=index,
+                                       gateway=gw.gateway, onlink=gw.onlink))
 
 
 def add_addresses(ifname: str, ips: Sequence[str], *, netns: str | None) -> None:
@@ -262,7 +302,7 @@ def configure_interface(ifname: str, ips: Sequence[str], host_mac: str, *,
         _configure(sock, _require(sock, ifname, netns), ips, host_mac)
 
 
-def _configure(sock: RtSocket, index: int, ips: Sequence[str], host_mac: str) -> None:
+def _configure(sock: NetlinkSocket, index: int, ips: Sequence[str], host_mac: str) -> None:
     versions = {ip_version(ip) for ip in ips}
     _add_addresses(sock, index, ips)
     _add_gateway_neighbours(sock, index, versions, host_mac)
@@ -285,28 +325,30 @@ def remove_addresses(ifname: str, ips: Sequence[str], *, netns: str | None) -> l
             if ip not in present:
                 continue
             with _netlink(f"address {ip} on {ifname}", ok=_GONE):
-                sock.del_address(index, ip, 32 if ip_version(ip) == 4 else 128)
+                sock.request(address_request(index, ip, 32 if ip_version(ip) == 4 else 128,
+                                             delete=True))
             removed.append(ip)
         left = {ip_version(a) for a in _global_addresses(sock, index)}
         for version in sorted({ip_version(ip) for ip in ips} - left):
             gw = gateway_route(version)
             with _netlink(f"default route via {gw.gateway}", ok=_GONE):
-                sock.del_route(gw.default, index)
+                sock.request(route_request(gw.default, proto=RTPROT_UNSPEC, oif=index,
+                                           delete=True))
             with _netlink(f"neighbour entry for gateway {gw.gateway}", ok=_GONE):
-                sock.del_neighbour(index, gw.gateway)
+                sock.request(neighbour_request(gw.gateway, None, index, delete=True))
         return removed
 
 
-def _delete(sock: RtSocket, host_ifname: str) -> bool:
+def _delete(sock: NetlinkSocket, host_ifname: str) -> bool:
     index = _index(sock, host_ifname)
     if index is None:
         return False
     with _netlink(f"interface {host_ifname}", ok=_GONE):
-        sock.del_link(index)
+        sock.request(del_link_request(index))
     return True
 
 
-def _undo_delete(sock: RtSocket, host_ifname: str) -> None:
+def _undo_delete(sock: NetlinkSocket, host_ifname: str) -> None:
     """Delete a pair just created after a later step failed: the original error matters
     more, so a failure here is logged, not raised."""
     try:
@@ -357,14 +399,16 @@ def read_interface(ifname: str, *, netns: str | None) -> InterfaceState | None:
         link = sock.link(ifname)
         if link is None:
             return None
-        addresses = tuple(sorted(a.address for a in sock.addresses(link.index)
-                                 if a.scope == 0))
+        addresses = tuple(sorted(a.address for a in sock.dump_addresses()
+                                 if a.ifindex == link.ifindex and a.scope == 0))
         routes = tuple((r.dst, r.gateway)
                        for family in (socket.AF_INET, socket.AF_INET6)
-                       for r in sock.routes(family, oif=link.index))
-        neighbours = tuple((n.dst, n.lladdr, bool(n.state & NUD_PERMANENT))
-                           for n in sock.neighbours(link.index))
-    return InterfaceState(ifname, link.mac, link.up, link.mtu, addresses, routes, neighbours)
+                       for r in sock.dump_routes(family)
+                       if r.table == RT_TABLE_MAIN and r.oif == link.ifindex)
+        neighbours = tuple((n.dst, n.lladdr, n.permanent)
+                           for n in sock.dump_neighbours() if n.ifindex == link.ifindex)
+    return InterfaceState(ifname, link.mac, link.admin_up, link.mtu, addresses, routes,
+                          neighbours)
 
 
 def create_workload_interface(netns: str, host_ifname: str, ifname: str, ips: Sequence[str],
@@ -382,16 +426,16 @@ def create_workload_interface(netns: str, host_ifname: str, ifname: str, ips: Se
         fd = os.open(netns_path(netns), os.O_RDONLY)
         try:  # the peer is born inside the workload's namespace, with its final name
             with _netlink(f"interface {host_ifname}"):
-                here.add_veth(host_ifname, ifname, mtu, peer_netns_fd=fd)
+                here.request(veth_request(host_ifname, ifname, mtu=mtu, peer_netns_fd=fd))
         finally:
             os.close(fd)
         try:
             host_index = _require(here, host_ifname, host_netns)
             index = _require(inside, ifname, netns)
             with _netlink(f"interface {host_ifname}"):
-                here.set_link(host_index, up=True)
+                here.request(set_link_request(host_index, up=True))
             with _netlink(f"interface {ifname} in {netns}"):
-                inside.set_link(index, up=True)
+                inside.request(set_link_request(index, up=True))
             host_mac = _mac(here, host_index)
             _configure(inside, index, ips, host_mac)
             mac = _mac(inside, index)

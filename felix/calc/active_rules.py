@@ -27,7 +27,7 @@ from felix.calc.recorder import ChangeRecorder
 from felix.calc.types import PolicyId, Source
 from felix.dataplane.types import Chain, IPSetState, Rule
 from felix.rules.names import Marks, profile_chain, selector_ipset, tag_ipset
-from felix.rules.policy import render_policy_chains, render_profile_chains
+from felix.rules.policy import COMMENT_NO_RULES, render_policy_chains, render_profile_chains
 from libcalico.model import Policy
 from libcalico.model.rules import Rules
 from libcalico.model.selector import parse_selector
@@ -107,7 +107,7 @@ class ActiveRules:
                 for version in self.versions:
                     for inbound in (True, False):
                         chains.append((version, Chain(profile_chain(ident, inbound),
-                                                      (Rule("", "-j DROP", "no rules"),))))
+                                                      (Rule("", "-j DROP", COMMENT_NO_RULES),))))
             else:
                 sets = sets_used(rules)
                 for version in self.versions:

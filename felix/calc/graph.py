@@ -10,12 +10,14 @@ with one job:
   - `endpoints.EndpointCalculator`: local endpoints -> endpoint and dispatch chains,
     routes, neighbour entries, interface settings, endpoint infos;
   - `tunnels.TunnelCalculator`: encapsulated pools, allocation blocks and nodes ->
-    tunnel devices, routes to remote blocks, VXLAN neighbour and FDB entries;
+    tunnel devices, routes to remote blocks, VXLAN neighbour and FDB entries, the
+    all-hosts ipset;
   - `recorder.ChangeRecorder`: the desired state so far and the delta since the last
     flush.
 This module routes each update to the parts that need it (`on_update`), renders the
 few things too small for a part of their own (the static chains and base jumps from
-the settings, and the pools' nat-outgoing ipsets) and fixes the order of `flush()`:
+the settings and the pools' encapsulations, and the pools' nat-outgoing ipsets) and
+fixes the order of `flush()`:
 static chains, rule sources and ipsets, endpoints (routes, interfaces, dispatch), pools,
 tunnels; then the recorder hands over one `Changes`. `on_update()` only records and marks dirty;
 the result depends only on the set of (key, value) pairs seen last, never on their
@@ -62,8 +64,10 @@ class CalcSettings:
     prefixes: tuple[str, ...] = ("cali",)
     endpoint_to_host: str = "DROP"
     mark_mask: int = 0xFF000000
-    failsafe_in: tuple[int, ...] = (22,)
-    failsafe_out: tuple[int, ...] = (179, 2379, 2380, 4001, 7001)
+    failsafe_in: tuple[tuple[str, int], ...] = (("tcp", 22), ("udp", 68), ("tcp", 179))
+    failsafe_out: tuple[tuple[str, int], ...] = (
+        ("udp", 53), ("udp", 67), ("tcp", 179), ("tcp", 2379), ("tcp", 2380), ("tcp", 4001),
+        ("tcp", 7001))
     ipv6: bool = True
     vxlan_mtu: int = DEFAULT_VXLAN_MTU
     vxlan_vni: int = VXLAN_VNI
@@ -110,6 +114,7 @@ class CalcGraph:
         self._pools: dict[str, IPPool] = {}
         self._pools_dirty = True
         self._static_dirty = True
+        self._encaps: frozenset[str] = frozenset()  # those the static chains let through
 
     # ==== inputs ==========================================================================
 
@@ -192,6 +197,10 @@ class CalcGraph:
 
     def flush(self) -> Changes:
         """Render everything dirty; return what changed since the last flush."""
+        encaps = self.tunnels.encapsulations
+        if encaps != self._encaps:
+            self._encaps = encaps
+            self._static_dirty = True
         if self._static_dirty:
             self._render_static()
         self.active_rules.flush()
@@ -207,7 +216,8 @@ class CalcGraph:
         for version in self.versions:
             table = (version, "filter")
             for chain in render_filter_chains(version, s.prefixes, s.endpoint_to_host,
-                                              self.marks, s.failsafe_in, s.failsafe_out):
+                                              self.marks, s.failsafe_in, s.failsafe_out,
+                                              self._encaps, s.vxlan_port):
                 self.recorder.set_chain(table, chain)
             self.recorder.set_base_jumps(table, render_base_jumps("filter"))
         for chain in render_nat_chains():

@@ -16,7 +16,11 @@ the pools, the allocation blocks and the nodes in etcd - BIRD has no part in the
     block's (borrowed ones) get a /32 route to their holder the same way;
   - for every other node with a VXLAN endpoint: a permanent neighbour entry (its tunnel
     address -> its MAC) and an FDB entry (its MAC -> its host address) on
-    `vxlan.calico`.
+    `vxlan.calico`;
+  - while an encapsulated pool exists, the ipset `felix-all-hosts` (hash:ip): every
+    node's IPv4 address, this one's too - the hosts whose encapsulated packets the
+    filter rules accept before host endpoint policy - and `encapsulations`, the kinds
+    in use, from which the graph renders those rules (`felix.rules.static`).
 A route needs what it goes through: a VXLAN route needs this node's device and the other
 node's tunnel address and MAC; an IPIP route needs `tunl0`; a plain route only the other
 node's host address. What cannot be built yet (a node still getting its tunnel address)
@@ -29,7 +33,8 @@ only on the last value of each input, never on their order.
 
 Leaves to others: local workload routes (`felix.calc.endpoints`, whose route wins a
 destination both want), allocating tunnel addresses (`libcalico.tunnel`, run by felix's
-tunnel keeper), applying (`felix.dataplane.tunnels`, `felix.dataplane.routes`).
+tunnel keeper), the filter rules themselves (`felix.rules.static`, rendered by the
+graph), applying (`felix.dataplane.tunnels`, `felix.dataplane.routes`, the ipset owner).
 """
 
 from __future__ import annotations
@@ -40,7 +45,8 @@ from dataclasses import dataclass
 
 from felix.calc.recorder import ChangeRecorder
 from felix.calc.types import BlockInfo
-from felix.dataplane.types import FDBState, NeighbourState, RouteState, TunnelDevice
+from felix.dataplane.types import FDBState, IPSetState, NeighbourState, RouteState, TunnelDevice
+from felix.rules.names import IPSET_ALL_HOSTS
 from libcalico.model import IPPool
 from libcalico.model.tunnel import (
     IPIP,
@@ -138,6 +144,12 @@ class TunnelCalculator:
             fields[attr] = value
         self._dirty = True
 
+    @property
+    def encapsulations(self) -> frozenset[str]:
+        """The encapsulations the pools use (VXLAN, IPIP; empty: none)."""
+        return frozenset(p.encapsulation for p in self._pools.values()
+                         if p.encapsulation is not None)
+
     # ---- flush -------------------------------------------------------------------------
 
     def flush(self) -> None:
@@ -159,6 +171,14 @@ class TunnelCalculator:
         neighbours, fdb = self._render_vteps(devices)
         self.recorder.set_neighbours(NEIGHBOUR_KEY, neighbours)
         self.recorder.set_fdb(fdb)
+        self._render_all_hosts()
+
+    def _render_all_hosts(self) -> None:
+        if not self._pools:
+            self.recorder.remove_ipset(IPSET_ALL_HOSTS, 4)
+            return
+        members = frozenset(f["ipv4"] for f in self._nodes.values() if "ipv4" in f)
+        self.recorder.set_ipset(IPSetState(IPSET_ALL_HOSTS, 4, "hash:ip", members))
 
     def _node(self, hostname: str | None) -> NodeInfo | None:
         fields = self._nodes.get(hostname) if hostname is not None else None

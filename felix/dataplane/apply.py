@@ -185,7 +185,7 @@ class Owners:
         def step(name: str, fn: Callable[[], object]) -> None:
             try:
                 fn()
-            except (DataplaneError, OSError) as exc:
+            except (DataplaneError, OSError) as exc:  # OSError: rtnl.codec.NetlinkError too
                 _log.error("apply %s failed: %s", name, exc)
                 failed[name] = short(f"{name}: {exc}")
                 if metrics is not None:

@@ -29,19 +29,12 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-import pyroute2
-from pyroute2.netlink.rtnl import RTM_DELLINK, RTMGRP_LINK
-
 from felix.dataplane.cmd import DataplaneError
-from felix.dataplane.netlink import (
-    Link,
-    NetlinkSocket,
-    Request,
-    errno_text,
-    neighbour_request,
-)
-from felix.dataplane.netns import run_in_netns
 from felix.dataplane.types import InterfaceState
+from rtnl.codec import Link, Request, errno_text, neighbour_request
+from rtnl.consts import RTM_DELLINK, RTMGRP_LINK
+from rtnl.netns import run_in_netns
+from rtnl.sock import NetlinkSocket
 
 _log = logging.getLogger(__name__)
 
@@ -186,7 +179,7 @@ class Interfaces:
             self._failed.update((n, f"interfaces: sysctl {e}") for n, e in errors.items())
         try:
             self._apply_proxies([n for n in names if n not in missing and n not in errors])
-        except (pyroute2.NetlinkError, OSError) as exc:
+        except OSError as exc:  # rtnl's NetlinkError included
             failed = [n for n in names if self._desired[n].proxy_ndp]
             self._dirty.update(failed)
             self._failed.update((n, f"interfaces: proxy NDP: {exc}") for n in failed)
@@ -205,13 +198,13 @@ class Interfaces:
             return
         if self._nl is None:
             self._nl = NetlinkSocket(self.netns)
-        links = self._nl.get_links({k[0] for k in wanted})
+        links = self._nl.get_links({k[0] for k in wanted}, detail=False)
         requests: list[Request] = []
         keys: list[tuple[tuple[str, str], int | None]] = []
         for ifname, ip in sorted(wanted):
             if ifname in links:
-                requests.append(neighbour_request(ip, None, links[ifname].index, proxy=True))
-                keys.append(((ifname, ip), links[ifname].index))
+                requests.append(neighbour_request(ip, None, links[ifname].ifindex, proxy=True))
+                keys.append(((ifname, ip), links[ifname].ifindex))
         for key in sorted(stale):
             requests.append(neighbour_request(key[1], None, self._kernel_proxies[key],
                                               delete=True, proxy=True))
@@ -272,7 +265,7 @@ class InterfaceWatcher:
     def _emit(self, kind: str, link: Link) -> None:
         if not self._wanted(link.name):
             return
-        self.callback(InterfaceEvent(kind, link.name, link.index, link.up))
+        self.callback(InterfaceEvent(kind, link.name, link.ifindex, link.up))
 
     def start(self) -> dict[str, bool]:
         self._events = NetlinkSocket(self.netns, groups=RTMGRP_LINK, rcvbuf=self.rcvbuf)
@@ -300,7 +293,7 @@ class InterfaceWatcher:
         """Dump all links (on a separate socket) and report what differs from our view."""
         dumper = NetlinkSocket(self.netns)
         try:
-            fresh = {link.index: link for link in dumper.dump_links()}
+            fresh = {link.ifindex: link for link in dumper.dump_links(detail=False)}
         finally:
             dumper.close()
         if not initial:
@@ -313,11 +306,11 @@ class InterfaceWatcher:
             self._on_new(link, force=initial)
 
     def _on_new(self, link: Link, force: bool = False) -> None:
-        old = self._links.get(link.index)
+        old = self._links.get(link.ifindex)
         if old is not None and old.name != link.name:
             self._emit("removed", old)
             old = None
-        self._links[link.index] = link
+        self._links[link.ifindex] = link
         if old is None or force:
             self._emit("added", link)
         elif old.up != link.up:
@@ -342,18 +335,18 @@ class InterfaceWatcher:
         read, dump again (and keep trying at the next wake-up if that fails too)."""
         assert self._events is not None
         try:
-            events = self._events.recv_link_events()
-        except (pyroute2.NetlinkError, OSError) as exc:
+            events = self._events.recv_link_events(detail=False)
+        except OSError as exc:  # rtnl's NetlinkError included (ENOBUFS: events lost)
             _log.warning("interface events lost (%s): dumping again", exc)
             try:
                 self._resync()
-            except (pyroute2.NetlinkError, OSError) as again:
+            except OSError as again:
                 _log.error("interface dump failed (%s); the periodic refresh still "
                            "repairs the dataplane", again)
             return
         for msg_type, link in events:
             if msg_type == RTM_DELLINK:
-                old = self._links.pop(link.index, None)
+                old = self._links.pop(link.ifindex, None)
                 self._emit("removed", old or link)
             else:
                 self._on_new(link)

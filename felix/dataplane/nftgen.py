@@ -29,8 +29,8 @@ import logging
 
 import pyroute2
 
-from felix.dataplane.netlink import NetlinkError
-from felix.dataplane.netns import run_in_netns
+from rtnl.codec import NetlinkError
+from rtnl.netns import run_in_netns
 
 _log = logging.getLogger(__name__)
 _U32 = 1 << 32

@@ -6,7 +6,7 @@ routes to remote blocks via a gateway (onlink on a tunnel device, or plain) and
 blackholes for local blocks; and the permanent neighbour entries (workload IP -> MAC,
 remote tunnel address -> VTEP MAC on `vxlan.calico`); what it believes the kernel
 holds, a dirty set and the entries waiting for their interface. `apply()`
-sends every change as one pipelined netlink batch (`felix.dataplane.netlink`):
+sends every change as one pipelined netlink batch (`rtnl.sock.NetlinkSocket`):
 create-or-replace for missing or wrong routes, delete for felix routes (proto 80) that
 are no longer desired. It is idempotent: a delete that finds nothing is done. A route or
 neighbour whose interface is missing or down is skipped and listed in `pending`; the
@@ -34,20 +34,18 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
-from pyroute2.netlink.rtnl.ndmsg import NUD_PERMANENT
-
-from felix.dataplane.netlink import (
-    RT_TABLE_MAIN,
+from felix.dataplane.types import FELIX_ROUTE_PROTO, NeighbourState, RouteState
+from libcalico.errors import ValidationError
+from rtnl.codec import (
     Link,
     NetlinkError,
-    NetlinkSocket,
     Request,
     errno_text,
     neighbour_request,
     route_request,
 )
-from felix.dataplane.types import FELIX_ROUTE_PROTO, NeighbourState, RouteState
-from libcalico.errors import ValidationError
+from rtnl.consts import RT_TABLE_MAIN
+from rtnl.sock import NetlinkSocket
 
 _log = logging.getLogger(__name__)
 
@@ -199,9 +197,9 @@ class Routes:
     def apply(self) -> bool:
         """Program every dirty route and neighbour in one netlink batch; True if any sent.
 
-        Raises NetlinkError (or OSError) if the kernel refused something unexpectedly or
-        the conversation failed; the entries concerned are listed in `failures` and the
-        next apply resyncs.
+        Raises NetlinkError (an OSError: errno in `code`) if the kernel refused something
+        unexpectedly or the conversation failed; the entries concerned are listed in
+        `failures` and the next apply resyncs.
         """
         try:
             links = self.resync() if self._needs_resync else None
@@ -211,8 +209,8 @@ class Routes:
                 names = {n for k in self._dirty_routes if k in self._routes
                          and (n := self._routes[k].ifname) is not None}
                 names.update(k[0] for k in self._dirty_neighs)
-                links = self._nl.get_links(names)
-        except (NetlinkError, OSError) as exc:
+                links = self._nl.get_links(names, detail=False)
+        except OSError as exc:  # NetlinkError included
             # Nothing dirty was written: each waits for the next apply (after a resync).
             reason = f"routes: {exc}"
             self._failed.update((k, reason) for k in self._dirty_routes if k in self._routes)
@@ -221,7 +219,7 @@ class Routes:
             raise
         try:
             return self._apply(links)
-        except (NetlinkError, OSError):
+        except OSError:  # NetlinkError included
             self._needs_resync = True
             raise
 
@@ -231,7 +229,6 @@ class Routes:
         for key in self._dirty_routes:
             want = self._routes.get(key)
             have = self._kernel_routes.get(key)
-            addr, plen = key.split("/")
             value = self._wanted(want, links) if want is not None else None
             if want is not None and value is None:
                 self._pending_routes.add(key)  # its interface is missing or down
@@ -239,12 +236,12 @@ class Routes:
                 self._pending_routes.discard(key)
             if value is not None:
                 if have is None or not have.satisfies(value):
-                    requests.append(route_request(addr, int(plen), value.oif, self.proto,
+                    requests.append(route_request(key, proto=self.proto, oif=value.oif,
                                                   gateway=value.gateway, onlink=value.onlink,
                                                   blackhole=value.blackhole))
                     actions.append(("route", key, value))
             elif have is not None:
-                requests.append(route_request(addr, int(plen), have.oif, self.proto,
+                requests.append(route_request(key, proto=self.proto, oif=have.oif,
                                               delete=True))
                 actions.append(("route", key, None))
         for nkey in self._dirty_neighs:
@@ -258,9 +255,9 @@ class Routes:
             else:
                 self._pending_neighs.discard(nkey)
             if mac is not None and link is not None and usable:
-                if have_n != (link.index, mac):
-                    requests.append(neighbour_request(ip, mac, link.index))
-                    actions.append(("neigh", nkey, (link.index, mac)))
+                if have_n != (link.ifindex, mac):
+                    requests.append(neighbour_request(ip, mac, link.ifindex))
+                    actions.append(("neigh", nkey, (link.ifindex, mac)))
             elif have_n is not None:
                 requests.append(neighbour_request(ip, None, have_n[0], delete=True))
                 actions.append(("neigh", nkey, None))
@@ -275,7 +272,7 @@ class Routes:
             return False
         try:
             results = self._nl.request_batch(requests)
-        except (NetlinkError, OSError) as exc:
+        except OSError as exc:  # NetlinkError included
             reason = f"routes: {exc}"
             self._failed.update((key, reason) for _kind, key, value in actions
                                 if value is not None)
@@ -314,22 +311,21 @@ class Routes:
         link = links.get(want.ifname)
         if link is None or not link.up:
             return None
-        return RouteValue(link.index, want.gateway, False, want.onlink)
+        return RouteValue(link.ifindex, want.gateway, False, want.onlink)
 
     # ---- resync ----------------------------------------------------------------------
 
     def resync(self) -> dict[str, Link]:
         """Dump links, routes and neighbours; mark every difference dirty; return links."""
-        links = {link.name: link for link in self._nl.dump_links()}
-        by_index = {link.index: link.name for link in links.values()}
+        links = {link.name: link for link in self._nl.dump_links(detail=False)}
+        by_index = {link.ifindex: link.name for link in links.values()}
         self._kernel_routes = {r.dst: RouteValue(r.oif, r.gateway, r.blackhole, r.onlink)
                                for r in self._nl.dump_routes()
                                if r.proto == self.proto and r.table == RT_TABLE_MAIN}
         self._kernel_neighs = {}
         for n in self._nl.dump_neighbours():
             name = by_index.get(n.ifindex)
-            if (n.state & NUD_PERMANENT and name is not None and n.dst is not None
-                    and name.startswith(self.iface_prefixes)):
+            if n.permanent and name is not None and name.startswith(self.iface_prefixes):
                 self._kernel_neighs[(name, n.dst)] = (n.ifindex, n.lladdr)
         self._dirty_routes = set(self._routes) | set(self._kernel_routes)
         self._dirty_neighs = set(self._neighs) | set(self._kernel_neighs)

@@ -36,19 +36,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from pyroute2.netlink.rtnl.ndmsg import NUD_PERMANENT
-
 from felix.dataplane.cmd import DataplaneError
-from felix.dataplane.netlink import (
-    NetlinkError,
-    NetlinkSocket,
-    Request,
-    errno_text,
-    fdb_request,
-)
-from felix.dataplane.netns import netns_path
 from felix.dataplane.types import FDBState, TunnelDevice
 from libcalico.model.tunnel import IPIP_INTERFACE, VXLAN_INTERFACE
+from rtnl.codec import Request, errno_text, fdb_request
+from rtnl.consts import NUD_PERMANENT
+from rtnl.netns import netns_path
+from rtnl.sock import NetlinkSocket
 
 _log = logging.getLogger(__name__)
 
@@ -158,7 +152,7 @@ class Tunnels:
             self.last_created = created
             try:
                 errors += self._apply_fdb(ipr, created)
-            except (NetlinkError, OSError) as exc:
+            except OSError as exc:  # rtnl's NetlinkError included
                 self._needs_resync = True
                 errors.append(f"fdb: {exc}")
             else:
@@ -313,8 +307,8 @@ class Tunnels:
             self._kernel_fdb = {}
             for name, index in indexes.items():
                 for entry in nl.dump_fdb(index):
-                    if entry.lladdr and entry.dst and entry.state & NUD_PERMANENT:
-                        self._kernel_fdb[(name, entry.lladdr)] = (index, entry.dst)
+                    if entry.mac and entry.dst and entry.state & NUD_PERMANENT:
+                        self._kernel_fdb[(name, entry.mac)] = (index, entry.dst)
             self._dirty_fdb = set(self._fdb) | set(self._kernel_fdb)
         requests: list[Request] = []
         actions: list[tuple[FDBKey, tuple[int, str] | None]] = []

@@ -1,7 +1,10 @@
 """Dispatch chains: from an interface name to that endpoint's chain, as a tree.
 
 Owns: `felix-FROM-ENDPOINT` / `felix-TO-ENDPOINT` (workloads, matched with `-i` / `-o`)
-and `felix-FROM-HOST-IF` / `felix-TO-HOST-IF` (host endpoints). A packet must not walk
+and the host endpoint dispatch: `felix-FROM-HOST-IF` / `felix-TO-HOST-IF` (traffic into
+and out of the host itself: the failsafe ports first, then the host endpoint's chain)
+and `felix-FROM-HOST-IF-FWD` / `felix-TO-HOST-IF-FWD` (forwarded traffic: the same
+chains, no failsafe ports). A packet must not walk
 thousands of interface matches, so the workload chains form a tree by interface-name
 prefix: a group of more than `LEAF_MAX` names is split by the character after the
 group's common prefix, and each sub-group of two or more names gets its own chain
@@ -12,7 +15,8 @@ skip the root's DROP).
 
 `dispatch_target` reads a tree back: where a packet on a given interface ends up, walking
 whatever chain values it is given (the driver asks it about the chains known to be in
-the kernel, to tell whether an endpoint is still reachable after a failed restore).
+the kernel, to tell whether an endpoint is still reachable after a failed restore); it
+reads the rules with `felix.rules.parse`, as the trace's evaluator does.
 
 Leaves to others: the endpoint chains themselves (`felix.rules.policy`); which
 interfaces have endpoints (`felix.calc`).
@@ -27,14 +31,19 @@ from dataclasses import dataclass
 
 from felix.dataplane.types import Chain, Rule
 from felix.rules.names import (
+    CHAIN_FAILSAFE_IN,
+    CHAIN_FAILSAFE_OUT,
     CHAIN_FROM_ENDPOINT,
     CHAIN_FROM_EP_PFX,
     CHAIN_FROM_HOST_IF,
+    CHAIN_FROM_HOST_IF_FWD,
     CHAIN_TO_ENDPOINT,
     CHAIN_TO_EP_PFX,
     CHAIN_TO_HOST_IF,
+    CHAIN_TO_HOST_IF_FWD,
     dispatch_chain,
 )
+from felix.rules.parse import Interface, parse_action, parse_match
 
 LEAF_MAX = 16
 DROP_UNKNOWN = Rule("", "-j DROP", "unknown interface")
@@ -162,12 +171,21 @@ def render_workload_dispatch(chain_for_ifname: Mapping[str, tuple[str, str]]) ->
 
 def render_host_dispatch(chain_for_ifname: Mapping[str, tuple[str, str]]) -> list[Chain]:
     """Host endpoint dispatch: few interfaces, so flat; an interface without a host
-    endpoint is not policed (the chains just RETURN for it)."""
-    from_rules = tuple(Rule(f"-i {n}", f"-g {chain_for_ifname[n][0]}")
-                       for n in sorted(chain_for_ifname))
-    to_rules = tuple(Rule(f"-o {n}", f"-g {chain_for_ifname[n][1]}")
-                     for n in sorted(chain_for_ifname))
-    return [Chain(CHAIN_FROM_HOST_IF, from_rules), Chain(CHAIN_TO_HOST_IF, to_rules)]
+    endpoint is not policed (the chains just RETURN for it). Into and out of the host
+    the failsafe chains come first (they ACCEPT, so no policy can close those ports);
+    forwarded traffic meets the same endpoint chains without them."""
+    names = sorted(chain_for_ifname)
+    into: list[Rule] = []
+    out: list[Rule] = []
+    for n in names:
+        into += [Rule(f"-i {n}", f"-j {CHAIN_FAILSAFE_IN}"),
+                 Rule(f"-i {n}", f"-g {chain_for_ifname[n][0]}")]
+        out += [Rule(f"-o {n}", f"-j {CHAIN_FAILSAFE_OUT}"),
+                Rule(f"-o {n}", f"-g {chain_for_ifname[n][1]}")]
+    fwd_in = tuple(Rule(f"-i {n}", f"-g {chain_for_ifname[n][0]}") for n in names)
+    fwd_out = tuple(Rule(f"-o {n}", f"-g {chain_for_ifname[n][1]}") for n in names)
+    return [Chain(CHAIN_FROM_HOST_IF, tuple(into)), Chain(CHAIN_TO_HOST_IF, tuple(out)),
+            Chain(CHAIN_FROM_HOST_IF_FWD, fwd_in), Chain(CHAIN_TO_HOST_IF_FWD, fwd_out)]
 
 
 def is_workload_dispatch_chain(name: str) -> bool:
@@ -182,7 +200,7 @@ def dispatch_target(chain_of: Callable[[str], Chain | None], root: str,
     (CHAIN_FROM_ENDPOINT: matched on `-i`, CHAIN_TO_ENDPOINT: on `-o`), following the
     tree through the chains `chain_of` returns; None when it is dropped or a chain on
     the way is missing."""
-    flag = "-i " if root == CHAIN_FROM_ENDPOINT else "-o "
+    inbound = root == CHAIN_FROM_ENDPOINT
     name: str | None = root
     for _depth in range(MAX_CHAIN_DEPTH):
         chain = chain_of(name) if name is not None else None
@@ -190,18 +208,26 @@ def dispatch_target(chain_of: Callable[[str], Chain | None], root: str,
             return None
         name = None
         for rule in chain.rules:
-            if not rule.match.startswith(flag):
+            match = parse_match(rule.match)
+            if (len(match) != 1 or not isinstance(match[0], Interface)
+                    or match[0].inbound != inbound
+                    or not interface_matches(match[0].name, ifname)):
                 continue
-            pattern = rule.match[len(flag):]
-            if pattern == ifname or (pattern.endswith("+") and ifname.startswith(pattern[:-1])):
-                target = rule.action.split()[-1]
-                if not is_workload_dispatch_chain(target):
-                    return target
-                name = target
-                break
+            target = parse_action(rule.action).target
+            if target is None:
+                return None
+            if not is_workload_dispatch_chain(target):
+                return target
+            name = target
+            break
         if name is None:
             return None
     return None
+
+
+def interface_matches(pattern: str, ifname: str) -> bool:
+    """iptables' interface match: the name itself, or a prefix ending with `+`."""
+    return pattern == ifname or (pattern.endswith("+") and ifname.startswith(pattern[:-1]))
 
 
 MAX_CHAIN_DEPTH = 64  # far deeper than any tree (one level per interface-name character)

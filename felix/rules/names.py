@@ -29,12 +29,17 @@ CHAIN_FROM_EP_PFX = "felix-FROM-EP-"
 CHAIN_TO_EP_PFX = "felix-TO-EP-"
 CHAIN_FROM_HOST_IF = "felix-FROM-HOST-IF"
 CHAIN_TO_HOST_IF = "felix-TO-HOST-IF"
+CHAIN_FROM_HOST_IF_FWD = "felix-FROM-HOST-IF-FWD"
+CHAIN_TO_HOST_IF_FWD = "felix-TO-HOST-IF-FWD"
 CHAIN_FAILSAFE_IN = "felix-FAILSAFE-IN"
 CHAIN_FAILSAFE_OUT = "felix-FAILSAFE-OUT"
 CHAIN_NAT_POSTROUTING = "felix-POSTROUTING"
 
 IPSET_MASQ_POOLS = "felix-masq-ipam-pools"
 IPSET_ALL_POOLS = "felix-all-ipam-pools"
+# The IPv4 addresses of every node in the cluster (hash:ip), while an encapsulated pool
+# exists: the hosts whose VXLAN / IP-in-IP packets pass before host endpoint policy.
+IPSET_ALL_HOSTS = "felix-all-hosts"
 
 
 def uniquely_shorten(name: str, length: int) -> str:

@@ -11,7 +11,13 @@ advertisements/redirects, then walks its tiers: per tier it calls each matching 
 while the pass mark is clear, RETURNs as soon as the accept mark is set, and drops when
 the tier had policies but none acted; then it calls its profiles in order, RETURNing on
 accept; anything left is dropped. The caller (dispatch, felix-FORWARD/INPUT) accepts
-what returned.
+what returned. A host endpoint's chains hold only its tiers and profiles: the failsafe
+ports come before them, in the host dispatch chains (`felix.rules.dispatch`), so that the
+same chains also police forwarded traffic, where failsafe ports do not apply.
+
+The comments of the rules that decide a verdict are fixed here (`COMMENT_*`, `rule_comment`
+and its reader `rule_index`): they name the model rule, tier or check a rule stands for,
+in the kernel (`iptables-save`) and for `felix.trace`.
 
 Leaves to others: which policies apply to an endpoint and in what order (`felix.calc`),
 rule match translation (`felix.rules.match`), dispatch (`felix.rules.dispatch`).
@@ -25,8 +31,6 @@ from dataclasses import dataclass
 from felix.dataplane.types import Chain, Rule
 from felix.rules.match import log_action, render_matches
 from felix.rules.names import (
-    CHAIN_FAILSAFE_IN,
-    CHAIN_FAILSAFE_OUT,
     Marks,
     from_endpoint_chain,
     from_host_endpoint_chain,
@@ -42,6 +46,27 @@ from libcalico.model.rules import Rule as ModelRule
 DROP = "-j DROP"
 RETURN = "-j RETURN"
 
+# Comments of the rules that decide (or start) a verdict.
+COMMENT_TIER = "tier {tier}"
+COMMENT_END_OF_TIER = "end of tier {tier}"
+COMMENT_NO_POLICY_ACCEPTED = "no policy or profile accepted"
+COMMENT_NO_ADDRESSES = "no addresses of this IP version"
+COMMENT_SPOOFED_MAC = "anti-spoofing: source MAC"
+COMMENT_SPOOFED_ADDRESS = "anti-spoofing: source address"
+COMMENT_NO_RULES = "no rules"  # the stub chain of a profile felix has no rules for
+
+
+def rule_comment(index: int, action: str) -> str:
+    """The comment of the iptables rules rendered from model rule `index`."""
+    return f"rule {index}: {action}"
+
+
+def rule_index(comment: str) -> int | None:
+    """The model rule index a `rule_comment` names; None for any other comment."""
+    head, sep, _ = comment.partition(":")
+    word, _, number = head.partition(" ")
+    return int(number) if sep and word == "rule" and number.isdigit() else None
+
 
 def render_rule_list(name: str, rules: Sequence[ModelRule], version: int, marks: Marks,
                      is_policy: bool) -> Chain:
@@ -53,7 +78,7 @@ def render_rule_list(name: str, rules: Sequence[ModelRule], version: int, marks:
         matches = render_matches(rule, version)
         if not matches:
             continue
-        comment = f"rule {index}: {rule.action}"
+        comment = rule_comment(index, rule.action)
         if rule.action == "deny":
             out.extend(Rule(m, DROP, comment) for m in matches)
         elif rule.action == "log":
@@ -109,16 +134,17 @@ def _policy_rules(spec: EndpointSpec, inbound: bool, marks: Marks) -> list[Rule]
     for tier in spec.tiers:
         if not tier.policies:
             continue
-        out.append(Rule("", set_mark(marks.pass_, 0), f"tier {tier.tier}"))
+        out.append(Rule("", set_mark(marks.pass_, 0), COMMENT_TIER.format(tier=tier.tier)))
         for policy in tier.policies:
             target = policy_chain(tier.tier, policy, inbound)
             out.append(Rule(mark_match(marks.pass_, 0), f"-j {target}"))
             out.append(accept_return)
-        out.append(Rule(mark_match(marks.pass_, 0), DROP, f"end of tier {tier.tier}"))
+        out.append(Rule(mark_match(marks.pass_, 0), DROP,
+                        COMMENT_END_OF_TIER.format(tier=tier.tier)))
     for profile_id in spec.profile_ids:
         out.append(Rule("", f"-j {profile_chain(profile_id, inbound)}"))
         out.append(accept_return)
-    out.append(Rule("", DROP, "no policy or profile accepted"))
+    out.append(Rule("", DROP, COMMENT_NO_POLICY_ACCEPTED))
     return out
 
 
@@ -135,8 +161,8 @@ def render_endpoint_chains(spec: EndpointSpec, version: int,
     clear = Rule("", set_mark(marks.all, 0))
     if not addrs and not spec.host_endpoint:
         # No address of this version: nothing may flow in this version.
-        return (Chain(from_name, (Rule("", DROP, "no addresses of this IP version"),)),
-                Chain(to_name, (Rule("", DROP, "no addresses of this IP version"),)))
+        return (Chain(from_name, (Rule("", DROP, COMMENT_NO_ADDRESSES),)),
+                Chain(to_name, (Rule("", DROP, COMMENT_NO_ADDRESSES),)))
     outbound: list[Rule] = [clear]
     if not spec.host_endpoint:
         if version == 6:
@@ -145,20 +171,19 @@ def render_endpoint_chains(spec: EndpointSpec, version: int,
                                      f"no {what} from workloads"))
         if spec.mac:
             outbound.append(Rule(f"-m mac ! --mac-source {spec.mac}", DROP,
-                                 "anti-spoofing: source MAC"))
+                                 COMMENT_SPOOFED_MAC))
         if len(addrs) == 1:
-            outbound.append(Rule(f"! -s {addrs[0]}", DROP, "anti-spoofing: source address"))
+            outbound.append(Rule(f"! -s {addrs[0]}", DROP, COMMENT_SPOOFED_ADDRESS))
         else:
             outbound.extend(Rule(f"-s {a}", set_mark(marks.scratch)) for a in addrs)
             outbound.append(Rule(mark_match(marks.scratch, 0), DROP,
-                                 "anti-spoofing: source address"))
+                                 COMMENT_SPOOFED_ADDRESS))
     if spec.host_endpoint:
-        # Traffic arriving from a host interface enters the host: the host endpoint's
-        # inbound policy (after the failsafe ports); traffic to it is outbound.
-        into_host = [clear, Rule("", f"-j {CHAIN_FAILSAFE_IN}"),
-                     *_policy_rules(spec, True, marks)]
-        out_of_host = [clear, Rule("", f"-j {CHAIN_FAILSAFE_OUT}"),
-                       *_policy_rules(spec, False, marks)]
+        # Traffic arriving from a host interface (into the host, or forwarded in through
+        # it) meets the host endpoint's inbound policy; traffic leaving through it, its
+        # outbound policy. The failsafe ports are the dispatch chains' business.
+        into_host = [clear, *_policy_rules(spec, True, marks)]
+        out_of_host = [clear, *_policy_rules(spec, False, marks)]
         return Chain(from_name, tuple(into_host)), Chain(to_name, tuple(out_of_host))
     outbound.extend(_policy_rules(spec, False, marks))
     inbound = [clear, *_policy_rules(spec, True, marks)]

@@ -28,6 +28,7 @@ from libcalico.model.validate import (
     canonical_mac,
     canonical_net,
     check_keys,
+    is_decimal,
     validate_bool,
     validate_id,
     validate_int,
@@ -48,7 +49,7 @@ def parse_as_num(field_name: str, value: Any) -> int:
     """An AS number, 0..4294967295, from an int, "64512" (asplain) or "1.10" (asdot)."""
     if isinstance(value, str) and "." in value:
         high, _, low = value.strip().partition(".")
-        if not (high.isdigit() and low.isdigit() and int(high) <= 65535
+        if not (is_decimal(high) and is_decimal(low) and int(high) <= 65535
                 and int(low) <= 65535):
             raise ValidationError(field_name, value,
                                   "asdot AS numbers are two numbers from 0 to 65535")

@@ -69,6 +69,14 @@ class Profile(Resource):
         object.__setattr__(self, "tags", _tags("tags", self.tags))
         object.__setattr__(self, "labels", validate_labels("labels", self.labels))
 
+    @classmethod
+    def with_default_rules(cls, name: str) -> Profile:
+        """A new profile as `calicoctl profile add` makes it (and the Docker driver for a
+        network): tagged with its own name, inbound allowed from that tag (its own
+        members), outbound allowed to anywhere."""
+        return cls(name, Rules((Rule(action="allow", src_tag=name),), (Rule(action="allow"),)),
+                   (name,))
+
     # The three etcd parts.
     def rules_json(self) -> JSONDict:
         return self.rules.to_dict()

@@ -22,7 +22,7 @@ from typing import Any
 from libcalico.errors import ValidationError
 from libcalico.model.base import JSONDict
 from libcalico.model.selector import Selector, parse_selector
-from libcalico.model.validate import canonical_net, validate_name
+from libcalico.model.validate import canonical_net, is_decimal, validate_name
 
 __all__ = [
     "ACTIONS",
@@ -75,7 +75,7 @@ def _parse_port_item(field: str, item: Any) -> PortRange:
     elif isinstance(item, str):
         lo_text, sep, hi_text = item.strip().partition(":")
         hi_text = hi_text if sep else lo_text
-        if not (lo_text.isdigit() and hi_text.isdigit()):
+        if not (is_decimal(lo_text) and is_decimal(hi_text)):
             raise ValidationError(field, item, "ports must be numbers or ranges 'lo:hi'")
         lo, hi = int(lo_text), int(hi_text)
     else:
@@ -113,7 +113,7 @@ def _canonical_protocol(field: str, value: Any) -> str | int:
         lowered = value.strip().lower()
         if lowered in PROTOCOLS:
             return lowered
-        if lowered.isdigit():
+        if is_decimal(lowered):
             value = int(lowered)
     if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 255:
         return value

@@ -19,6 +19,8 @@ Grammar, lowest precedence first::
               | LABEL ("==" | "!=") STRING | LABEL ["not"] "in" "{" [STRING ("," STRING)*] "}"
 
 `label != "v"` and `label not in {...}` are also true when the label is absent.
+Parentheses and `!` nest at most `MAX_NESTING` deep (a syntax error beyond), so no
+input can exhaust the parser's, the renderer's or the evaluator's recursion.
 A parsed selector is compiled into nested closures, so evaluating it costs a few
 dictionary lookups and Python calls, with no tree walking and no string work.
 """
@@ -40,6 +42,7 @@ __all__ = [
     "parse_selector",
 ]
 
+MAX_NESTING = 64
 LABEL_NAME_RE = re.compile(r"^[A-Za-z0-9_./-]+$")
 _LABEL_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_./-")
 _WHITESPACE = frozenset(" \t\r\n")
@@ -238,11 +241,12 @@ class _And(_BoolOp):
     symbol = "&&"
 
     def compile(self) -> Evaluator:
-        fns = [op.compile() for op in self.operands]
-        fn = fns[0]
-        for nxt in fns[1:]:
-            fn = _and2(fn, nxt)
-        return fn
+        fns = tuple(op.compile() for op in self.operands)
+        if len(fns) == 2:
+            a, b = fns
+            return lambda labels: a(labels) and b(labels)
+        # A loop, not a chain of closures: a long `&&` must not recurse once per term.
+        return lambda labels: all(fn(labels) for fn in fns)
 
 
 class _Or(_BoolOp):
@@ -250,19 +254,11 @@ class _Or(_BoolOp):
     symbol = "||"
 
     def compile(self) -> Evaluator:
-        fns = [op.compile() for op in self.operands]
-        fn = fns[0]
-        for nxt in fns[1:]:
-            fn = _or2(fn, nxt)
-        return fn
-
-
-def _and2(a: Evaluator, b: Evaluator) -> Evaluator:
-    return lambda labels: a(labels) and b(labels)
-
-
-def _or2(a: Evaluator, b: Evaluator) -> Evaluator:
-    return lambda labels: a(labels) or b(labels)
+        fns = tuple(op.compile() for op in self.operands)
+        if len(fns) == 2:
+            a, b = fns
+            return lambda labels: a(labels) or b(labels)
+        return lambda labels: any(fn(labels) for fn in fns)
 
 
 # --- parser ---------------------------------------------------------------------------
@@ -272,6 +268,13 @@ class _Parser:
         self.text = text
         self.tokens = _tokenize(text)
         self.i = 0
+        self.depth = 0  # parentheses and `!` currently open
+
+    def nest(self) -> None:
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            raise SelectorSyntaxError(self.text, self.peek().pos + 1,
+                                      f"nested more than {MAX_NESTING} levels deep")
 
     def peek(self, ahead: int = 0) -> _Token:
         return self.tokens[min(self.i + ahead, len(self.tokens) - 1)]
@@ -314,16 +317,21 @@ class _Parser:
 
     def parse_unary(self) -> _Node:
         if self.peek().kind == "!":
+            self.nest()
             self.take()
-            return _Not(self.parse_unary())
+            node = _Not(self.parse_unary())
+            self.depth -= 1
+            return node
         return self.parse_primary()
 
     def parse_primary(self) -> _Node:
         tok = self.peek()
         if tok.kind == "(":
+            self.nest()
             self.take()
             node = self.parse_or()
             self.expect(")", "')'")
+            self.depth -= 1
             return node
         if tok.kind != _LABEL:
             raise self.fail("a label, '!', '(', 'has(' or 'all()'")
@@ -424,6 +432,10 @@ def parse_selector(text: str) -> Selector:
     """
     if not isinstance(text, str):
         raise ValidationError("selector", text, "must be a string")
+    try:
+        text.encode()
+    except UnicodeEncodeError as exc:  # a lone surrogate, say, from a "\ud800" JSON escape
+        raise SelectorSyntaxError(text, exc.start + 1, "not valid Unicode text") from None
     return _parse_cached(text)
 
 

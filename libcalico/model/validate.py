@@ -25,6 +25,9 @@ from libcalico.errors import ValidationError
 from libcalico.model.selector import LABEL_NAME_RE
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+# What iptables (`-i NAME`, where a trailing '+' is a wildcard and quotes are syntax) and
+# the kernel (15 bytes) both take safely; Calico's own interface-name rule.
+INTERFACE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 NAME_MAX = 128
 _SEGMENT_RE = re.compile(r"^[^/\s]+$")
 _MAC_RE = re.compile(
@@ -44,19 +47,21 @@ def validate_name(field: str, value: Any, max_len: int = NAME_MAX) -> str:
 
 
 def validate_id(field: str, value: Any) -> str:
-    """A hostname, orchestrator, workload or endpoint id: one etcd key segment."""
+    """A hostname, orchestrator, workload or endpoint id: one etcd key segment, printable
+    (it ends up in keys, logs and BIRD's configuration comments)."""
     if (not isinstance(value, str) or not _SEGMENT_RE.match(value)
-            or value in (".", "..") or len(value) > 253):
-        raise ValidationError(field, value, "must be a non-empty name without '/' or spaces")
+            or value in (".", "..") or len(value) > 253 or not value.isprintable()):
+        raise ValidationError(field, value, "must be a non-empty printable name without "
+                                            "'/' or spaces")
     return value
 
 
 def validate_interface(field: str, value: Any) -> str:
-    """A Linux interface name: 1 to 15 characters, no '/', ':' or whitespace."""
-    if (not isinstance(value, str) or not 0 < len(value) <= 15 or value in (".", "..")
-            or any(c in "/:" or c.isspace() for c in value)):
-        raise ValidationError(field, value, "must be a Linux interface name (1-15 characters, "
-                                            "no '/', ':' or whitespace)")
+    """A Linux interface name as iptables can match it: 1 to 15 of letters, digits, '_',
+    '.' and '-' (no '+', the iptables wildcard; no quotes; no multi-byte characters)."""
+    if not isinstance(value, str) or not INTERFACE_RE.match(value) or value in (".", ".."):
+        raise ValidationError(field, value, "must be a Linux interface name (1-15 letters, "
+                                            "digits, '_', '.' or '-')")
     return value
 
 
@@ -116,6 +121,13 @@ def validate_labels(field: str, value: Any) -> dict[str, str]:
     return out
 
 
+def is_decimal(text: str) -> bool:
+    """Whether `text` is a non-empty run of ASCII digits. `str.isdigit()` also accepts
+    digits that `int()` refuses ("²") or reads as another number ("١٢" is 12), so input
+    is checked with this before `int()`."""
+    return text.isascii() and text.isdigit()
+
+
 def validate_bool(field: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValidationError(field, value, "must be true or false")
@@ -124,7 +136,7 @@ def validate_bool(field: str, value: Any) -> bool:
 
 def validate_int(field: str, value: Any, lo: int, hi: int) -> int:
     """An int in lo..hi; a string of digits is accepted, a bool is not."""
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and is_decimal(value.strip()):
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValidationError(field, value, "must be an integer")

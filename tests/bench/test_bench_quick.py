@@ -261,6 +261,36 @@ def _check_scale(r: dict[str, Any]) -> None:
                   "new_workload.clock", "new_workload.baseline.name")
 
 
+def _check_policy_trace(r: dict[str, Any]) -> None:
+    assert r["benchmark"] == "policy_trace" and r["quick"] is True
+    assert (r["endpoints"], r["profiles"], r["policies"]) == (1000, 100, 20)
+    assert r["queries"] == 6 and sum(r["verdicts"].values()) == 6
+    assert r["verdicts"]["allow"] and r["verdicts"]["deny"]  # the queries ask both ways
+    assert r["wall_ms"]["p50"] <= r["wall_ms"]["p90"] <= r["wall_ms"]["max"]
+    assert math.isclose(r["ratio"], r["wall_ms"]["p50"] / r["baseline_ms"]["etcdctl_get_prefix"],
+                        rel_tol=0.05)
+    assert r["goal_met"] == (r["wall_ms"]["max"] <= r["goal_ms"])
+    assert "clock" in r and "etcdctl_get_prefix" in r["baseline_names"]
+
+
+def _check_docker(r: dict[str, Any]) -> None:
+    assert r["benchmark"] == "docker" and r["quick"] is True
+    run, par = r["run"], r["parallel"]
+    assert run["rounds"] == 3 and run["p90_s"] >= run["median_s"]
+    assert math.isclose(run["ratio"], run["median_s"] / run["baseline"]["median_s"],
+                        rel_tol=0.05)
+    assert run["goal_met"] == (run["ratio"] <= run["goal"]["max_ratio"])
+    assert r["ratio"] == run["ratio"]
+    # every container got its own address and was reached from the other host
+    assert par["containers"] == 5 and par["distinct_addresses"] == 5
+    assert par["duplicate_addresses"] == 0
+    reach = par["reachable"]
+    assert reach["p50_s"] <= reach["p99_s"] <= reach["max_s"]
+    assert par["goal_met"] == (reach["p99_s"] <= par["goal"]["max_p99_s"])
+    _clocks_named(r, "run.clock", "run.baseline.name", "parallel.clock",
+                  "parallel.baseline.name")
+
+
 BENCHMARKS = [
     Bench("syncer",
           fields=("keys", "updates", "rounds", "ratio", "ratio_snapshot", "ratio_updates",
@@ -319,6 +349,12 @@ BENCHMARKS = [
                         "endpoint_add.goal.max_p99_ms", "endpoint_add.goal_met",
                         "idle.goal_met.cpu", "shared_profile_rule.goal_met"),
           marks=(pytest.mark.root, pytest.mark.etcd), check=_check_felix),
+    Bench("policy_trace",
+          fields=("endpoints", "profiles", "policies", "keys", "queries", "wall_ms.p50",
+                  "wall_ms.p90", "wall_ms.max", "cpu_ms.p50", "trace_program_ms.p50",
+                  "baseline_ms.etcdctl_get_prefix", "baseline_ms.python_c_pass", "goal_ms"),
+          extra_fields=("goal_met", "goal_met_p50", "clock", "baseline_names", "truth"),
+          marks=(pytest.mark.etcd,), check=_check_policy_trace),
     Bench("node",
           fields=("cluster_up.hosts", "cluster_up.total_s", "cluster_up.first_host_s",
                   "cluster_up.node_run_returned_s", "cluster_up.baseline.total_s",
@@ -368,6 +404,14 @@ BENCHMARKS = [
           extra_fields=("clusters.0.goal_met", "clusters.0.goal", "headline.cluster",
                         "felix_per_remote_change.goal_met"),
           marks=(pytest.mark.root, pytest.mark.etcd), check=_check_scale),
+    Bench("docker",
+          fields=("run.median_s", "run.p90_s", "run.baseline.median_s", "run.ratio",
+                  "run.goal.max_ratio", "parallel.containers", "parallel.reachable.p50_s",
+                  "parallel.reachable.p99_s", "parallel.docker_run_returned.p99_s",
+                  "parallel.baseline.docker_run_returned.p99_s", "parallel.ratio",
+                  "parallel.goal.max_p99_s"),
+          extra_fields=("run.goal_met", "parallel.goal_met", "parallel.duplicate_addresses"),
+          marks=(pytest.mark.root, pytest.mark.etcd), check=_check_docker),
     Bench("confd",
           fields=("render.view_and_render_ms.p50", "render.view_and_render_ms.p99",
                   "latency.change_to_reconfigured_ms.p50",

@@ -18,7 +18,6 @@ from felix.dataplane.cmd import CommandFailed, CommandRunner
 from felix.dataplane.interfaces import InterfaceEvent, Interfaces, InterfaceWatcher
 from felix.dataplane.ipsets import IPSets, temp_name
 from felix.dataplane.iptables import IptablesTable
-from felix.dataplane.netlink import NetlinkError, NetlinkSocket, Request
 from felix.dataplane.routes import Routes
 from felix.dataplane.types import (
     FELIX_ROUTE_PROTO,
@@ -33,6 +32,8 @@ from felix.dataplane.types import (
 from libcalico.errors import ValidationError
 from netsim.netns import Namespace, namespace, veth
 from netsim.wait import wait_for
+from rtnl.codec import NetlinkError, Request, route_request
+from rtnl.sock import NetlinkSocket, Reply
 
 pytestmark = [pytest.mark.root]
 
@@ -60,8 +61,7 @@ class RecordingNetlink(NetlinkSocket):
         super().__init__(netns)
         self.requests = 0
 
-    def request_batch(self, requests: Sequence[Request]
-                      ) -> list[tuple[int, list[tuple[bytes, int, int, int]]]]:
+    def request_batch(self, requests: Sequence[Request]) -> list[tuple[int, list[Reply]]]:
         self.requests += len(requests)
         return super().request_batch(requests)
 
@@ -555,14 +555,14 @@ def test_neighbours_added_and_removed(host: Namespace) -> None:
 
 
 def test_netlink_batch_reports_errno_per_request(host: Namespace) -> None:
-    from felix.dataplane.netlink import route_request
     nl = NetlinkSocket(host.name)
     try:
         make_workload_ifaces(host, ["calieeee"])
-        index = nl.get_links(["calieeee"])["calieeee"].index
-        results = nl.request_batch([route_request("198.18.5.1", 32, index, 80),
-                                    route_request("198.18.5.2", 32, index, 80, delete=True),
-                                    route_request("198.18.5.3", 32, 999999, 80)])
+        index = nl.get_links(["calieeee"])["calieeee"].ifindex
+        results = nl.request_batch([
+            route_request("198.18.5.1/32", proto=80, oif=index),
+            route_request("198.18.5.2/32", proto=80, oif=index, delete=True),
+            route_request("198.18.5.3/32", proto=80, oif=999999)])
         assert [code for code, _ in results] == [0, errno.ESRCH, errno.ENODEV]
     finally:
         nl.close()

@@ -13,11 +13,12 @@ import pytest
 
 from calicoctl.checksystem import tunnel_support
 from felix.dataplane.cmd import DataplaneError
-from felix.dataplane.netlink import NetlinkSocket, Request
 from felix.dataplane.routes import Routes
 from felix.dataplane.tunnels import Tunnels
 from felix.dataplane.types import FDBState, NeighbourState, RouteState, TunnelDevice
 from netsim.netns import Namespace, namespace, veth
+from rtnl.codec import Request
+from rtnl.sock import NetlinkSocket, Reply
 
 pytestmark = [pytest.mark.root]
 
@@ -30,8 +31,7 @@ class CountingNetlink(NetlinkSocket):
         super().__init__(netns)
         self.requests = 0
 
-    def request_batch(self, requests: Sequence[Request]
-                      ) -> list[tuple[int, list[tuple[bytes, int, int, int]]]]:
+    def request_batch(self, requests: Sequence[Request]) -> list[tuple[int, list[Reply]]]:
         self.requests += len(requests)
         return super().request_batch(requests)
 

@@ -4,7 +4,8 @@ own dockerd (`netsim.dockerhosts`) and this checkout's node image.
 In file order (the tests share the hosts; each leaves no node container running unless
 the next one expects it): the refusals that must come before anything is written (no
 engine, image missing, a foreign container with the node's name, --detach=false), a
-program that does not start, --libnetwork with the driver not installed yet, then two
+program that does not start, --libnetwork running the Docker driver that a Docker
+network then uses, then two
 nodes reaching BGP Established with Docker workloads on both that reach each other, a
 `docker restart` of a node container that loses no packet and never withdraws a route,
 `node stop`/`node` with workloads running, diags, and `node remove`.
@@ -30,7 +31,7 @@ from felix.rules.names import CHAIN_TO_ENDPOINT
 from libcalico import keyspace as ks
 from netsim.dockerd import DockerEngine, import_busybox
 from netsim.dockerhosts import DockerHosts
-from netsim.topology import Host, Topology
+from netsim.topology import FABRIC_PLEN, Host, Topology
 from netsim.wait import wait_for
 
 pytestmark = [pytest.mark.etcd, pytest.mark.root, pytest.mark.slow]
@@ -164,37 +165,58 @@ def test_a_program_that_does_not_start_is_named_with_its_log(hosts: DockerHosts)
     assert not running(hosts.engine(h1), "calico-node")
 
 
-def test_libnetwork_runs_the_driver_entry_point_with_the_plugin_dir(hosts: DockerHosts) -> None:
+def test_libnetwork_runs_the_driver_and_docker_networks_use_it(hosts: DockerHosts,
+                                                               store: Any) -> None:
+    """`--libnetwork`: container calico-libnetwork runs the driver from the node image,
+    and `docker network create -d calico` + `docker run` on that engine go through it."""
     h2 = hosts.topo.hosts[1]
     engine = hosts.engine(h2)
     engine.docker("tag", DEFAULT_IMAGE, ALT_IMAGE)  # --node-image names the image of both
     proc = hosts.start_node(h2, "--libnetwork", f"--node-image={ALT_IMAGE}", check=False)
     try:
-        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert proc.returncode == 0, proc.stdout + proc.stderr
         driver = inspect(engine, "calico-libnetwork")
         assert driver is not None
         assert f"Calico libnetwork driver is running with id: {driver['Id']}" in proc.stdout
-        line = one_line_error(proc)
-        assert "calico-libnetwork did not start" in line
-        assert "No module named 'calico_libnetwork'" in line
-        # What the driver gets: the engine's plugin directory, host networking, the same
-        # image, its own entry point, where to put its socket and etcd.
-        assert "/run/docker/plugins:/run/docker/plugins" in driver["HostConfig"]["Binds"]
+        assert f"Calico libnetwork driver listens on {LIBNETWORK_SOCKET}" in proc.stdout
+        # What the driver gets: the engine's plugin directory and API, host networking,
+        # the same image, its own entry point, where to put its socket, and etcd.
+        binds = driver["HostConfig"]["Binds"]
+        assert "/run/docker/plugins:/run/docker/plugins" in binds
+        assert f"{engine.socket}:{engine.socket}" in binds
         assert driver["HostConfig"]["NetworkMode"] == "host"
         assert driver["HostConfig"]["Privileged"] is False
+        assert driver["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
         assert driver["Config"]["Entrypoint"] == ["calico-libnetwork"]
         assert driver["Config"]["Image"] == ALT_IMAGE
         assert inspect(engine, "calico-node")["Config"]["Image"] == ALT_IMAGE  # type: ignore[index]
         env = driver["Config"]["Env"]
         assert f"CALICO_LIBNETWORK_SOCKET={LIBNETWORK_SOCKET}" in env
+        assert f"DOCKER_HOST={engine.host}" in env
         assert any(e.startswith("ETCD_ENDPOINTS=http://198.18.0.254:") for e in env)
-        # Left stopped for `docker logs`, not restarting in a loop; the node itself runs.
-        assert not driver["State"]["Running"]
-        assert driver["HostConfig"]["RestartPolicy"]["Name"] == "no"
-        assert running(engine, "calico-node")
+        assert running(engine, "calico-libnetwork") and running(engine, "calico-node")
+        # The engine finds both plugins in its plugin directory.
+        assert (engine.plugin_dir / "calico.sock").is_socket()
+        assert (engine.plugin_dir / "calico-ipam.sock").is_socket()
+        hosts.calicoctl(h2, "pool", "add", POOL)
+        engine.docker("network", "create", "-d", "calico", "--ipam-driver", "calico-ipam",
+                      "ndknet")
+        engine.docker("run", "-d", "--name", "nd1", "--net=ndknet", BUSYBOX, "sleep", "600")
+        ip = inspect(engine, "nd1")["NetworkSettings"]["Networks"]["ndknet"]["IPAddress"]  # type: ignore[index]
+        assert ip.startswith("198.19.")
+        kvs, _ = store.list(ks.host_workload_dir("host2"))
+        (ep,) = [json.loads(kv.value) for kv in kvs]
+        assert ep["ipv4_nets"] == [f"{ip}/32"] and ep["profile_ids"] == ["ndknet"]
+        engine.docker("rm", "-f", "nd1")
+        engine.docker("network", "rm", "ndknet")
+        assert store.list(ks.host_workload_dir("host2"))[0] == []
+        assert store.list(f"{ks.LIBNETWORK}/")[0] == []
     finally:
+        engine.docker("rm", "-f", "nd1", check=False)
+        engine.docker("network", "rm", "ndknet", check=False)
         hosts.calicoctl(h2, "node", "stop", "--force")
     assert not running(engine, "calico-node")
+    assert not running(engine, "calico-libnetwork")
 
 
 # --- two nodes, Docker workloads ---------------------------------------------------------------
@@ -254,7 +276,10 @@ def test_two_docker_nodes_establish_bgp_and_their_workloads_talk(
     assert hc["ReadonlyPaths"] == []  # systempaths=unconfined: /proc/sys is writable
     for d in (h1.dir / "log", h1.dir / "run"):
         assert f"{d}:{d}" in hc["Binds"]
-    for var in (f"HOSTNAME={h1.name}", f"IP={h1.ip}", "CALICO_NETWORKING_BACKEND=bird",
+    # The address goes in with the subnet calicoctl found on the host's interface, so the
+    # container registers the node exactly as the host did (cross-subnet encapsulation).
+    for var in (f"HOSTNAME={h1.name}", f"IP={h1.ip}/{FABRIC_PLEN}",
+                "CALICO_NETWORKING_BACKEND=bird",
                 f"CALICO_RUN_DIR={h1.dir / 'run'}"):
         assert var in env
     assert hc["RestartPolicy"]["Name"] == "unless-stopped"

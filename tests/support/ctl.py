@@ -25,7 +25,7 @@ class Ctl:
         self.env = {"ETCD_AUTHORITY": "", "ETCD_CA_CERT_FILE": "", "ETCD_CERT_FILE": "",
                     "ETCD_KEY_FILE": "", "HOSTNAME": "ctl-host", **env}
 
-    def __call__(self, *args: str, input: str | None = None,  # noqa: A002
+    def __call__(self, *args: str, input: str | bytes | None = None,  # noqa: A002
                  code: int | None = 0) -> Result:
         from calicoctl.main import cli
 

@@ -19,7 +19,7 @@ import secrets
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -65,18 +65,48 @@ class Workload:
 
     def listen(self, *ports: int) -> None:
         """TCP and UDP listeners (IPv4 and IPv6) on `ports` that answer "ok"."""
-        proc = subprocess.Popen(["ip", "netns", "exec", self.ns.name, sys.executable, "-c",
-                                 _SERVER, *map(str, ports)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
-        self.listeners.append(proc)
+        self.listeners.append(serve(self.ns.name, ports))
 
     def connect(self, dest: str, port: int, udp: bool = False, timeout: float = 1.0,
-                src: str | None = None) -> bool:
+                src: str | None = None, sport: int | None = None) -> bool:
         """True when the listener at dest:port answered "ok"."""
-        proc = self.ns.exec(sys.executable, "-c", _CLIENT, dest, str(port),
-                            "udp" if udp else "tcp", str(timeout), src or "", check=False)
-        return proc.stdout.strip() == "ok"
+        return connect(self.ns.name, dest, port, udp, timeout, src, sport)
+
+
+def serve(netns: str, ports: Sequence[int]) -> subprocess.Popen[bytes]:
+    """TCP and UDP listeners (IPv4 and IPv6) on `ports` in `netns` that answer "ok";
+    the caller kills the process group when done."""
+    return subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-c", _SERVER,
+                             *map(str, ports)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def wait_serving(netns: str, ports: Sequence[int], timeout: float = 20.0) -> None:
+    """Until `serve`'s listeners in `netns` answer on every port (over loopback, which no
+    policy polices)."""
+    from netsim.wait import wait_for
+
+    for port in ports:
+        wait_for(lambda p=port: connect(netns, "127.0.0.1", p, timeout=0.5), timeout,  # type: ignore[misc]
+                 message=f"a listener on port {port} in {netns}")
+
+
+def connect(netns: str, dest: str, port: int, udp: bool = False, timeout: float = 1.0,
+            src: str | None = None, sport: int | None = None) -> bool:
+    """From `netns`: True when the listener at dest:port answered "ok" within `timeout`
+    (a TCP connect, or a UDP datagram and its answer), sent from `src`:`sport` if given."""
+    proc = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", _CLIENT, dest,
+                           str(port), "udp" if udp else "tcp", str(timeout), src or "",
+                           str(sport or 0)], capture_output=True, text=True, check=False)
+    return proc.stdout.strip() == "ok"
+
+
+def ping(netns: str, dest: str, timeout: float = 1.0, src: str | None = None) -> bool:
+    """One echo request from `netns` (from `src` if given); True when answered."""
+    cmd = ["ip", "netns", "exec", netns, "ping", "-n", "-c", "1", "-W", str(timeout)]
+    if src:
+        cmd += ["-I", src]
+    return subprocess.run([*cmd, dest], capture_output=True, check=False).returncode == 0
 
 
 _SERVER = """
@@ -106,14 +136,15 @@ for p in sys.argv[1:]:
 
 _CLIENT = """
 import socket, sys
-dest, port, proto, timeout, src = sys.argv[1:6]
-port, timeout = int(port), float(timeout)
+dest, port, proto, timeout, src, sport = sys.argv[1:7]
+port, timeout, sport = int(port), float(timeout), int(sport)
 fam = socket.AF_INET6 if ":" in dest else socket.AF_INET
 s = socket.socket(fam, socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.settimeout(timeout)
 try:
-    if src:
-        s.bind((src, 0))
+    if src or sport:
+        s.bind((src, sport))
     if proto == "udp":
         s.sendto(b"hi", (dest, port))
         data = s.recv(100)

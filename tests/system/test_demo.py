@@ -127,8 +127,9 @@ def test_refuses_to_start_while_a_kept_demo_exists(tmp_path: Path) -> None:
 
 
 def test_docker_runtime_runs_the_same_matrix_with_node_containers(tmp_path: Path) -> None:
-    """`--runtime=docker`: a Docker engine per host, container calico-node on each; the
-    same matrix; `--teardown` of the kept demo removes engines, containers and mounts."""
+    """`--runtime=docker`: a Docker engine per host, containers calico-node and
+    calico-libnetwork on each, the workloads `docker run` on a calico network; the same
+    matrix; `--teardown` of the kept demo removes engines, containers and mounts."""
     state = tmp_path / "state.json"
     try:
         run = demo("--runtime=docker", "--keep", "--state-file", str(state), timeout=420)
@@ -142,11 +143,22 @@ def test_docker_runtime_runs_the_same_matrix_with_node_containers(tmp_path: Path
         recorded = json.loads(state.read_text())
         engines = recorded["info"]["engines"]
         assert sorted(engines) == ["host1", "host2", "host3"]
+        # The workloads are `docker run --net=demo` containers of a calico network.
+        assert "docker network create -d calico --ipam-driver calico-ipam --ipv6 demo" \
+            in run.stdout
         for engine in engines.values():
+            env = {**os.environ, "DOCKER_HOST": engine}
             ps = subprocess.run(["docker", "ps", "--format", "{{.Names}} {{.Image}}"],
-                                env={**os.environ, "DOCKER_HOST": engine},
-                                capture_output=True, text=True, check=True).stdout
+                                env=env, capture_output=True, text=True, check=True).stdout
             assert "calico-node pycalico-net/node:" in ps
+            assert "calico-libnetwork pycalico-net/node:" in ps
+            for name in ("w1", "w2"):
+                nets = subprocess.run(["docker", "inspect", "-f",
+                                       "{{json .NetworkSettings.Networks}}", name], env=env,
+                                      capture_output=True, text=True, check=True).stdout
+                assert list(json.loads(nets)) == ["demo"]
+        assert all(w["container"] in ("w1", "w2") and w["ns"] is None
+                   for w in recorded["info"]["workloads"].values())
         namespaces = recorded["namespaces"]
         pids = [p for n in namespaces for p in namespace_pids(n)]
 

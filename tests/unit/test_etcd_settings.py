@@ -171,3 +171,27 @@ def test_unreadable_tls_file_names_the_variable(tmp_path: Path, missing: str) ->
         store.get("/calico/v1/Ready")
     assert info.value.field == missing
     assert info.value.value == env[missing]
+
+
+def test_user_and_password_come_together_and_the_password_is_never_shown() -> None:
+    s = EtcdSettings.from_env({"ETCD_USERNAME": "calico", "ETCD_PASSWORD": "pw-123"})
+    assert (s.username, s.password) == ("calico", "pw-123")
+    assert "pw-123" not in repr(s)
+    for env in ({"ETCD_USERNAME": "calico"}, {"ETCD_PASSWORD": "pw-123"}):
+        with pytest.raises(ValidationError) as info:
+            EtcdSettings.from_env(env)
+        assert "pw-123" not in str(info.value)
+
+
+def test_unixs_endpoints_are_tls_over_the_socket() -> None:
+    s = EtcdSettings.from_env({"ETCD_ENDPOINTS": "unixs:///run/etcd/etcd.sock:0",
+                               "ETCD_CA_CERT_FILE": "/ca.pem"})
+    assert s.endpoints[0].tls and s.endpoints[0].grpc_target == ("unix:/run/etcd/etcd.sock", "0")
+    with pytest.raises(ValidationError):
+        EtcdSettings.from_env({"ETCD_ENDPOINTS": "unixs:///run/etcd/etcd.sock:0"})
+
+
+def test_errors_about_secret_fields_never_quote_the_value() -> None:
+    for field in ("password", "bgp password", "SomeToken", "client_secret"):
+        assert "hunter2" not in str(ValidationError(field, "hunter2", "bad"))
+    assert "'eth0'" in str(ValidationError("interface", "eth0", "bad"))

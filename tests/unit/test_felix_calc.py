@@ -8,6 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 from felix.calc.graph import CalcGraph, CalcSettings, Changes, DesiredState
+from felix.dataplane.types import Rule
 from felix.rules.names import selector_ipset
 from libcalico import keyspace
 from libcalico.model.selector import parse_selector
@@ -195,9 +196,17 @@ def test_contents() -> None:
                      "-j felix-p-prof-b-i"]
     jumps = [r.action for r in f4["felix-to-0001"].rules if "felix-p-" in r.action]
     assert jumps == ["-j felix-p-t1/all-i", "-j felix-p-t1/web-i", "-j felix-p-prof-a-i"]
-    # host endpoint chains with failsafe first
-    assert f4["felix-hfrom-eth0"].rules[1].action == "-j felix-FAILSAFE-IN"
-    assert any(r.match == "-i eth0" for r in f4["felix-FROM-HOST-IF"].rules)
+    # host endpoints: the failsafe ports first (into and out of the host, not forwarded)
+    assert f4["felix-FROM-HOST-IF"].rules == (
+        Rule("-i eth0", "-j felix-FAILSAFE-IN"), Rule("-i eth0", "-g felix-hfrom-eth0"))
+    assert f4["felix-TO-HOST-IF"].rules == (
+        Rule("-o eth0", "-j felix-FAILSAFE-OUT"), Rule("-o eth0", "-g felix-hto-eth0"))
+    assert f4["felix-FROM-HOST-IF-FWD"].rules == (Rule("-i eth0", "-g felix-hfrom-eth0"),)
+    assert f4["felix-TO-HOST-IF-FWD"].rules == (Rule("-o eth0", "-g felix-hto-eth0"),)
+    hfrom = [r.action for r in f4["felix-hfrom-eth0"].rules]
+    assert hfrom[0] == "-j MARK --set-xmark 0x0/0x7000000" and hfrom[-1] == "-j DROP"
+    assert "-j felix-p-t1/all-i" in hfrom and "-j felix-p-prof-host-i" in hfrom
+    assert not any("FAILSAFE" in a for a in hfrom)
     # invalid data skipped; the invalid local endpoint is reported
     errors = {k.workload: e.error for k, e in s.endpoints.items() if e.error}
     assert "bad" in errors and errors["w3"] == "inactive"

@@ -1,6 +1,7 @@
 """felix.calc.tunnels through the whole graph: pools, blocks and nodes in etcd -> tunnel
-devices, routes to remote blocks, VXLAN neighbour and FDB entries; independent of update
-order and batching. IPIP is covered here on the routes and devices it would program (the
+devices, routes to remote blocks, VXLAN neighbour and FDB entries, the all-hosts set and
+the filter rules that let the encapsulations through between cluster hosts; independent
+of update order and batching. IPIP is covered here on the routes and devices it would program (the
 kernel of these machines cannot create them; see test_felix_tunnels_dataplane)."""
 
 from __future__ import annotations
@@ -12,11 +13,19 @@ from typing import Any
 import pytest
 
 from felix.calc.graph import CalcGraph, CalcSettings, DesiredState
-from felix.dataplane.types import FDBState, NeighbourState, RouteState, TunnelDevice
+from felix.dataplane.types import (
+    FDBState,
+    IPSetState,
+    NeighbourState,
+    RouteState,
+    Rule,
+    TunnelDevice,
+)
 from libcalico import keyspace as ks
 
 ME = "h1"
 POOL = "198.19.0.0/16"
+POOL2 = "198.20.0.0/16"
 MAC = {"h1": "66:00:00:00:00:01", "h2": "66:00:00:00:00:02", "h3": "66:00:00:00:00:03"}
 HOST_IP = {"h1": "198.18.1.1", "h2": "198.18.1.2", "h3": "198.18.2.1"}
 TUNNEL = {"h1": "198.19.1.0", "h2": "198.19.2.0", "h3": "198.19.3.0"}
@@ -214,6 +223,81 @@ def test_settings_reach_the_device() -> None:
     graph.flush()
     device = graph.desired_state().devices["vxlan.calico"]
     assert (device.mtu, device.vni, device.port) == (1400, 77, 8472)
+
+
+ALL_HOSTS = "felix-all-hosts"
+
+
+def encap_rules(s: DesiredState) -> dict[str, list[Rule]]:
+    """The rules of felix-INPUT / felix-OUTPUT that use the all-hosts set (v4, v6)."""
+    return {f"v{v} {name}": [r for r in s.chains[(v, "filter")][name].rules
+                             if ALL_HOSTS in r.match]
+            for v in (4, 6) if (v, "filter") in s.chains
+            for name in ("felix-INPUT", "felix-OUTPUT")}
+
+
+def test_encapsulated_pools_let_cluster_hosts_through_before_host_endpoints() -> None:
+    """The all-hosts set holds every node's BGP IPv4 address (this one's too, also a
+    node without tunnel fields yet); the rules follow the pools' encapsulations."""
+    lone = [(ks.bgp_host_key("h4", "ip_addr_v4"), "198.18.3.1")]
+    s = state([*cluster(), *lone])
+    assert s.ipsets[ALL_HOSTS] == IPSetState(ALL_HOSTS, 4, "hash:ip",
+                                             frozenset({*HOST_IP.values(), "198.18.3.1"}))
+    assert encap_rules(s) == {
+        "v4 felix-INPUT": [Rule("-p udp -m udp --dport 4789 -m set --match-set "
+                                "felix-all-hosts src", "-j ACCEPT", "VXLAN from a cluster host")],
+        "v4 felix-OUTPUT": [Rule("-p udp -m udp --dport 4789 -m set --match-set "
+                                 "felix-all-hosts dst", "-j ACCEPT", "VXLAN to a cluster host")]}
+    ipip = state(cluster("ipip", vxlan=False, ipip=True))
+    assert [r.match for r in encap_rules(ipip)["v4 felix-INPUT"]] == [
+        "-p 4 -m set --match-set felix-all-hosts src"]
+    both = state([*cluster(), (ks.pool_key(POOL2), json.dumps(
+        {"cidr": POOL2, "ipip": "tunl0", "disabled": True}))])  # disabled: still routed
+    assert [r.comment for r in encap_rules(both)["v4 felix-OUTPUT"]] == [
+        "VXLAN to a cluster host", "IP-in-IP to a cluster host"]
+    # VXLANPort is the port the rules open
+    graph = CalcGraph(CalcSettings(ME, ipv6=True, vxlan_port=8472))
+    graph.on_updates(cluster())
+    graph.flush()
+    rules = encap_rules(graph.desired_state())
+    assert "--dport 8472" in rules["v4 felix-INPUT"][0].match
+    assert rules["v6 felix-INPUT"] == rules["v6 felix-OUTPUT"] == []
+
+
+def test_no_encapsulated_pool_no_all_hosts_set_and_no_rules() -> None:
+    for updates in (cluster(encap=None),  # type: ignore[arg-type]
+                    [u for u in cluster() if u[0] != ks.pool_key(POOL)]):
+        s = state(updates)
+        assert ALL_HOSTS not in s.ipsets
+        assert not any(encap_rules(s).values())
+        # the static chains are those of a graph that never saw a pool or a node
+        empty = state([])
+        assert s.chains[(4, "filter")]["felix-INPUT"] == \
+            empty.chains[(4, "filter")]["felix-INPUT"]
+
+
+def test_all_hosts_follows_nodes_and_pools() -> None:
+    graph = CalcGraph(CalcSettings(ME, ipv6=False))
+    graph.on_updates(cluster())
+    graph.flush()
+    # a node's address changes, another goes: only the set changes
+    graph.on_updates([(ks.bgp_host_key("h2", "ip_addr_v4"), "198.18.1.22"),
+                      *((k, None) for k, _ in node("h3"))])
+    changes = graph.flush()
+    assert changes.ipsets[4][ALL_HOSTS] == IPSetState(
+        ALL_HOSTS, 4, "hash:ip", frozenset({HOST_IP["h1"], "198.18.1.22"}))
+    assert not changes.chains
+    # the pool stops encapsulating: the rules go and the set with them
+    graph.on_updates([pool(encap=None)])  # type: ignore[arg-type]
+    changes = graph.flush()
+    assert changes.ipsets[4][ALL_HOSTS] is None
+    assert set(changes.chains[(4, "filter")]) == {"felix-INPUT", "felix-OUTPUT"}
+    assert not any(encap_rules(graph.desired_state()).values())
+    # and back
+    graph.on_updates([pool()])
+    changes = graph.flush()
+    assert changes.ipsets[4][ALL_HOSTS] is not None
+    assert encap_rules(graph.desired_state())["v4 felix-INPUT"]
 
 
 def test_invalid_node_fields_and_blocks_are_ignored() -> None:

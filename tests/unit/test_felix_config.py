@@ -24,8 +24,11 @@ def test_defaults() -> None:
     assert cfg.PrometheusMetricsPort == 9091
     assert cfg.HealthPort == 9099
     assert cfg.refresh_interval == 90
-    assert cfg.FailsafeInboundHostPorts == (22,)
-    assert set(cfg.FailsafeOutboundHostPorts) == {179, 2379, 2380, 4001, 7001}
+    # ssh, DHCP and BGP in; DNS, DHCP, BGP and etcd out (Calico's defaults)
+    assert cfg.FailsafeInboundHostPorts == (("tcp", 22), ("udp", 68), ("tcp", 179))
+    assert set(cfg.FailsafeOutboundHostPorts) == {
+        ("udp", 53), ("udp", 67), ("tcp", 179), ("tcp", 2379), ("tcp", 2380), ("tcp", 4001),
+        ("tcp", 7001)}
     assert cfg.IptablesMarkMask == 0xFF000000
     assert cfg.source("InterfacePrefix") == SOURCE_DEFAULT
     assert cfg.FelixHostname  # gethostname()
@@ -67,10 +70,7 @@ def test_etcd_endpoints_from_shared_env_variable() -> None:
     assert cfg.etcd_env() == {"ETCD_AUTHORITY": "h:4001", "ETCD_SCHEME": "http"}
 
 
-@pytest.mark.parametrize("layer,source", [
-    ("etcd_global", SOURCE_ETCD_GLOBAL), ("etcd_host", SOURCE_ETCD_HOST),
-    ("file_values", SOURCE_FILE),
-])
+@pytest.mark.parametrize("layer,source", [("file_values", SOURCE_FILE)])
 def test_error_names_param_value_and_source(layer: str, source: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(env={}, **{layer: {"DefaultEndpointToHostAction": "MAYBE"}})
@@ -80,9 +80,22 @@ def test_error_names_param_value_and_source(layer: str, source: str) -> None:
     assert source in str(err) and "MAYBE" in str(err)
 
 
+def test_a_bad_value_in_etcd_is_ignored_and_the_layer_below_applies(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """etcd holds what anybody wrote: one bad key must not stop every felix starting."""
+    cfg = load_config(env={}, etcd_global={"DefaultEndpointToHostAction": "RETURN"},
+                      etcd_host={"DefaultEndpointToHostAction": "MAYBE"})
+    assert cfg.DefaultEndpointToHostAction == "RETURN"
+    assert cfg.source("DefaultEndpointToHostAction") == SOURCE_ETCD_GLOBAL
+    cfg = load_config(env={}, etcd_global={"HealthPort": "99999"})
+    assert cfg.HealthPort == 9099 and cfg.source("HealthPort") == "default"
+    assert any("HealthPort" in r.message and "99999" in r.message for r in caplog.records)
+
+
 @pytest.mark.parametrize("name,value", [
     ("HealthPort", "99999"), ("PrometheusMetricsEnabled", "perhaps"),
     ("RefreshInterval", "-1"), ("FailsafeInboundHostPorts", "22,x"),
+    ("FailsafeOutboundHostPorts", "icmp:8"), ("FailsafeOutboundHostPorts", "tcp:70000"),
     ("IptablesMarkMask", "0x1"), ("LogSeverityScreen", "LOUD"), ("InterfacePrefix", ""),
 ])
 def test_bad_values_from_env(name: str, value: str) -> None:
@@ -94,13 +107,15 @@ def test_bad_values_from_env(name: str, value: str) -> None:
 
 def test_typed_values() -> None:
     cfg = load_config(env={"FELIX_IPV6SUPPORT": "false", "FELIX_REFRESHINTERVAL": "2.5",
-                           "FELIX_FAILSAFEINBOUNDHOSTPORTS": "22, 80,443",
+                           "FELIX_FAILSAFEINBOUNDHOSTPORTS": "22, udp:80,TCP:443",
+                           "FELIX_FAILSAFEOUTBOUNDHOSTPORTS": "none",
                            "FELIX_INTERFACEPREFIX": "cali,tap",
                            "FELIX_DEFAULTENDPOINTTOHOSTACTION": "accept",
                            "FELIX_LOGSEVERITYSCREEN": "warn"})
     assert cfg.Ipv6Support is False
     assert cfg.refresh_interval == 2.5
-    assert cfg.FailsafeInboundHostPorts == (22, 80, 443)
+    assert cfg.FailsafeInboundHostPorts == (("tcp", 22), ("udp", 80), ("tcp", 443))
+    assert cfg.FailsafeOutboundHostPorts == ()
     assert cfg.InterfacePrefix == ("cali", "tap")
     assert cfg.DefaultEndpointToHostAction == "ACCEPT"
     assert cfg.LogSeverityScreen == "WARNING"

@@ -229,8 +229,9 @@ def test_small_dispatch_is_flat() -> None:
                 Rule("-i cali+", "-j ACCEPT", "DefaultEndpointToHostAction")]),
 ])
 def test_endpoint_to_host_action(action: str, expect: list[Rule]) -> None:
-    chains = {c.name: c for c in render_filter_chains(4, ("cali",), action, MARKS, (22,),
-                                                      (2379,))}
+    chains = {c.name: c for c in render_filter_chains(4, ("cali",), action, MARKS,
+                                                      (("tcp", 22), ("udp", 68), ("tcp", 179)),
+                                                      (("tcp", 2379),))}
     rules = list(chains["felix-INPUT"].rules)
     start = rules.index(Rule("-i cali+ -p udp -m udp --dport 53", "-j ACCEPT", "DNS")) + 1
     assert rules[start:start + len(expect)] == expect
@@ -238,7 +239,56 @@ def test_endpoint_to_host_action(action: str, expect: list[Rule]) -> None:
         Rule("-m conntrack --ctstate INVALID", "-j DROP"),
         Rule("-m conntrack --ctstate RELATED,ESTABLISHED", "-j ACCEPT"))
     assert chains["felix-FAILSAFE-IN"].rules == (
-        Rule("-p tcp -m multiport --dports 22", "-j ACCEPT", "failsafe"),)
+        Rule("-p tcp -m multiport --dports 22,179", "-j ACCEPT", "failsafe"),
+        Rule("-p udp -m multiport --dports 68", "-j ACCEPT", "failsafe"))
+    assert chains["felix-FAILSAFE-OUT"].rules == (
+        Rule("-p tcp -m multiport --dports 2379", "-j ACCEPT", "failsafe"),)
+    # forwarded traffic that is not a workload's: host endpoint policy of both interfaces
+    assert chains["felix-FORWARD"].rules[-4:] == (
+        Rule("", "-j MARK --set-xmark 0x0/0x7000000"), Rule("", "-j felix-FROM-HOST-IF-FWD"),
+        Rule("", "-j felix-TO-HOST-IF-FWD"),
+        Rule("-m mark --mark 0x1000000/0x1000000", "-j ACCEPT"))
+
+
+def test_encapsulation_between_cluster_hosts_comes_just_before_host_endpoints() -> None:
+    """VXLAN (UDP VXLANPort) and IP-in-IP (protocol 4) from / to the all-hosts set are
+    accepted right before the host endpoint dispatch on INPUT and OUTPUT - after the
+    workload rules, so workloads never get the exemption - and only for what the pools
+    use; nothing for IPv6 or without encapsulated pools."""
+    def chains(version: int, encaps: tuple[str, ...], port: int = 4789) -> dict[str, Chain]:
+        return {c.name: c for c in render_filter_chains(
+            version, ("cali",), "DROP", MARKS, (("tcp", 22),), (("tcp", 2379),), encaps,
+            port)}
+
+    def before_dispatch(chain: Chain, dispatch: str) -> list[Rule]:
+        rules = list(chain.rules)
+        end = rules.index(Rule("", f"-j {dispatch}"))
+        start = max(i for i, r in enumerate(rules[:end]) if "cali+" in r.match) + 1
+        return rules[start:end]
+
+    both = chains(4, ("vxlan", "ipip"), 4790)
+    assert before_dispatch(both["felix-INPUT"], "felix-FROM-HOST-IF") == [
+        Rule("-p udp -m udp --dport 4790 -m set --match-set felix-all-hosts src", "-j ACCEPT",
+             "VXLAN from a cluster host"),
+        Rule("-p 4 -m set --match-set felix-all-hosts src", "-j ACCEPT",
+             "IP-in-IP from a cluster host")]
+    assert before_dispatch(both["felix-OUTPUT"], "felix-TO-HOST-IF") == [
+        Rule("-p udp -m udp --dport 4790 -m set --match-set felix-all-hosts dst", "-j ACCEPT",
+             "VXLAN to a cluster host"),
+        Rule("-p 4 -m set --match-set felix-all-hosts dst", "-j ACCEPT",
+             "IP-in-IP to a cluster host")]
+    vxlan = chains(4, ("vxlan",))
+    assert [r.comment for r in before_dispatch(vxlan["felix-INPUT"], "felix-FROM-HOST-IF")] \
+        == ["VXLAN from a cluster host"]
+    ipip = chains(4, ("ipip",))
+    assert [r.comment for r in before_dispatch(ipip["felix-OUTPUT"], "felix-TO-HOST-IF")] \
+        == ["IP-in-IP to a cluster host"]
+    for plain in (chains(4, ()), chains(6, ("vxlan", "ipip"))):
+        assert before_dispatch(plain["felix-INPUT"], "felix-FROM-HOST-IF") == []
+        assert before_dispatch(plain["felix-OUTPUT"], "felix-TO-HOST-IF") == []
+    # everything else is as without encapsulation
+    assert chains(4, ("vxlan",))["felix-FORWARD"] == chains(4, ())["felix-FORWARD"]
+    assert chains(6, ("vxlan",)) == chains(6, ())
 
 
 def test_base_jumps_and_nat() -> None:

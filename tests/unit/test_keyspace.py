@@ -53,6 +53,8 @@ ROUND_TRIPS = [
     (ks.endpoint_status_key("host-1", "docker", "c0ffee", "eth0"),
      ks.EndpointStatusKey("host-1", "docker", "c0ffee", "eth0")),
     (ks.libnetwork_network_key("net123"), ks.LibnetworkNetworkKey("net123")),
+    (ks.libnetwork_endpoint_key("h1", "ep1"), ks.LibnetworkEndpointKey("h1", "ep1")),
+    (ks.libnetwork_profile_key("net1"), ks.LibnetworkProfileKey("net1")),
 ]
 
 

@@ -107,14 +107,22 @@ def test_relative_directories_are_mounted_by_absolute_path_and_defaults_left_out
 
 
 def test_the_driver_container_runs_its_entry_point_with_the_plugin_directory() -> None:
-    run = parse(render_libnetwork_run(spec(), ETCD))
+    run = parse(render_libnetwork_run(spec(), ETCD, "unix:///var/run/docker.sock"))
     flags = run["flags"]
     assert isinstance(flags, list)
     assert "--name=calico-libnetwork" in flags and "--net=host" in flags
     assert "--entrypoint=calico-libnetwork" in flags
     assert "/run/docker/plugins:/run/docker/plugins" in run["mounts"]  # type: ignore[operator]
+    # The engine's API, for network names and labels: its socket and DOCKER_HOST.
+    assert "/var/run/docker.sock:/var/run/docker.sock" in run["mounts"]  # type: ignore[operator]
     assert run["env"] == {"HOSTNAME": "host1", "CALICO_LIBNETWORK_SOCKET": LIBNETWORK_SOCKET,
-                          **ETCD}
+                          "DOCKER_HOST": "unix:///var/run/docker.sock", **ETCD}
+
+
+def test_the_driver_container_reaches_a_tcp_engine_without_a_mount() -> None:
+    run = parse(render_libnetwork_run(spec(), ETCD, "tcp://198.18.0.1:2375"))
+    assert not any("docker.sock" in m for m in run["mounts"])  # type: ignore[attr-defined]
+    assert run["env"]["DOCKER_HOST"] == "tcp://198.18.0.1:2375"  # type: ignore[index]
     assert run["labels"] == {"org.pycalico-net.component": "libnetwork",
                              "org.pycalico-net.node": "host1"}
     assert run["image"] == "img:1"
