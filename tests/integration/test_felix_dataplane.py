@@ -734,6 +734,39 @@ def test_refresh_reads_iptables_back_only_after_an_outside_change(host: Namespac
         owners.close()
 
 
+def test_generation_read_with_the_standard_library_matches_pyroute2(host: Namespace) -> None:
+    """felix reads the nf_tables generation on a NETLINK_NETFILTER socket of its own
+    (no pyroute2 at start-up): the same id and constants as pyroute2's NFTSocket, and it
+    moves by one per committed restore."""
+    from pyroute2.netlink import NETLINK_NETFILTER
+    from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_NFTABLES
+    from pyroute2.netlink.nfnetlink import nftsocket as nft
+
+    from felix.dataplane import nftgen
+    from rtnl.netns import run_in_netns
+
+    assert (nftgen.NETLINK_NETFILTER, nftgen.NFNL_SUBSYS_NFTABLES) == (
+        NETLINK_NETFILTER, NFNL_SUBSYS_NFTABLES)
+    assert (nftgen.NFT_MSG_NEWGEN, nftgen.NFT_MSG_GETGEN) == (nft.NFT_MSG_NEWGEN,
+                                                                nft.NFT_MSG_GETGEN)
+    assert nft.nft_gen_msg.nla_map[nftgen.NFTA_GEN_ID][0] == "NFTA_GEN_ID"
+
+    def pyroute2_generation() -> int:
+        sock = nft.NFTSocket()
+        try:
+            msg = nft.nft_gen_msg()
+            msg["nfgen_family"] = 0
+            return int(sock.request_get(msg, nft.NFT_MSG_GETGEN)[0].get_attr("NFTA_GEN_ID"))
+        finally:
+            sock.close()
+
+    gen = nftgen.RulesetGeneration(host.name)
+    before = gen.read()
+    assert before is not None and before == run_in_netns(host.name, pyroute2_generation)
+    host.exec("iptables-restore", "--noflush", input="*filter\n:felix-gen-x - [0:0]\nCOMMIT\n")
+    assert gen.read() == run_in_netns(host.name, pyroute2_generation) == before + 1
+
+
 def test_generation_bookkeeping_trusts_only_an_unbroken_chain() -> None:
     from felix.dataplane.nftgen import RulesetGeneration
 
