@@ -7,7 +7,10 @@ Owns:
 - `NodePaths`: the run directory (sockets, pid files, generated BIRD config) and the log
   directory of one node, and the environment supervisord's configuration reads.
 - `Supervisor`: a client of one supervisord over its unix socket (XML-RPC): is it
-  running, the programs' states, waiting for them to start, shutting it down.
+  running, the programs' states, waiting for them to start, shutting it down. The
+  standard library's XML-RPC client over the socket (`_UnixTransport`): supervisor's
+  own `supervisor.xmlrpc` imports its HTTP server as well, ~40 ms of CPU per command,
+  paid by each of 50 hosts' `node run` (docs/scale.md).
 
 Leaves to others: what the programs are (node-image/programs/*.conf), the datastore
 (`calicoctl.nodestart`), the command line (`calicoctl.noderun`).
@@ -28,6 +31,34 @@ DEFAULT_LOG_DIR = "/var/log/calico"
 PROGRAMS = ("bird", "confd", "felix")
 # supervisord states of a program that will not come up without help.
 FAILED_STATES = ("FATAL", "EXITED", "STOPPED", "UNKNOWN")
+
+
+def _unix_transport(path: str) -> Any:
+    """An XML-RPC transport that speaks HTTP over the unix socket at `path`."""
+    import http.client
+    import socket
+    import xmlrpc.client
+
+    class UnixConnection(http.client.HTTPConnection):
+        def connect(self) -> None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            try:
+                sock.connect(path)
+            except OSError:
+                sock.close()
+                raise
+            self.sock = sock
+
+    class UnixTransport(xmlrpc.client.Transport):
+        def make_connection(self, host: Any) -> http.client.HTTPConnection:
+            known, conn = self._connection
+            if conn is None or known != host:  # one kept-alive connection, as the base's
+                conn = UnixConnection("localhost", timeout=30)
+                self._connection = host, conn
+            return conn
+
+    return UnixTransport()
 
 
 def node_image_dir() -> Path:
@@ -98,10 +129,8 @@ class Supervisor:
     def _proxy(self) -> Any:
         import xmlrpc.client
 
-        from supervisor.xmlrpc import SupervisorTransport
-
-        transport = SupervisorTransport(None, None, f"unix://{self.paths.socket}")
-        return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+        return xmlrpc.client.ServerProxy("http://localhost/RPC2",
+                                         transport=_unix_transport(str(self.paths.socket)))
 
     def pid(self) -> int | None:
         """The pid of the running supervisord, or None. A pid file left by a supervisord
