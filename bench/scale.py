@@ -42,9 +42,11 @@ Per cluster, in this order:
     (a)'s propagation. Also watch events delivered per addition.
 (f) etcd: keys and bytes per kind (endpoints, blocks, handles, node records, felix
     status), watch events and bytes etcd sent during the run.
-Once per run (`bench.scale_calc`, no namespaces): felix's own work for one change on
-another host with 100,000 endpoints in the cluster (--quick 20,000) against 1,000: the
-per-update cost must not grow with the cluster (goal ratio <= 2).
+Where one host count runs in both modes (25 in the full run, 3 in --quick), `mesh_vs_rr`
+puts the two side by side. Once per run (`bench.scale_calc`, no namespaces): felix's own
+work for one change on another host with 100,000 endpoints in the cluster (--quick
+20,000) against 1,000: the per-update cost must not grow with the cluster (goal ratio
+<= 2).
 """
 
 from __future__ import annotations
@@ -299,6 +301,8 @@ def converge(c: Cluster, env: dict[str, str]) -> dict[str, Any]:
             t.join()
     if failures:
         raise RuntimeError("calicoctl node run failed:\n" + "\n".join(failures))
+    node_run_cpu = children_cpu_s() - cpu_before  # node run and what it waited for
+    n = len(c.hosts)
     sessions = [established(str(h.dir / "run" / "bird.ctl")) for h in c.hosts]
     routes = [len(h.ns.ip("-4", "route", "show", "proto", "bird").stdout.splitlines())
               for h in c.hosts]
@@ -307,7 +311,9 @@ def converge(c: Cluster, env: dict[str, str]) -> dict[str, Any]:
             "first_host_s": round(min(per_host.values()), 3),
             "node_run_returned_s": round(max(node_s.values()), 3),
             "cpu_s": {"programs_when_converged": round(programs_cpu, 1),
-                      "calicoctl_node_run": round(children_cpu_s() - cpu_before, 1)},
+                      "calicoctl_node_run": round(node_run_cpu, 1)},
+            "cpu_s_per_host": {"programs_when_converged": round(programs_cpu / n, 3),
+                               "calicoctl_node_run": round(node_run_cpu / n, 3)},
             "bgp": {"sessions_per_host": {"min": min(sessions), "max": max(sessions),
                                           "mean": round(sum(sessions) / len(sessions), 2)},
                     "sessions_total": sum(sessions) // 2,
@@ -552,6 +558,33 @@ def goals(r: dict[str, Any], final: bool) -> dict[str, Any]:
             "goal_met": met}
 
 
+def compare_modes(clusters: list[dict[str, Any]]) -> dict[str, Any]:
+    """For each host count run in both modes (in this run): the figures side by side."""
+    by = {(r["hosts"], r["mode"]): r for r in clusters}
+    out: dict[str, Any] = {}
+    for hosts in sorted({h for h, _ in by}):
+        if (hosts, "mesh") not in by or (hosts, "rr") not in by:
+            continue
+        mesh, rr = by[(hosts, "mesh")], by[(hosts, "rr")]
+
+        def pick(r: dict[str, Any]) -> dict[str, Any]:
+            return {"converge_s": r["converge"]["total_s"],
+                    "sessions_total": r["converge"]["bgp"]["sessions_total"],
+                    "sessions_per_host_max": r["converge"]["bgp"]["sessions_per_host"]["max"],
+                    "programs_cpu_s_per_host_when_converged":
+                        r["converge"]["cpu_s_per_host"]["programs_when_converged"],
+                    "bird_rss_mb_max": r["idle"]["per_program"]["bird"]["rss_mb"]["max"],
+                    "idle_cpu_per_host_max_percent":
+                        r["idle"]["per_host"]["cpu_percent_of_core"]["max"],
+                    "new_workload_p99_s": r["new_workload"]["p99_s"],
+                    "profile_change_p99_s": r["profile_change"]["p99_s"]}
+
+        out[str(hosts)] = {"mesh": pick(mesh), "rr": pick(rr),
+                           "converge_ratio_mesh_to_rr": ratio(mesh["converge"]["total_s"],
+                                                              rr["converge"]["total_s"])}
+    return out
+
+
 def parse_clusters(text: str) -> list[tuple[int, str]]:
     out = []
     for item in text.split(","):
@@ -581,6 +614,7 @@ def main(argv: list[str] | None = None) -> int:
         r = run_cluster(hosts, per_host, mode, args.quick)
         r.update(goals(r, hosts == 50 and mode == "rr"))
         result["clusters"].append(r)
+    result["mesh_vs_rr"] = compare_modes(result["clusters"])
     largest = max(result["clusters"], key=lambda r: (r["hosts"], r["mode"] == "rr"))
     result["ratio"] = largest["converge"]["ratio"]
     result["headline"] = {"cluster": f"{largest['hosts']}:{largest['mode']}",
