@@ -281,6 +281,22 @@ def _check_scale(r: dict[str, Any]) -> None:
                   "new_workload.clock", "new_workload.baseline.name")
 
 
+def _check_etcd_fanout(r: dict[str, Any]) -> None:
+    assert r["benchmark"] == "etcd_fanout" and r["quick"] is True
+    assert [(x["watchers"], x["transport"]) for x in r["runs"]] == [
+        (10, "http"), (10, "grpc"), (30, "http"), (30, "grpc")]
+    for x in r["runs"]:
+        # every watcher got every write, and etcd's own counter agrees
+        assert x["events"] == x["etcd_events_counted"] == x["watchers"] * x["writes"] == \
+            x["watchers"] * 100
+        assert x["etcd_sent_bytes_per_event"] > r["value_bytes"]  # each carries the value
+    gateway, grpc = r["runs"][2], r["runs"][3]
+    assert math.isclose(r["ratio"], gateway["etcd_cpu_us_per_event"]
+                        / grpc["etcd_cpu_us_per_event"], rel_tol=0.01)
+    assert r["headline"]["gateway_etcd_cpu_us_per_event"] == gateway["etcd_cpu_us_per_event"]
+    _clocks_named(r, "clock", "baseline.name")
+
+
 def _check_policy_trace(r: dict[str, Any]) -> None:
     assert r["benchmark"] == "policy_trace" and r["quick"] is True
     assert (r["endpoints"], r["profiles"], r["policies"]) == (1000, 100, 20)
@@ -427,6 +443,13 @@ BENCHMARKS = [
           extra_fields=("clusters.0.goal_met", "clusters.0.goal", "headline.cluster",
                         "felix_per_remote_change.goal_met"),
           marks=(pytest.mark.root, pytest.mark.etcd), check=_check_scale),
+    Bench("etcd_fanout",
+          fields=("runs.0.etcd_cpu_us_per_event", "runs.1.etcd_cpu_us_per_event",
+                  "runs.2.etcd_cpu_us_per_event", "runs.3.etcd_cpu_us_per_event",
+                  "runs.2.watchers_cpu_us_per_event", "runs.3.watchers_cpu_us_per_event",
+                  "runs.2.events_per_s", "runs.3.events_per_s",
+                  "runs.2.etcd_sent_bytes_per_event"),
+          marks=(pytest.mark.etcd,), check=_check_etcd_fanout),
     Bench("docker",
           fields=("run.median_s", "run.p90_s", "run.baseline.median_s", "run.ratio",
                   "run.goal.max_ratio", "parallel.containers", "parallel.reachable.p50_s",
