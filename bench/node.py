@@ -47,7 +47,7 @@ import resource
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from ipaddress import ip_address, ip_network
 from typing import Any, TypeVar
@@ -138,24 +138,28 @@ def wait_all_up(hosts: list[Host], socket_of: Callable[[Host], str],
 # --- (a) baseline: plain BIRD, static full mesh -------------------------------------------------
 
 def render_plain_bird(host: Host, index: int, peers: list[Host],
-                      extra: Sequence[str] = ()) -> str:
-    """A hand-written BIRD 2 config: one blackhole /26 (and `extra` ones) announced to a
-    static iBGP full mesh, with the timers, multihop and recursive next hops of Calico's
-    template."""
+                      extra: Sequence[str] = (), *, nets: Sequence[str] | None = None,
+                      rr_clients: Collection[str] = (), rr_cluster_id: str = "") -> str:
+    """A hand-written BIRD 2 config: one blackhole /26 (or `nets`), and `extra` ones,
+    announced to a static iBGP session with each of `peers`, with the timers, multihop
+    and recursive next hops of Calico's template. Peers whose address is in `rr_clients`
+    are this host's route-reflector clients (`rr client; rr cluster id ...`)."""
+    announce = [BASELINE_NET.format(200 + index)] if nets is None else list(nets)
     lines = [f"router id {host.ip};",
              "protocol device { scan time 10; }",
              'protocol direct { ipv4; interface "eth0"; }',
              "protocol kernel { ipv4 { import none; export where source = RTS_BGP; }; }",
              "protocol static announce { ipv4; "
-             + "".join(f"route {net} blackhole; "
-                       for net in (BASELINE_NET.format(200 + index), *extra)) + "}",
+             + "".join(f"route {net} blackhole; " for net in (*announce, *extra)) + "}",
              "template bgp mesh {",
              f"  local {host.ip} as 64512; multihop; graceful restart on;",
              "  connect delay time 2; connect retry time 5; error wait time 5, 30;",
-             "  ipv4 { gateway recursive; import all; export where proto = \"announce\"; };",
+             "  ipv4 { gateway recursive; import all; export where proto = \"announce\""
+             + (" || source = RTS_BGP" if rr_clients else "") + "; };",
              "}"]
-    lines += [f"protocol bgp peer{j} from mesh {{ neighbor {p.ip} as 64512; }}"
-              for j, p in enumerate(peers) if p is not host]
+    lines += [f"protocol bgp peer{j} from mesh {{ neighbor {p.ip} as 64512;"
+              + (f" rr client; rr cluster id {rr_cluster_id};" if p.ip in rr_clients else "")
+              + " }" for j, p in enumerate(peers) if p is not host]
     return "\n".join(lines) + "\n"
 
 

@@ -2,7 +2,11 @@
 
 Owns: `CtlContext` (the etcd options given on the command line, --debug, --hostname)
 and lazy creation of the datastore and typed client, so commands that never touch
-etcd (version, --help, completion) never import etcd3/grpc.
+etcd (version, --help, completion) import nothing of it. A command is one short
+process that never watches, so it talks to etcd's JSON gateway (transport "http",
+standard library only): grpc's import alone costs ~0.15 s of CPU, paid again by every
+command and by each of the 50 `node run`s that start a 50-host cluster at once.
+`ETCD_TRANSPORT=grpc` goes back to the etcd3 package.
 
 Leaves to others: the connection itself (`libcalico.datastore`), the operations
 (`libcalico.client`).
@@ -41,7 +45,8 @@ class CtlContext:
 
             settings = EtcdSettings.from_env(
                 endpoints=self.endpoints, authority=self.authority, ca_cert=self.ca_cert,
-                cert_file=self.cert_file, key_file=self.key_file, username=self.username)
+                cert_file=self.cert_file, key_file=self.key_file, username=self.username,
+                transport=os.environ.get("ETCD_TRANSPORT") or "http")
             self._store = Datastore(settings)
         return self._store
 

@@ -5,7 +5,8 @@ depends on it:
 1. validate the arguments (name, addresses, AS) and auto-detect the IPv4 address;
 2. refuse when this node's supervisord already runs (one node per run directory);
 3. turn on IPv4 and IPv6 forwarding in this network namespace, then check the system
-   as `checksystem` does (a failure stops here, before any datastore write);
+   as `checksystem` does, without its optional tunnel probes (a failure stops here,
+   before any datastore write);
 4. create the cluster defaults that are missing and register the node
    (`calicoctl.nodestart`);
 5. write BIRD's first configuration by running confd's own entry point once
@@ -154,7 +155,7 @@ def _enable_forwarding() -> None:
 def _check_system(backend: str) -> None:
     from calicoctl.checksystem import OPTIONAL_CHECKS, run_checks
 
-    checks = run_checks(lambda: ctl().store.version())
+    checks = run_checks(lambda: ctl().store.version(), tunnels=False)  # optional: not asked
     failed = [c for c in checks if not c[1] and c[0] not in OPTIONAL_CHECKS
               and not (backend == "none" and c[0] == "binary bird")]
     if failed:

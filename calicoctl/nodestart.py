@@ -26,7 +26,7 @@ import ipaddress
 import json
 import subprocess
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from libcalico import keyspace as ks
 from libcalico.client import CalicoClient
@@ -77,8 +77,10 @@ def register_node(client: CalicoClient, hostname: str, ipv4: str | None, ipv6: s
 
     A name that exists with a different IPv4 address is refused (another host has it);
     an address that another node already uses is refused too. A node that restarts with
-    the same identity is accepted and left as it is apart from the given fields (and
-    keeps the tunnel endpoints it recorded)."""
+    the same identity is accepted and left as it is apart from the given fields: it
+    keeps the tunnel endpoints it recorded and what the operator set for it with
+    `calicoctl config node bgp` (its route-reflector cluster id and BGP log level), so
+    a route reflector that restarts, or is provisioned before it first starts, stays one."""
     node = Node(hostname, ipv4=ipv4, ipv6=ipv6, as_num=as_num,
                 ipv4_network=ipv4_network).check_consistent()
     others = client.list_nodes()
@@ -88,6 +90,7 @@ def register_node(client: CalicoClient, hostname: str, ipv4: str | None, ipv6: s
                 raise Conflict(f"node name {hostname} is already registered with IPv4 "
                                f"{other.ipv4}, not {node.ipv4}; use another --name, or "
                                f"`calicoctl node remove --hostname {hostname}` first")
+            node = replace(node, rr_cluster_id=other.rr_cluster_id, loglevel=other.loglevel)
             continue
         for version, mine, theirs in ((4, node.ipv4, other.ipv4), (6, node.ipv6, other.ipv6)):
             if mine and mine == theirs:

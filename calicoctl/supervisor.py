@@ -7,7 +7,10 @@ Owns:
 - `NodePaths`: the run directory (sockets, pid files, generated BIRD config) and the log
   directory of one node, and the environment supervisord's configuration reads.
 - `Supervisor`: a client of one supervisord over its unix socket (XML-RPC): is it
-  running, the programs' states, waiting for them to start, shutting it down.
+  running, the programs' states, waiting for them to start, shutting it down. The
+  standard library's XML-RPC client over the socket (`_UnixTransport`): supervisor's
+  own `supervisor.xmlrpc` imports its HTTP server as well, ~40 ms of CPU per command,
+  paid by each of 50 hosts' `node run` (docs/scale.md).
 
 Leaves to others: what the programs are (node-image/programs/*.conf), the datastore
 (`calicoctl.nodestart`), the command line (`calicoctl.noderun`).
@@ -28,6 +31,34 @@ DEFAULT_LOG_DIR = "/var/log/calico"
 PROGRAMS = ("bird", "confd", "felix")
 # supervisord states of a program that will not come up without help.
 FAILED_STATES = ("FATAL", "EXITED", "STOPPED", "UNKNOWN")
+
+
+def _unix_transport(path: str) -> Any:
+    """An XML-RPC transport that speaks HTTP over the unix socket at `path`."""
+    import http.client
+    import socket
+    import xmlrpc.client
+
+    class UnixConnection(http.client.HTTPConnection):
+        def connect(self) -> None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            try:
+                sock.connect(path)
+            except OSError:
+                sock.close()
+                raise
+            self.sock = sock
+
+    class UnixTransport(xmlrpc.client.Transport):
+        def make_connection(self, host: Any) -> http.client.HTTPConnection:
+            known, conn = self._connection
+            if conn is None or known != host:  # one kept-alive connection, as the base's
+                conn = UnixConnection("localhost", timeout=30)
+                self._connection = host, conn
+            return conn
+
+    return UnixTransport()
 
 
 def node_image_dir() -> Path:
@@ -98,10 +129,8 @@ class Supervisor:
     def _proxy(self) -> Any:
         import xmlrpc.client
 
-        from supervisor.xmlrpc import SupervisorTransport
-
-        transport = SupervisorTransport(None, None, f"unix://{self.paths.socket}")
-        return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+        return xmlrpc.client.ServerProxy("http://localhost/RPC2",
+                                         transport=_unix_transport(str(self.paths.socket)))
 
     def pid(self) -> int | None:
         """The pid of the running supervisord, or None. A pid file left by a supervisord
@@ -142,10 +171,17 @@ class Supervisor:
         BACKOFF during the wait and still not RUNNING at the deadline is reported as
         BACKOFF, whichever of the two it was in at that instant. `alive`, when given, is
         called on every round and raises when what hosts supervisord has gone (the
-        node container), so the wait ends at once with that error."""
+        node container), so the wait ends at once with that error.
+
+        Polls back off from 0.1 s to 1 s: each poll costs supervisord and this process a
+        few milliseconds of CPU, and 50 nodes started at once on a loaded machine wait
+        long enough for fixed 0.2 s polls to cost more than the programs' own start."""
+        from libcalico.retry import Backoff
+
         deadline = time.monotonic() + timeout
         states: list[ProgramState] = []
         backed_off: set[str] = set()
+        backoff = Backoff(0.1, 1.0)
         while True:
             if alive is not None:
                 alive()
@@ -155,9 +191,10 @@ class Supervisor:
                 if states and all(s.state == "RUNNING" or s.state in FAILED_STATES
                                   for s in states):
                     return states
-            if time.monotonic() >= deadline:
+            now = time.monotonic()
+            if now >= deadline:
                 break
-            time.sleep(0.2)
+            time.sleep(min(backoff.next(), deadline - now))
         return [replace(s, state="BACKOFF") if s.state == "STARTING" and s.name in backed_off
                 else s for s in states]
 

@@ -4,16 +4,21 @@ Owns: the raw key/value state confd follows (fed by `libcalico.syncer.Syncer` on
 thread), the coalescing of bursts of updates into one render, retrying a reload while
 BIRD is not running, and the one-shot mode (`run_once`).
 
-Batching: `on_updates` only records values and wakes the loop. The loop waits until no
-update has arrived for `quiet` seconds (or `max_delay` has passed since the first one),
-then renders once from a copy of the state. Nothing is rendered before the syncer is in
-sync, so BIRD never sees a configuration built from a partial snapshot. Every
-`refresh_interval` the loop re-reads the live file and renders again, which repairs a
-file edited or deleted by hand (an unchanged file is left alone).
+Batching: `on_updates` only records values and wakes the loop, and only for a change
+that can alter this host's configuration: an allocation block matters to a host only
+through the addresses it holds in another host's block (`confd.view.borrowed_by`), so
+the workloads that come and go on every other host, which rewrite blocks all the time,
+wake no confd but their own host's (whose affinities it follows). The loop waits until
+no such update has arrived for `quiet` seconds (or `max_delay` has passed since the
+first one), then renders once from a copy of the state. Nothing is rendered before the
+syncer is in sync, so BIRD never sees a configuration built from a partial snapshot.
+Every `refresh_interval` the loop re-reads the live file and renders again, which
+repairs a file edited or deleted by hand (an unchanged file is left alone).
 
-State: `_values` holds every relevant key's current value (`confd.view.is_relevant`);
-`_in_sync` the syncer's status; `_generation` counts updates so the loop can tell
-whether anything arrived while it waited.
+State: `_values` holds every relevant key's current value (`confd.view.is_relevant`),
+blocks only while they hold addresses of this host's (`_borrowed`: block key -> those
+addresses); `_in_sync` the syncer's status; `_generation` counts the changes that
+matter, so the loop can tell whether anything arrived while it waited.
 
 Leaves to others: the view and rendering (`confd.view`, `confd.render`), the file and
 BIRD (`confd.apply`), process start-up and signals (`confd.main`).
@@ -28,9 +33,10 @@ from collections.abc import Sequence
 
 from confd.apply import ApplyResult, BirdApplier, CommandError
 from confd.render import DEFAULT_INCLUDE_DIR, render
-from confd.view import build_view, is_relevant, watch_prefixes
+from confd.view import borrowed_by, build_view, is_relevant, parse_key_cached, watch_prefixes
 from libcalico.datastore import Datastore
 from libcalico.errors import ValidationError
+from libcalico.keyspace import BlockKey
 from libcalico.syncer import Syncer, SyncStatus, Update
 
 _log = logging.getLogger(__name__)
@@ -54,6 +60,7 @@ class ConfdDaemon:
         self.refresh_interval = refresh_interval
         self._lock = threading.Lock()
         self._values: dict[str, str] = {}
+        self._borrowed: dict[str, tuple[str, ...] | None] = {}
         self._in_sync = False
         self._generation = 0
         self._wake = threading.Event()
@@ -61,6 +68,7 @@ class ConfdDaemon:
         self._reported: set[str] = set()
         self._syncer: Syncer | None = None
         self.renders = 0  # renders done, for tests and benchmarks
+        self.ignored = 0  # updates that could not change this host's configuration
         self.last_result: ApplyResult | None = None
         self.applied_generation = 0  # `_generation` of the last applied render
 
@@ -74,13 +82,35 @@ class ConfdDaemon:
 
     def on_updates(self, updates: Sequence[Update]) -> None:
         with self._lock:
+            changed = False
             for u in updates:
-                if u.value is None:
-                    self._values.pop(u.key, None)
-                elif is_relevant(u.key):
-                    self._values[u.key] = u.value
+                if self._take(u.key, u.value):
+                    changed = True
+                else:
+                    self.ignored += 1
+            if not changed:
+                return
             self._generation += 1
         self._wake.set()
+
+    def _take(self, key: str, value: str | None) -> bool:
+        """Record one update; whether it can change this host's configuration."""
+        if isinstance(parse_key_cached(key), BlockKey):
+            mine = () if value is None else borrowed_by(self.hostname, value)
+            if mine == ():
+                self._borrowed.pop(key, None)
+                return self._values.pop(key, None) is not None
+            assert value is not None  # a deleted block holds nothing
+            old = self._borrowed.get(key, ())
+            self._borrowed[key] = mine
+            self._values[key] = value
+            return mine != old or mine is None
+        if value is None:
+            return self._values.pop(key, None) is not None
+        if not is_relevant(key) or self._values.get(key) == value:
+            return False
+        self._values[key] = value
+        return True
 
     # --- the loop -------------------------------------------------------------------------------
 
@@ -171,5 +201,7 @@ def run_once(datastore: Datastore, hostname: str, applier: BirdApplier, *,
              templates_dir: str | None = None) -> ApplyResult | None:
     """Read the datastore once, render, apply."""
     kvs, _ = datastore.list_many(watch_prefixes(hostname))
-    values = {kv.key: kv.value for kv in kvs if is_relevant(kv.key)}
+    values = {kv.key: kv.value for kv in kvs if is_relevant(kv.key)
+              and (not isinstance(parse_key_cached(kv.key), BlockKey)
+                   or borrowed_by(hostname, kv.value) != ())}
     return render_and_apply(values, hostname, applier, include_dir, templates_dir, set())

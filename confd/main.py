@@ -47,8 +47,13 @@ DEFAULT_SOCKET = "/var/run/calico/bird.ctl"
                    "installed templates).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
+@click.option("--etcd-transport", envvar="ETCD_TRANSPORT", default="http", show_default=True,
+              type=click.Choice(["http", "grpc"], case_sensitive=False),
+              help="http: etcd's JSON gateway (standard library only); grpc: the etcd3 "
+                   "package (~30 MB more resident memory) [env ETCD_TRANSPORT].")
 def main(onetime: bool, hostname: str, config_file: str, socket_path: str, bird_bin: str,
-         birdc_bin: str, include_dir: str, templates_dir: str | None, log_level: str) -> None:
+         birdc_bin: str, include_dir: str, templates_dir: str | None, log_level: str,
+         etcd_transport: str) -> None:
     """Render BIRD 2's configuration from etcd, validate it and reload BIRD on change."""
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -59,7 +64,7 @@ def main(onetime: bool, hostname: str, config_file: str, socket_path: str, bird_
 
     try:
         find_templates_dir(templates_dir)
-        settings = EtcdSettings.from_env()
+        settings = EtcdSettings.from_env(transport=etcd_transport.lower())
     except (CalicoError, FileNotFoundError) as exc:
         click.echo(f"calico-confd: {exc}", err=True)
         sys.exit(2)

@@ -49,11 +49,11 @@ _NODE_ATTRS = {key: attr for attr, key in NODE_KEYS.items()}
 
 
 def watch_prefixes(hostname: str) -> list[str]:
-    """The datastore prefixes confd on `hostname` follows."""
+    """The datastore prefixes confd on `hostname` follows (each is a watcher, and over
+    etcd's JSON gateway a connection of its own: few and wide)."""
     return [
         keyspace.BGP_DIR,
-        keyspace.pool_dir(4),
-        keyspace.pool_dir(6),
+        keyspace.POOL_DIR,
         keyspace.affinity_dir(hostname),
         keyspace.BLOCK_DIR,
     ]
@@ -62,6 +62,22 @@ def watch_prefixes(hostname: str) -> list[str]:
 def is_relevant(key: str) -> bool:
     """Whether a key feeds the view (the daemon drops everything else)."""
     return isinstance(parse_key_cached(key), _RELEVANT)
+
+
+def borrowed_by(hostname: str, text: str) -> tuple[str, ...] | None:
+    """The addresses (/32, /128) that `hostname` holds in the allocation block `text`
+    while the block is affine to another host or none: all that one host's view takes
+    from a block. () for a block that holds nothing of the host's; None for an invalid
+    value (the view reports it). A block whose text does not even name the host (as
+    JSON, for a plain ASCII name) is not parsed at all, so another host's workload
+    changing costs a substring search."""
+    quoted = json.dumps(hostname)
+    if quoted[1:-1] == hostname and quoted not in text:
+        return ()
+    try:
+        return tuple(_parse_block_borrowed(text).get(hostname, ()))
+    except _Bad:
+        return None
 
 
 _RELEVANT = (BGPGlobalKey, BGPHostKey, BGPPeerKey, CustomFilterKey, PoolKey, AffinityKey,

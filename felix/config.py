@@ -210,6 +210,9 @@ PARAMS: tuple[Param, ...] = (
     Param("EtcdCaFile", _opt_str, "", "CA bundle for https etcd.", True),
     Param("EtcdCertFile", _opt_str, "", "Client certificate for etcd.", True),
     Param("EtcdKeyFile", _opt_str, "", "Client key for etcd.", True),
+    Param("EtcdTransport", _enum("HTTP", "GRPC"), "http", "How felix talks to etcd: http "
+          "(etcd's JSON gateway, standard library only) or grpc (the etcd3 package: ~30 MB "
+          "more resident memory); also read from ETCD_TRANSPORT.", True),
     Param("EtcdUsername", _opt_str, "", "etcd user, with etcd authentication on (also "
           "read from ETCD_USERNAME).", True),
     Param("EtcdPassword", _opt_str, "", "That user's password (also read from "
@@ -348,7 +351,8 @@ def env_config(env: Mapping[str, str]) -> dict[str, str]:
             out[upper[var[len(ENV_PREFIX):]]] = value
     for var, name in (("ETCD_ENDPOINTS", "EtcdEndpoints"), ("ETCD_CA_CERT_FILE", "EtcdCaFile"),
                       ("ETCD_CERT_FILE", "EtcdCertFile"), ("ETCD_KEY_FILE", "EtcdKeyFile"),
-                      ("ETCD_USERNAME", "EtcdUsername"), ("ETCD_PASSWORD", "EtcdPassword")):
+                      ("ETCD_TRANSPORT", "EtcdTransport"), ("ETCD_USERNAME", "EtcdUsername"),
+                      ("ETCD_PASSWORD", "EtcdPassword")):
         if env.get(var) and name not in out:
             out[name] = env[var]
     return out

@@ -7,7 +7,11 @@ Owns the sequencing of felix:
   2. Updates feed the calculation (`CalcGraph`). Nothing is written to the dataplane
      before the syncer has reported in-sync for the first time; after that, each loop
      iteration flushes the calculation, hands the changes to the owners and applies
-     them in their fixed order (`felix.dataplane.apply`). While the syncer is
+     them in their fixed order (`felix.dataplane.apply`). An iteration whose flush
+     changed nothing applies nothing (unless the owners have work of their own: the
+     first sync, a refresh, a retry, an interface event), so the updates that cannot
+     affect this host - most of what every felix hears about other hosts - cost their
+     parse and no dataplane work. While the syncer is
      resyncing (etcd down or back), calculated changes wait for the next in-sync: the
      dataplane stays as it was.
   3. A failed apply is retried with backoff (`libcalico.retry.Backoff`, 0.2 s doubling
@@ -20,7 +24,9 @@ Owns the sequencing of felix:
   5. Interface events go to the owners and the status tracker at once.
   6. Config keys are followed too; when the configuration in etcd changes so that the
      resulting `Config` differs, the loop ends with `restart_requested` and main
-     re-executes felix (documented in felix.config).
+     re-executes felix (documented in felix.config). Likewise when a pool becomes
+     encapsulated (or the last one stops being): the blocks are followed only while
+     one is (`felix_prefixes`).
   7. When pools or this node's record change (and at the first in-sync and every
      refresh), the tunnel keeper (`felix.tunnel_keeper`) is poked to bring this node's
      tunnel addresses in line on its own thread.
@@ -58,11 +64,29 @@ MIN_RETRY = 0.2  # seconds before the first retry of a failed apply
 MAX_RETRY = 30.0
 
 
-def felix_prefixes() -> list[str]:
-    """What felix follows: config, all hosts (endpoints), policy, pools, and for the
-    tunnels the nodes' records and the allocation blocks."""
-    return [keyspace.CONFIG_DIR, keyspace.HOST_DIR, keyspace.POLICY_DIR, keyspace.POOL_DIR,
-            keyspace.BGP_HOST_DIR, keyspace.BLOCK_DIR]
+def felix_prefixes(blocks: bool) -> list[str]:
+    """What felix follows: config, all hosts (endpoints), policy and pools (all four
+    under /calico/v1/, one watcher: over etcd's JSON gateway each watcher is a
+    connection of its own) and, for the tunnels, the nodes' records; and the allocation
+    blocks only while a pool is encapsulated (`blocks`): they are what felix routes
+    through the tunnels, and otherwise the largest values in etcd, rewritten with every
+    workload added or removed anywhere (docs/scale.md)."""
+    return [keyspace.V1_DIR, keyspace.BGP_HOST_DIR, *([keyspace.BLOCK_DIR] if blocks else [])]
+
+
+def encapsulated_pools(items: Sequence[tuple[str, str]]) -> bool:
+    """Whether any of these stored pools (key, value) has an encapsulation (VXLAN or
+    IPIP), judged as the calculation judges it (`encapsulated`), so that the two never
+    disagree: what felix chooses `felix_prefixes(blocks=...)` with before its syncer
+    starts."""
+    from felix.calc.parse import parse_update
+
+    for key, value in items:
+        parsed = parse_update(key, value)
+        pool = parsed.value if parsed is not None else None
+        if getattr(pool, "encapsulation", None) is not None:
+            return True
+    return False
 
 
 class Driver:
@@ -72,7 +96,8 @@ class Driver:
                  status: StatusReporter | None = None, metrics: Metrics | None = None,
                  health: Health | None = None, file_values: dict[str, str] | None = None,
                  env: dict[str, str] | None = None,
-                 tunnels: TunnelKeeper | None = None) -> None:
+                 tunnels: TunnelKeeper | None = None,
+                 follows_blocks: bool | None = None) -> None:
         self.config = config
         self.owners = owners
         self.calc = calc
@@ -87,9 +112,12 @@ class Driver:
         self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._stop = threading.Event()
         self.restart_requested = False
+        # whether the syncer follows BLOCK_DIR (None: the caller's syncer is not felix's)
+        self.follows_blocks = follows_blocks
         self.in_sync = False
         self.ever_in_sync = False
-        self.applies = 0
+        self.applies = 0  # owner applies
+        self.flushes = 0  # calculation flushes (an update changing nothing: no apply)
         self._etcd_global: dict[str, str] = {}
         self._etcd_host: dict[str, str] = {}
         self._config_dirty = False
@@ -97,6 +125,9 @@ class Driver:
         self._retry_at: float | None = None
         self._next_refresh = 0.0
         self._needs_apply = False
+        # The owners have work of their own (first sync, refresh, retry, an interface
+        # event): apply even when the calculation hands over no change.
+        self._owners_pending = True
 
     # --- inputs from other threads ------------------------------------------------------
 
@@ -139,9 +170,9 @@ class Driver:
                 self._poke_tunnels()
                 self.owners.mark_resync()
                 self.metrics.resyncs.inc()
-                self._needs_apply = True
+                self._needs_apply = self._owners_pending = True
             if self._retry_at is not None and now >= self._retry_at:
-                self._needs_apply = True
+                self._needs_apply = self._owners_pending = True
             if self.ever_in_sync and self._needs_apply:
                 self._apply()
 
@@ -164,6 +195,7 @@ class Driver:
             self._needs_apply = True
             if self.in_sync:
                 self._check_config()
+                self._check_blocks()
         elif kind == "status":
             self.in_sync = payload is SyncStatus.IN_SYNC
             self.metrics.datastore_in_sync.set(1 if self.in_sync else 0)
@@ -174,7 +206,8 @@ class Driver:
                 self.ever_in_sync = True
                 self._poke_tunnels()
                 self._check_config()
-                self._needs_apply = True
+                self._check_blocks()
+                self._needs_apply = self._owners_pending = True
             elif self.ever_in_sync:
                 _log.info("datastore %s: keeping the dataplane as it is", payload.value)
         elif kind == "iface":
@@ -182,7 +215,7 @@ class Driver:
             self.statuses.on_interface(event.ifname,
                                        None if event.kind == "removed" else event.up)
             self.owners.on_interface_update(event.ifname)
-            self._needs_apply = True
+            self._needs_apply = self._owners_pending = True
 
     def _poke_tunnels(self) -> None:
         if self.tunnels is not None:
@@ -223,15 +256,37 @@ class Driver:
                          ", ".join(changed))
             self.restart_requested = True
 
+    def _check_blocks(self) -> None:
+        """The blocks are followed exactly while a pool is encapsulated: when that flips
+        (a VXLAN pool created, the last one removed), felix re-executes itself as for a
+        configuration change, and the new process follows the right prefixes. The
+        dataplane stays as it is meanwhile."""
+        wanted = self.calc.tunnels.encapsulated
+        if (self.follows_blocks is not None and wanted != self.follows_blocks
+                and not self.restart_requested):
+            _log.warning("%s: restarting felix to %s the allocation blocks",
+                         "a pool is encapsulated" if wanted else "no pool is encapsulated",
+                         "follow" if wanted else "stop following")
+            self.restart_requested = True
+
     # --- apply -------------------------------------------------------------------------------
 
     def _apply(self) -> None:
+        """Flush the calculation into the owners and apply them - unless nothing changed:
+        an update that changes nothing here (another host's endpoint outside every set
+        in use, a block while no pool is encapsulated) costs its parse and no more."""
         self._needs_apply = False
         if self.in_sync:
             changes = self.calc.flush()
-            self.owners.take(changes)
+            self.flushes += 1
+            if changes:
+                self.owners.take(changes)
+                self._owners_pending = True
             for key, info in changes.endpoints.items():
                 self.statuses.on_endpoint_info(key, info)
+        if not self._owners_pending:
+            return
+        self._owners_pending = False
         start = time.monotonic()
         failed = self.owners.apply(self.metrics)
         self.metrics.apply_seconds.observe(time.monotonic() - start)

@@ -69,8 +69,10 @@ def ipv6_available() -> bool:
 
 
 def load_etcd_config(store: Datastore, boot: Config, file_values: dict[str, str],
-                     stop: threading.Event) -> Config | None:
-    """Read the config keys from etcd (retrying with backoff) and layer everything."""
+                     stop: threading.Event) -> tuple[Config, bool] | None:
+    """Read the config keys from etcd (retrying with backoff) and layer everything; and
+    whether a pool is encapsulated (felix then follows the allocation blocks)."""
+    from felix.driver import encapsulated_pools
     from libcalico.errors import DatastoreError
     from libcalico.retry import Backoff
 
@@ -79,6 +81,7 @@ def load_etcd_config(store: Datastore, boot: Config, file_values: dict[str, str]
         try:
             glob, _ = store.list(keyspace.CONFIG_DIR)
             host, _ = store.list(keyspace.host_config_dir(boot.FelixHostname))
+            pools, _ = store.list(keyspace.POOL_DIR)
             break
         except DatastoreError as exc:
             delay = backoff.next()
@@ -88,7 +91,8 @@ def load_etcd_config(store: Datastore, boot: Config, file_values: dict[str, str]
         return None
     values_g = {k.key.rsplit("/", 1)[1]: k.value for k in glob}
     values_h = {k.key.rsplit("/", 1)[1]: k.value for k in host}
-    return load_config(file_values=file_values, etcd_global=values_g, etcd_host=values_h)
+    return (load_config(file_values=file_values, etcd_global=values_g, etcd_host=values_h),
+            encapsulated_pools([(kv.key, kv.value) for kv in pools]))
 
 
 def run(config_path: str | None, log_level: str | None) -> int:
@@ -122,17 +126,19 @@ def run(config_path: str | None, log_level: str | None) -> int:
     from libcalico.syncer import Syncer
 
     try:
-        store = Datastore(EtcdSettings.from_env(boot.etcd_env()))
+        store = Datastore(EtcdSettings.from_env(boot.etcd_env(),
+                                                transport=boot.EtcdTransport.lower()))
     except ValidationError as exc:
         _log.error("bad etcd settings: %s", exc)
         return 2
     try:
-        config = load_etcd_config(store, boot, file_values, stop)
+        loaded = load_etcd_config(store, boot, file_values, stop)
     except ConfigError as exc:
         _log.error("bad configuration: %s", exc)
         return 2
-    if config is None:
+    if loaded is None:
         return 0
+    config, blocks = loaded
     setup_logging(config, log_level)
     ipv6 = config.Ipv6Support if config.Ipv6Support is not None else ipv6_available()
     _log.info("felix starting on host %s (IPv6 %s, refresh every %.0fs)", config.FelixHostname,
@@ -158,12 +164,12 @@ def run(config_path: str | None, log_level: str | None) -> int:
                                 config.EndpointReportingDelaySecs).start()
     tunnels = TunnelKeeper(store, config.FelixHostname, config.refresh_interval).start()
     driver = Driver(config, owners, calc, status=status, metrics=metrics, health=health,
-                    file_values=file_values, tunnels=tunnels)
+                    file_values=file_values, tunnels=tunnels, follows_blocks=blocks)
     driver_box.append(driver)
     if stop.is_set():
         driver.stop()
     watcher = start_watcher(driver, config)
-    syncer = Syncer(store, felix_prefixes(), driver, name="felix-syncer")
+    syncer = Syncer(store, felix_prefixes(blocks), driver, name="felix-syncer")
     syncer.start()
     try:
         driver.run()

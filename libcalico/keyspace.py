@@ -29,6 +29,7 @@ FELIX = f"{ROOT}/felix/v1"
 LIBNETWORK = f"{ROOT}/libnetwork/v1"
 
 # Top-level prefixes that the daemons follow with a syncer.
+V1_DIR = f"{V1}/"  # config, hosts (endpoints), policy, pools and the Ready flag
 READY_KEY = f"{V1}/Ready"
 CONFIG_DIR = f"{V1}/config/"
 HOST_DIR = f"{V1}/host/"

@@ -7,10 +7,11 @@ it backs off, takes a new snapshot and delivers only the difference from what th
 consumer was last told, deletes included. The consumer therefore never misses a delete
 and ends with exactly etcd's content.
 
-State: `_known` maps every key the consumer holds to the (mod_revision, value) it was told;
-it is what a resnapshot is diffed against. The value is part of the comparison because an
-etcd that was wiped or restored from a backup reuses revisions for different content (the
-value strings are the ones handed to the consumer, so this costs a reference, not a copy).
+State: `_known` maps every key the consumer holds to the (mod_revision, hash of the value)
+it was told; it is what a resnapshot is diffed against. The value is part of the
+comparison because an etcd that was wiped or restored from a backup reuses revisions for
+different content; its hash stands in for it because a consumer such as felix keeps
+only what it parsed from 100,000 values, and holding each text here would double that.
 
 A consumer whose callback raises does not stop the syncer: the failure is logged, and
 after a back-off the next snapshot is delivered in full (plus deletes of every key the
@@ -67,7 +68,7 @@ class Syncer:
         self._min_backoff = min_backoff
         self._max_backoff = max_backoff
         self._name = name
-        self._known: dict[str, tuple[int, str]] = {}
+        self._known: dict[str, tuple[int, int]] = {}  # key -> (mod_revision, hash(value))
         self._redeliver = False  # the next snapshot goes out in full (consumer failed)
         self._stop = threading.Event()
         self._in_sync = threading.Event()
@@ -134,7 +135,7 @@ class Syncer:
         known = self._known
         full, self._redeliver = self._redeliver, False
         updates = [Update(kv.key, kv.value, kv.mod_revision) for kv in kvs
-                   if full or known.get(kv.key) != (kv.mod_revision, kv.value)]
+                   if full or known.get(kv.key) != (kv.mod_revision, hash(kv.value))]
         if known:  # keys the consumer holds that the snapshot no longer has
             gone = known.keys() - {kv.key for kv in kvs}
             updates.extend(Update(k, None, revision) for k in sorted(gone))
@@ -181,4 +182,4 @@ class Syncer:
             if u.value is None:
                 known.pop(u.key, None)
             else:
-                known[u.key] = (u.mod_revision, u.value)
+                known[u.key] = (u.mod_revision, hash(u.value))

@@ -14,7 +14,7 @@ done
 if [ ${#names[@]} -eq 0 ]; then
     for f in bench/*.py; do
         n=$(basename "$f" .py)
-        case "$n" in __init__|common|probe|felix_floor) ;; *) names+=("$n") ;; esac
+        case "$n" in __init__|common|probe|felix_floor|etcdstats|hostprocs|scale_calc) ;; *) names+=("$n") ;; esac
     done
 fi
 mkdir -p bench/results

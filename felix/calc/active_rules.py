@@ -154,13 +154,17 @@ class ActiveRules:
             self._source_sets.pop(source, None)
 
     def _render_ipsets(self) -> None:
-        dirty, self.membership.dirty = self.membership.dirty, set()
-        for set_id in dirty:
+        """A set that became active or inactive is set (removed) whole; any other by the
+        members that changed, so a remote endpoint's change costs the same in a set of
+        10 or of 100,000 (see `felix.calc.membership`)."""
+        for set_id, delta in self.membership.take_changes().items():
             for version in self.versions:
                 name = (tag_ipset(set_id.value, version) if set_id.kind == "tag" else
                         selector_ipset(parse_selector(set_id.value).unique_id, version))
-                if self.membership.is_active(set_id):
+                if not self.membership.is_active(set_id):
+                    self.recorder.remove_ipset(name, version)
+                elif delta is None:
                     self.recorder.set_ipset(IPSetState(name, version, "hash:ip",
                                                        self.membership.members(set_id, version)))
                 else:
-                    self.recorder.remove_ipset(name, version)
+                    self.recorder.update_ipset(name, version, *delta.for_version(version))

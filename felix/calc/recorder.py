@@ -22,6 +22,7 @@ Leaves to others: what to set (`felix.calc.active_rules`, `felix.calc.endpoints`
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 
 from felix.calc.types import Changes, DesiredState, EndpointInfo, EpKey, TableKey
 from felix.dataplane.types import (
@@ -38,7 +39,8 @@ from felix.dataplane.types import (
 
 class ChangeRecorder:
     """Desired state plus the pending delta. State fields: `_chains`/`_jumps` per table,
-    `_ipsets` by name, `_routes` by destination (the effective route: `_local_routes`
+    `_ipsets` by name (and `_ipset_members`, updated in place by deltas), `_routes` by
+    destination (the effective route: `_local_routes`
     first, else `_remote_routes`), `_interfaces` by name, `_neighbours` and `_ep_info` by
     endpoint key (or the tunnel part's key), `_devices` by name, `_fdb` (desired);
     `_changes` (the delta to hand over next); `_neigh_dirty` (the union of neighbour
@@ -48,7 +50,8 @@ class ChangeRecorder:
         self.tables = tuple(tables)
         self._chains: dict[TableKey, dict[str, Chain]] = {t: {} for t in self.tables}
         self._jumps: dict[TableKey, dict[str, tuple[Rule, ...]]] = {t: {} for t in self.tables}
-        self._ipsets: dict[str, IPSetState] = {}
+        self._ipsets: dict[str, IPSetState] = {}  # name, version, type (members apart)
+        self._ipset_members: dict[str, set[str]] = {}  # name -> its members now
         self._routes: dict[str, RouteState] = {}
         self._local_routes: dict[str, RouteState] = {}
         self._remote_routes: dict[str, RouteState] = {}
@@ -86,13 +89,43 @@ class ChangeRecorder:
         self._changes.base_jumps[table] = dict(jumps)
 
     def set_ipset(self, state: IPSetState) -> None:
-        if self._ipsets.get(state.name) != state:
-            self._ipsets[state.name] = state
-            self._changes.ipsets.setdefault(state.version, {})[state.name] = state
+        """The whole set: handed over whole (when it differs)."""
+        old = self._ipsets.get(state.name)
+        if (old is not None and (old.version, old.set_type) == (state.version, state.set_type)
+                and self._ipset_members[state.name] == state.members):
+            return
+        self._ipsets[state.name] = replace(state, members=frozenset())  # members: below
+        self._ipset_members[state.name] = set(state.members)
+        self._changes.ipsets.setdefault(state.version, {})[state.name] = state
+        self._changes.ipset_deltas.get(state.version, {}).pop(state.name, None)
+
+    def update_ipset(self, name: str, version: int, added: Iterable[str],
+                     removed: Iterable[str]) -> None:
+        """Members that joined and left a set already set: handed over as a delta, at a
+        cost proportional to the change, not to the set."""
+        members = self._ipset_members[name]
+        joined = {m for m in added if m not in members}
+        left = {m for m in removed if m in members}
+        if not joined and not left:
+            return
+        members.update(joined)
+        members.difference_update(left)
+        pending = self._changes.ipsets.get(version, {})
+        if pending.get(name) is not None:  # handed over whole in this batch already
+            pending[name] = replace(self._ipsets[name], members=frozenset(members))
+            return
+        deltas = self._changes.ipset_deltas.setdefault(version, {})
+        was_added, was_removed = deltas.get(name, (frozenset(), frozenset()))
+        # Relative to the last hand-over: coming back cancels a removal, going again
+        # cancels an addition.
+        deltas[name] = (frozenset((was_added - left) | (joined - was_removed)),
+                        frozenset((was_removed - joined) | (left - was_added)))
 
     def remove_ipset(self, name: str, version: int) -> None:
         if self._ipsets.pop(name, None) is not None:
+            del self._ipset_members[name]
             self._changes.ipsets.setdefault(version, {})[name] = None
+            self._changes.ipset_deltas.get(version, {}).pop(name, None)
 
     def set_route(self, dest: str, route: RouteState | None) -> None:
         """A local workload's route (the endpoint calculator's)."""
@@ -177,6 +210,8 @@ class ChangeRecorder:
         return DesiredState(
             chains={t: dict(c) for t, c in self._chains.items()},
             base_jumps={t: dict(j) for t, j in self._jumps.items()},
-            ipsets=dict(self._ipsets), routes=dict(self._routes),
+            ipsets={n: IPSetState(n, s.version, s.set_type,
+                                  frozenset(self._ipset_members[n]))
+                    for n, s in self._ipsets.items()}, routes=dict(self._routes),
             interfaces=dict(self._interfaces), neighbours=self._all_neighbours(),
             endpoints=dict(self._ep_info), devices=dict(self._devices), fdb=self._fdb)

@@ -103,6 +103,11 @@ class TunnelCalculator:
         self._devices: set[str] = set()
         self._dirty = False
 
+    @property
+    def encapsulated(self) -> bool:
+        """Whether any pool is encapsulated: only then do the blocks matter here."""
+        return bool(self._pools)
+
     # ---- inputs ------------------------------------------------------------------------
 
     def on_pool(self, cidr: str, pool: IPPool | None) -> None:

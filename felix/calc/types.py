@@ -64,6 +64,9 @@ class Changes:
     chains: dict[TableKey, dict[str, Chain | None]] = field(default_factory=dict)
     base_jumps: dict[TableKey, dict[str, tuple[Rule, ...]]] = field(default_factory=dict)
     ipsets: dict[int, dict[str, IPSetState | None]] = field(default_factory=dict)
+    # sets handed over by their change: version -> name -> (members added, removed)
+    ipset_deltas: dict[int, dict[str, tuple[frozenset[str], frozenset[str]]]] = field(
+        default_factory=dict)
     routes: dict[str, RouteState | None] = field(default_factory=dict)
     interfaces: dict[str, InterfaceState | None] = field(default_factory=dict)
     neighbours: frozenset[NeighbourState] | None = None  # the full set, when it changed
@@ -73,7 +76,8 @@ class Changes:
 
     def __bool__(self) -> bool:
         return bool(any(self.chains.values()) or any(self.base_jumps.values())
-                    or any(self.ipsets.values()) or self.routes or self.interfaces
+                    or any(self.ipsets.values()) or any(self.ipset_deltas.values())
+                    or self.routes or self.interfaces
                     or self.neighbours is not None or self.endpoints or self.devices
                     or self.fdb is not None)
 

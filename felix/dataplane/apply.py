@@ -121,6 +121,9 @@ class Owners:
                     self.ipsets[version].remove_ipset(name)
                 else:
                     self.ipsets[version].set_ipset(state)
+        for version, deltas in changes.ipset_deltas.items():
+            for name, (added, removed) in deltas.items():
+                self.ipsets[version].update_members(name, added, removed)
         for table, chains in changes.chains.items():
             for name, chain in chains.items():
                 if chain is None:

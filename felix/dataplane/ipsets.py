@@ -1,10 +1,14 @@
 """The owner of felix's ipsets of one IP version (tags, selectors, pools).
 
-Owns: the desired felix ipsets (name -> IPSetState), what it believes the kernel holds
-(type and members of each felix set of its family), a dirty set and the sets waiting to
-be destroyed. `apply()` writes every creation and change through ONE `ipset restore`:
-a new set, or any set after a failed apply, is built in a temp set (`felix-tmp-...`),
-swapped in and the temp destroyed; sets already in sync get `add`/`del` deltas.
+Owns: the desired felix ipsets (name -> type and members), what it believes the kernel
+holds (type and members of each felix set of its family), a dirty set and the sets
+waiting to be destroyed. `apply()` writes every creation and change through ONE `ipset
+restore`: a new set, or any set after a failed apply, is built in a temp set
+(`felix-tmp-...`), swapped in and the temp destroyed; sets already in sync get
+`add`/`del` deltas. A set changed through `update_members` (members that joined and
+left, as the calculation hands most changes over) costs time proportional to the
+change, not to the set: its delta is written as it came and the caches are updated in
+place; a set replaced whole is compared with what the kernel holds.
 Destroying sets is a separate `apply_deletions()`, which `felix.dataplane.apply` runs
 after iptables no longer refers to them. `ipset restore` is not atomic, so any failure
 makes the next apply read everything back (`ipset save`) and rewrite every set in full.
@@ -21,6 +25,7 @@ import hashlib
 import ipaddress
 import logging
 from collections.abc import Iterable
+from dataclasses import replace
 
 from felix.dataplane.cmd import CommandFailed, CommandRunner
 from felix.dataplane.types import IPSET_PREFIX, MAX_IPSET_NAME, IPSetState
@@ -33,13 +38,14 @@ DEFAULT_MAX_SIZE = 1048576  # Felix's MaxIpsetSize
 
 
 def canonical_member(member: str, version: int) -> str:
-    """One member as `ipset save` prints it: a bare address for a host, else a CIDR."""
+    """One member as `ipset save` prints it: a bare address for a host, else a CIDR.
+    A member already in that form comes back as the same object (not a copy: the owner
+    holds one per endpoint of the cluster)."""
     net = ipaddress.ip_network(member.strip(), strict=False)
     if net.version != version:
         raise ValueError(f"not an IPv{version} address")
-    if net.prefixlen == net.max_prefixlen:
-        return str(net.network_address)
-    return str(net)
+    out = str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
+    return member if out == member else out
 
 
 def temp_name(name: str, prefix: str = IPSET_PREFIX) -> str:
@@ -63,11 +69,13 @@ class IPSets:
         self.max_size = max_size
         self.prefix = prefix
         self._family = "inet" if version == 4 else "inet6"
-        self._desired: dict[str, IPSetState] = {}
-        self._members: dict[str, frozenset[str]] = {}  # canonical desired members
+        self._desired: dict[str, IPSetState] = {}  # name and type (members: below)
+        self._members: dict[str, set[str]] = {}  # canonical desired members
         self._canonical: dict[str, str] = {}  # raw member -> canonical, to parse each once
-        self._kernel: dict[str, tuple[str, frozenset[str]]] = {}  # name -> (type, members)
+        self._kernel: dict[str, tuple[str, set[str]]] = {}  # name -> (type, members)
         self._dirty: set[str] = set()
+        # dirty sets whose only change is this (added, removed), kernel in sync before
+        self._deltas: dict[str, tuple[set[str], set[str]]] = {}
         self._to_delete: set[str] = set()
         self._needs_resync = True
         self._full_rewrite = False
@@ -98,11 +106,55 @@ class IPSets:
         if len(state.members) > self.max_size:
             raise ValidationError("ipset members", f"{name}: {len(state.members)}",
                                   f"more than maxelem {self.max_size}")
-        if self._desired.get(name) == state:
+        members = self._canonical_members(name, state.members)
+        old = self._desired.get(name)
+        if old is not None and old.set_type == state.set_type and self._members[name] == members:
             return
+        if len(self._canonical) > 4 * sum(map(len, self._members.values())) + 4096:
+            self._canonical.clear()  # forget members no set holds any more
+        self._desired[name] = replace(state, members=frozenset())  # members: below
+        self._members[name] = members
+        self._deltas.pop(name, None)
+        self._to_delete.discard(name)
+        if self._kernel.get(name) != (state.set_type, members):
+            self._dirty.add(name)
+        else:
+            self._dirty.discard(name)
+
+    def update_members(self, name: str, added: Iterable[str], removed: Iterable[str]) -> None:
+        """Members that joined and left set `name` (desired already): work and the write
+        are proportional to the change."""
+        if name not in self._desired:
+            raise ValidationError("ipset name", name, "update of a set that is not desired")
+        members = self._members[name]
+        joined = self._canonical_members(name, added) - members
+        left = self._canonical_members(name, removed) & members
+        if not joined and not left:
+            return
+        if len(members) + len(joined) > self.max_size:
+            raise ValidationError("ipset members", f"{name}: {len(members) + len(joined)}",
+                                  f"more than maxelem {self.max_size}")
+        members |= joined
+        members -= left
+        if name in self._dirty and name not in self._deltas:
+            return  # already to be rewritten or diffed against the kernel in full
+        if name not in self._kernel:
+            self._dirty.add(name)
+            return
+        adds, dels = self._deltas.setdefault(name, (set(), set()))
+        # Relative to the kernel: a member that comes back cancels its removal, one
+        # that goes again cancels its addition.
+        back, gone = joined & dels, left & adds
+        dels -= back
+        adds -= gone
+        adds |= joined - back
+        dels |= left - gone
+        self._dirty.add(name)
+
+    def _canonical_members(self, name: str, raw: Iterable[str]) -> set[str]:
         members = set()
         canon = self._canonical
-        for m in state.members:
+        for m in raw:
             c = canon.get(m)
             if c is None:
                 try:
@@ -110,21 +162,14 @@ class IPSets:
                 except ValueError as exc:
                     raise ValidationError(f"ipset {name} member", m, str(exc)) from None
             members.add(c)
-        if len(canon) > 4 * sum(map(len, self._members.values())) + 4096:
-            canon.clear()  # forget members no set holds any more
-        self._desired[name] = state
-        self._members[name] = frozenset(members)
-        self._to_delete.discard(name)
-        if self._kernel.get(name) != (state.set_type, self._members[name]):
-            self._dirty.add(name)
-        else:
-            self._dirty.discard(name)
+        return members
 
     def remove_ipset(self, name: str) -> None:
         """Stop desiring `name`; `apply_deletions()` destroys it."""
         if self._desired.pop(name, None) is None:
             return
         del self._members[name]
+        self._deltas.pop(name, None)
         self._dirty.discard(name)
         if name in self._kernel:
             self._to_delete.add(name)
@@ -158,8 +203,15 @@ class IPSets:
             self._failed()
             raise
         for name in self._dirty:
-            self._kernel[name] = (self._desired[name].set_type, self._members[name])
+            delta = self._deltas.get(name)
+            if delta is not None:
+                have = self._kernel[name][1]
+                have -= delta[1]
+                have |= delta[0]
+            else:
+                self._kernel[name] = (self._desired[name].set_type, set(self._members[name]))
         self._dirty.clear()
+        self._deltas.clear()
         self._full_rewrite = False
         return True
 
@@ -168,6 +220,10 @@ class IPSets:
         members = self._members[name]
         kernel = self._kernel.get(name)
         create_opts = f"{state.set_type} family {self._family} maxelem {self.max_size}"
+        delta = self._deltas.get(name)
+        if delta is not None and not self._full_rewrite:
+            return ([f"del {name} {m}" for m in sorted(delta[1])]
+                    + [f"add {name} {m}" for m in sorted(delta[0])])
         if kernel is not None and kernel[0] == state.set_type and not self._full_rewrite:
             have = kernel[1]
             return ([f"del {name} {m}" for m in sorted(have - members)]
@@ -207,14 +263,16 @@ class IPSets:
     def _failed(self) -> None:
         self._needs_resync = True
         self._full_rewrite = True
+        self._deltas.clear()
 
     # ---- resync ----------------------------------------------------------------------
 
     def resync(self) -> None:
         """Read every felix set of this family back (one `ipset save`); mark differences."""
         kernel = self.parse_save(self.runner.run(["ipset", "save"]))
-        self._kernel = {n: v for n, v in kernel.items()
+        self._kernel = {n: (t, set(m)) for n, (t, m) in kernel.items()
                         if not n.startswith(f"{self.prefix}tmp-")}
+        self._deltas.clear()  # every set is compared with what the kernel holds now
         full = self._full_rewrite
         self._dirty = {n for n in self._desired
                        if full or self._kernel.get(n) != (self._desired[n].set_type,

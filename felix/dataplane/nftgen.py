@@ -1,7 +1,9 @@
 """The nf_tables ruleset generation: knowing, cheaply, that nobody changed the rules.
 
 Owns: `RulesetGeneration`, which reads the generation id of this network namespace's
-nf_tables ruleset (NFT_MSG_GETGEN, through pyroute2) and remembers the generation that
+nf_tables ruleset (NFT_MSG_GETGEN on a NETLINK_NETFILTER socket, standard library only:
+`import pyroute2` alone cost felix ~0.25 s of CPU and ~10 MB at every start, once per
+host; docs/scale.md) and remembers the generation that
 felix's own writes left (`known`). The kernel adds one to the generation on every
 committed ruleset change, whoever makes it; one `iptables-restore` (one COMMIT) is one
 change, a failed restore none. So when the generation still equals `known`, the iptables
@@ -26,14 +28,23 @@ from __future__ import annotations
 
 import errno
 import logging
+import socket
+import struct
 
-import pyroute2
-
-from rtnl.codec import NetlinkError
+from rtnl.codec import HEADER, NetlinkError, attrs, error_code, messages
+from rtnl.consts import NLM_F_REQUEST, NLMSG_ERROR
 from rtnl.netns import run_in_netns
 
 _log = logging.getLogger(__name__)
 _U32 = 1 << 32
+# linux/netlink.h, linux/netfilter/nfnetlink.h, linux/netfilter/nf_tables.h (checked
+# against pyroute2 in tests/integration/test_felix_dataplane.py)
+NETLINK_NETFILTER = 12
+NFNL_SUBSYS_NFTABLES = 10
+NFT_MSG_NEWGEN, NFT_MSG_GETGEN = 15, 16
+NFTA_GEN_ID = 1
+_NFGENMSG = struct.Struct("=BBH")  # nfgenmsg: family, version, res_id (big endian)
+_GETGEN = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN
 
 
 class RulesetGeneration:
@@ -48,7 +59,7 @@ class RulesetGeneration:
             return None
         try:
             return run_in_netns(self.netns, _read_generation)
-        except (pyroute2.NetlinkError, OSError) as exc:  # unknown: refreshes read back
+        except OSError as exc:  # NetlinkError too  # unknown: refreshes read back
             _log.warning("cannot read the nf_tables generation (%s); refreshes will read "
                          "iptables back", exc)
             return None
@@ -71,20 +82,30 @@ class RulesetGeneration:
 
 
 def _read_generation() -> int:
-    from pyroute2.netlink.nfnetlink.nftsocket import NFT_MSG_GETGEN, NFTSocket, nft_gen_msg
-
-    # A fresh socket per read: a reused one was seen answering with a stale generation.
-    sock = NFTSocket()
+    """NFT_MSG_GETGEN in this thread's network namespace: the ruleset's generation id.
+    A fresh socket per read: a reused one was seen answering with a stale generation."""
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
     try:
-        msg = nft_gen_msg()
-        msg["nfgen_family"] = 0
-        reply = sock.request_get(msg, NFT_MSG_GETGEN)
-        gen_id = reply[0].get_attr("NFTA_GEN_ID") if reply else None
-        if gen_id is None:
-            raise NetlinkError(errno.EPROTO, "NFT_MSG_GETGEN: no generation id in the reply")
-        return int(gen_id)
+        sock.settimeout(5.0)
+        sock.bind((0, 0))
+        body = _NFGENMSG.pack(socket.AF_UNSPEC, 0, 0)
+        sock.send(HEADER.pack(HEADER.size + len(body), _GETGEN, NLM_F_REQUEST, 1, 0) + body)
+        data = sock.recv(65536)
+    except TimeoutError as exc:
+        raise NetlinkError(errno.ETIMEDOUT, "NFT_MSG_GETGEN: no answer") from exc
     finally:
         sock.close()
+    for msg_type, _flags, _seq, offset, end in messages(data):
+        if msg_type == NLMSG_ERROR:
+            code = error_code(data, offset)
+            if code:
+                raise NetlinkError(code, f"NFT_MSG_GETGEN: {errno.errorcode.get(code, code)}")
+            continue
+        if msg_type == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN:  # the answer
+            for attr_type, payload in attrs(data, offset + _NFGENMSG.size, end):
+                if attr_type == NFTA_GEN_ID and len(payload) == 4:
+                    return int(struct.unpack(">I", payload)[0])
+    raise NetlinkError(errno.EPROTO, "NFT_MSG_GETGEN: no generation id in the reply")
 
 
 def iptables_is_nft(version_output: str) -> bool:

@@ -108,6 +108,8 @@ class PolicyClient:
 
         `change` gets the current profile and returns the new one; NotFound if absent.
         """
+        from libcalico.datastore import Put
+
         keys = {p: ks.profile_key(name, p) for p in _PARTS}
         result: list[Profile] = []
 
@@ -118,7 +120,15 @@ class PolicyClient:
             old = _profile_from_kvs(name, parts) or Profile(name)
             new = change(old)
             result[:] = [new]
-            return None if new == old else self.profile_ops(new)
+            if new == old:
+                return None
+            # Only the parts whose text changes: every felix watches profiles, and an
+            # unchanged part rewritten is one more event for each of them.
+            def changes(op: Op) -> bool:
+                kv = current.get(op.key) if isinstance(op, Put) else None
+                return kv is None or kv.value != getattr(op, "value", None)
+
+            return [op for op in self.profile_ops(new) if changes(op)]
 
         cas_txn(self.store, list(keys.values()), compute)
         return result[0]

@@ -226,6 +226,78 @@ def _check_cni(r: dict[str, Any]) -> None:
     assert r["goal_met"]["add_p99"] == (r["add"]["p99_ms"] <= r["goal"]["max_add_p99_ms"])
 
 
+def _check_scale(r: dict[str, Any]) -> None:
+    assert r["benchmark"] == "scale" and r["quick"] is True
+    assert [(c["hosts"], c["mode"]) for c in r["clusters"]] == [(3, "rr"), (3, "mesh")]
+    for c in r["clusters"]:
+        n, cv, bgp = c["hosts"], c["converge"], c["converge"]["bgp"]
+        assert cv["first_host_s"] <= cv["p50_host_s"] <= cv["total_s"]
+        assert math.isclose(cv["ratio"], cv["total_s"] / cv["baseline"]["total_s"], rel_tol=0.05)
+        # 3 hosts: a full mesh, or two reflectors and a client: two sessions each either way
+        assert bgp["sessions_per_host"] == {"min": 2, "max": 2, "mean": 2.0}
+        assert bgp["sessions_total"] == 3
+        assert bgp["bird_routes_per_host"] == {"min": bgp["blocks"], "max": bgp["blocks"]}
+        programs = c["idle"]["per_program"]
+        for name in ("felix", "confd", "bird", "supervisord"):
+            assert programs[name]["processes_per_host"] == {"mean": 1.0, "p50": 1.0, "max": 1.0}
+        pc, nw = c["profile_change"], c["new_workload"]
+        assert pc["count"] == pc["samples"] * n and nw["count"] == nw["samples"] == 2
+        assert pc["p50_s"] <= pc["p99_s"] <= pc["max_s"]
+        assert pc["baseline"]["count"] == pc["count"]
+        # etcd's own count: one event per felix for a rule added to a profile (one key
+        # written); a new workload's block reaches every confd (felix follows blocks only
+        # with an encapsulated pool), its endpoint every felix, the host's new affinity
+        # its own confd
+        assert pc["watch_events_per_change"] == n
+        assert nw["watch_events_per_addition"] == 2 * n + 1
+        assert c["etcd"]["watchers"] == 6 * n  # felix 2 prefixes, confd 4
+        host, goal, met = c["idle"]["per_host"], c["goal"], c["goal_met"]
+        assert met["idle_cpu_per_host"] == (
+            host["cpu_percent_of_core"]["max"] <= goal["idle_cpu_per_host_max_percent"])
+        assert met["profile_p99"] == (pc["p99_s"] <= goal["profile_change_max_p99_s"])
+        assert met.get("converge") == (None if c["mode"] == "mesh"
+                                       else cv["total_s"] <= goal["converge_max_s"])
+        # Memory does not depend on the machine's load: the goal holds at any size, and
+        # neither daemon carries grpc/protobuf (~30 MB each) nor, without an encapsulated
+        # pool, pyroute2 (~12 MB; felix is ~30 MB without them).
+        assert met["rss_per_host"] and host["rss_mb"]["max"] <= goal["rss_per_host_max_mb"]
+        assert programs["felix"]["rss_mb"]["max"] <= 38
+        assert programs["confd"]["rss_mb"]["max"] <= 35
+        per_host = cv["cpu_s_per_host"]
+        for what in ("programs_when_converged", "calicoctl_node_run"):
+            assert per_host[what] > 0 and math.isclose(per_host[what] * n, cv["cpu_s"][what],
+                                                       abs_tol=0.1)
+    both = r["mesh_vs_rr"]["3"]
+    assert both["mesh"]["converge_s"] == r["clusters"][1]["converge"]["total_s"]
+    assert both["rr"]["converge_s"] == r["clusters"][0]["converge"]["total_s"]
+    assert both["mesh"]["sessions_total"] == both["rr"]["sessions_total"] == 3
+    assert math.isclose(both["converge_ratio_mesh_to_rr"],
+                        both["mesh"]["converge_s"] / both["rr"]["converge_s"], rel_tol=0.01)
+    calc = r["felix_per_remote_change"]
+    assert calc["large"]["endpoints"] == 20000 and calc["baseline"]["endpoints"] == 1000
+    assert calc["large"]["tagged"]["restore_lines_per_update"] == 1
+    assert calc["goal_met"] == (calc["ratio"] <= calc["goal"]["max_ratio"])
+    _clocks_named(r["clusters"][0], "converge.clock", "converge.baseline.name", "idle.clock",
+                  "profile_change.clock", "profile_change.baseline.name",
+                  "new_workload.clock", "new_workload.baseline.name")
+
+
+def _check_etcd_fanout(r: dict[str, Any]) -> None:
+    assert r["benchmark"] == "etcd_fanout" and r["quick"] is True
+    assert [(x["watchers"], x["transport"]) for x in r["runs"]] == [
+        (10, "http"), (10, "grpc"), (30, "http"), (30, "grpc")]
+    for x in r["runs"]:
+        # every watcher got every write, and etcd's own counter agrees
+        assert x["events"] == x["etcd_events_counted"] == x["watchers"] * x["writes"] == \
+            x["watchers"] * 100
+        assert x["etcd_sent_bytes_per_event"] > r["value_bytes"]  # each carries the value
+    gateway, grpc = r["runs"][2], r["runs"][3]
+    assert math.isclose(r["ratio"], gateway["etcd_cpu_us_per_event"]
+                        / grpc["etcd_cpu_us_per_event"], rel_tol=0.01)
+    assert r["headline"]["gateway_etcd_cpu_us_per_event"] == gateway["etcd_cpu_us_per_event"]
+    _clocks_named(r, "clock", "baseline.name")
+
+
 def _check_policy_trace(r: dict[str, Any]) -> None:
     assert r["benchmark"] == "policy_trace" and r["quick"] is True
     assert (r["endpoints"], r["profiles"], r["policies"]) == (1000, 100, 20)
@@ -353,6 +425,32 @@ BENCHMARKS = [
                         "rebuild.clock", "restart.clock"),
           marks=(pytest.mark.root, pytest.mark.etcd), check=_check_node_docker,
           timeout=600.0),
+    Bench("scale",
+          fields=("ratio", "headline.converge_s", "headline.profile_change_p99_s",
+                  "headline.rss_per_host_max_mb",
+                  "clusters.0.converge.total_s", "clusters.0.converge.baseline.total_s",
+                  "clusters.0.converge.cpu_s.programs_when_converged",
+                  "clusters.0.idle.per_host.rss_mb.max", "clusters.0.idle.per_host.pss_mb.max",
+                  "clusters.0.idle.per_program.felix.rss_mb.mean",
+                  "clusters.0.idle.per_program.confd.rss_mb.mean",
+                  "clusters.0.profile_change.p99_s", "clusters.0.profile_change.baseline.p99_s",
+                  "clusters.0.new_workload.p99_s", "clusters.0.new_workload.baseline.p99_s",
+                  "clusters.0.etcd.bytes_per_workload", "clusters.1.converge.total_s",
+                  "clusters.0.converge.cpu_s_per_host.calicoctl_node_run",
+                  "clusters.0.converge.cpu_s_per_host.programs_when_converged",
+                  "mesh_vs_rr.3.converge_ratio_mesh_to_rr",
+                  "felix_per_remote_change.large.tagged.median_ms",
+                  "felix_per_remote_change.baseline.tagged.median_ms"),
+          extra_fields=("clusters.0.goal_met", "clusters.0.goal", "headline.cluster",
+                        "felix_per_remote_change.goal_met"),
+          marks=(pytest.mark.root, pytest.mark.etcd), check=_check_scale),
+    Bench("etcd_fanout",
+          fields=("runs.0.etcd_cpu_us_per_event", "runs.1.etcd_cpu_us_per_event",
+                  "runs.2.etcd_cpu_us_per_event", "runs.3.etcd_cpu_us_per_event",
+                  "runs.2.watchers_cpu_us_per_event", "runs.3.watchers_cpu_us_per_event",
+                  "runs.2.events_per_s", "runs.3.events_per_s",
+                  "runs.2.etcd_sent_bytes_per_event"),
+          marks=(pytest.mark.etcd,), check=_check_etcd_fanout),
     Bench("docker",
           fields=("run.median_s", "run.p90_s", "run.baseline.median_s", "run.ratio",
                   "run.goal.max_ratio", "parallel.containers", "parallel.reachable.p50_s",
@@ -398,6 +496,10 @@ BENCHMARKS = [
 def _get(result: dict[str, Any], path: str) -> Any:
     value: Any = result
     for part in path.split("."):
+        if isinstance(value, list) and part.isdigit():  # "clusters.0.converge"
+            assert int(part) < len(value), f"missing field {path!r}"
+            value = value[int(part)]
+            continue
         assert isinstance(value, dict) and part in value, f"missing field {path!r}"
         value = value[part]
     return value

@@ -20,7 +20,9 @@ import pytest
 from confd.apply import BirdApplier
 from confd.daemon import ConfdDaemon
 from libcalico import keyspace as ks
+from libcalico.codec import dumps
 from libcalico.datastore import Datastore, Put
+from libcalico.ipam.block import AllocationBlock
 from netsim.etcd import EtcdServer
 from netsim.wait import wait_for
 
@@ -138,6 +140,40 @@ def test_a_burst_of_changes_is_rendered_once(datastore: Datastore, daemon: Confd
     text = (tmp_path / "bird.cfg").read_text()
     assert all(f"neighbor 198.18.1.{i} as 65000;" in text for i in range(1, 51))
     assert daemon.renders == first + 1
+
+
+def test_only_blocks_holding_this_hosts_addresses_wake_it(datastore: Datastore,
+                                                          daemon: ConfdDaemon,
+                                                          tmp_path: Path) -> None:
+    """Workloads come and go on other hosts all the time and rewrite their blocks: a
+    block matters to host1 only while host1 holds an address in it (borrowed), so every
+    other block change is dropped without a render."""
+    write_cluster(datastore)
+    live = tmp_path / "bird.cfg"
+    wait_for(lambda: daemon.renders and "198.18.0.2" in live.read_text(), 30,
+             message="the cluster rendered")
+    first, ignored = daemon.renders, daemon.ignored
+    block = AllocationBlock.new("198.19.1.0/26", "host2")
+
+    def put(host: str | None = None, handle: str = "") -> None:
+        if host is not None:
+            block.allocate(1, handle, {"host": host})
+        datastore.put(ks.block_key(block.cidr), dumps(block.to_json()))
+
+    put("host2", "w1")  # host2's own workload: not host1's business
+    wait_for(lambda: daemon.ignored > ignored, 30, message="the block seen and dropped")
+    assert daemon.renders == first
+    put("host1", "w2")  # host1 borrows 198.19.1.1 in host2's block: announced by host1
+    wait_for(lambda: "198.19.1.1/32" in live.read_text() and daemon.renders == first + 1, 30,
+             message="the borrowed /32, in one render")
+    ignored = daemon.ignored
+    put("host2", "w3")  # the same block changes again, host1's part does not
+    wait_for(lambda: daemon.ignored > ignored, 30, message="the change seen and dropped")
+    assert daemon.renders == first + 1
+    block.release(["198.19.1.1"])
+    put()  # host1's address released: no longer announced
+    wait_for(lambda: "198.19.1.1/32" not in live.read_text() and daemon.renders == first + 2,
+             30, message="the /32 gone, in one more render")
 
 
 def test_invalid_render_keeps_the_live_file(datastore: Datastore, daemon: ConfdDaemon,

@@ -347,6 +347,34 @@ def test_ipsets_apply_delta_and_idempotence(host: Namespace) -> None:
     assert {s.name for s in owner_sets} == fresh.names
 
 
+def test_ipsets_member_deltas_write_only_the_change(host: Namespace) -> None:
+    """A set changed by its members (as the calculation hands over a remote endpoint's
+    change) is written as that change, merged over several updates, whatever its size;
+    a failed restore or a refresh still ends with the kernel holding exactly the set."""
+    runner = RecordingRunner(host.name)
+    owner = IPSets(4, runner)
+    big = frozenset(f"198.18.{i // 250}.{i % 250 + 1}" for i in range(2000))
+    owner.set_ipset(IPSetState("felix-v4-all", 4, members=big))
+    owner.apply()
+    runner.take()
+    owner.update_members("felix-v4-all", {"198.19.0.1", "198.19.0.2"}, {"198.18.0.1"})
+    owner.update_members("felix-v4-all", {"198.18.0.1"}, {"198.19.0.2", "198.18.0.2"})
+    owner.update_members("felix-v4-all", {"198.19.0.1"}, {"198.18.99.99"})  # no-ops
+    owner.apply()
+    (_cmd, payload), = runner.take()
+    assert sorted(filter(None, (payload or "").split("\n"))) == [
+        "add felix-v4-all 198.19.0.1", "del felix-v4-all 198.18.0.2"]
+    want = (big | {"198.19.0.1"}) - {"198.18.0.2"}
+    assert kernel_sets(host)["felix-v4-all"] == want
+    host.exec("ipset", "del", "felix-v4-all", "198.18.0.3")  # tampering, then a delta
+    owner.update_members("felix-v4-all", {"198.19.0.3"}, ())
+    owner.mark_resync()  # the refresh compares the whole set with the kernel
+    owner.apply()
+    assert kernel_sets(host)["felix-v4-all"] == want | {"198.19.0.3"}
+    with pytest.raises(ValidationError, match="not desired"):
+        owner.update_members("felix-v4-none", {"198.19.0.1"}, ())
+
+
 def test_ipsets_resync_repairs_and_deletes_only_stale_felix_sets(host: Namespace) -> None:
     host.exec("ipset", "create", "test-keep", "hash:ip")
     host.exec("ipset", "create", "felix-v4-stale", "hash:ip")
@@ -704,6 +732,39 @@ def test_refresh_reads_iptables_back_only_after_an_outside_change(host: Namespac
         assert not any(t.needs_resync for t in owners.tables.values())
     finally:
         owners.close()
+
+
+def test_generation_read_with_the_standard_library_matches_pyroute2(host: Namespace) -> None:
+    """felix reads the nf_tables generation on a NETLINK_NETFILTER socket of its own
+    (no pyroute2 at start-up): the same id and constants as pyroute2's NFTSocket, and it
+    moves by one per committed restore."""
+    from pyroute2.netlink import NETLINK_NETFILTER
+    from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_NFTABLES
+    from pyroute2.netlink.nfnetlink import nftsocket as nft
+
+    from felix.dataplane import nftgen
+    from rtnl.netns import run_in_netns
+
+    assert (nftgen.NETLINK_NETFILTER, nftgen.NFNL_SUBSYS_NFTABLES) == (
+        NETLINK_NETFILTER, NFNL_SUBSYS_NFTABLES)
+    assert (nftgen.NFT_MSG_NEWGEN, nftgen.NFT_MSG_GETGEN) == (nft.NFT_MSG_NEWGEN,
+                                                                nft.NFT_MSG_GETGEN)
+    assert nft.nft_gen_msg.nla_map[nftgen.NFTA_GEN_ID][0] == "NFTA_GEN_ID"
+
+    def pyroute2_generation() -> int:
+        sock = nft.NFTSocket()
+        try:
+            msg = nft.nft_gen_msg()
+            msg["nfgen_family"] = 0
+            return int(sock.request_get(msg, nft.NFT_MSG_GETGEN)[0].get_attr("NFTA_GEN_ID"))
+        finally:
+            sock.close()
+
+    gen = nftgen.RulesetGeneration(host.name)
+    before = gen.read()
+    assert before is not None and before == run_in_netns(host.name, pyroute2_generation)
+    host.exec("iptables-restore", "--noflush", input="*filter\n:felix-gen-x - [0:0]\nCOMMIT\n")
+    assert gen.read() == run_in_netns(host.name, pyroute2_generation) == before + 1
 
 
 def test_generation_bookkeeping_trusts_only_an_unbroken_chain() -> None:

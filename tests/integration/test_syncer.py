@@ -1,7 +1,8 @@
 """Integration tests for libcalico.syncer against a real etcd: a consumer that keeps a dict
 must end with exactly the datastore's content after the snapshot, live changes, etcd being
 killed and restarted mid-watch, a compacted resume revision, a large burst and over TLS;
-a resync delivers only the difference."""
+a resync delivers only the difference. Every test runs over both transports (grpc, and
+etcd's JSON gateway, which felix and confd use)."""
 
 from __future__ import annotations
 
@@ -96,6 +97,17 @@ def wait_converged(consumer: DictConsumer, store: Datastore, prefix: str = P,
 
     wait_for(same, timeout, message="the consumer to hold the datastore's content")
     return expected
+
+
+@pytest.fixture(params=["grpc", "http"], autouse=True)
+def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Clients made from a test etcd (`EtcdServer.client()`, `.settings()`, the
+    `datastore` fixture) use this transport."""
+    def settings(self: EtcdServer, timeout: float = 5.0) -> EtcdSettings:
+        return EtcdSettings.from_env(self.env(), timeout=timeout, transport=request.param)
+
+    monkeypatch.setattr(EtcdServer, "settings", settings)
+    return str(request.param)
 
 
 @pytest.fixture

@@ -103,3 +103,25 @@ def test_tunnel_support_from_files_when_it_cannot_probe(tmp_path):
                                                                        "module built in")
     (tmp_path / "proc" / "config.gz").unlink()
     assert tunnel_support("ipip", root=str(tmp_path), probe=False)[0] is None
+
+
+def test_node_run_checks_the_system_without_probing_tunnels(monkeypatch):
+    """`node run` ignores the optional tunnel checks, so it does not run their probes (a
+    throw-away network namespace and two processes each, per host started);
+    `checksystem` still does."""
+    from types import SimpleNamespace
+
+    from calicoctl import checksystem, noderun
+
+    probes = []
+    monkeypatch.setattr(checksystem, "_probe_device",
+                        lambda kind: probes.append(kind) or (True, ""))
+    monkeypatch.setattr(noderun, "ctl", lambda: SimpleNamespace(
+        store=SimpleNamespace(version=lambda: "3.5.0")))
+    monkeypatch.setattr(checksystem, "REQUIRED_BINARIES", ("ip",))
+    monkeypatch.setattr(checksystem, "REQUIRED_SYSCTLS", {})
+    monkeypatch.setattr(checksystem, "module_available", lambda name, **kw: "loaded")
+    noderun._check_system("bird")
+    assert probes == []
+    names = {name for name, _ok, _detail in checksystem.run_checks(lambda: "3.5.0")}
+    assert sorted(probes) == ["ipip", "vxlan"] and names >= checksystem.OPTIONAL_CHECKS

@@ -64,3 +64,75 @@ def test_alive_check_ends_the_wait_with_its_error() -> None:
 
     with pytest.raises(CommandFailed, match="stopped"):
         sup.wait_started(timeout=30, alive=gone)
+
+
+def test_the_client_speaks_xml_rpc_over_the_unix_socket_with_the_standard_library(
+        tmp_path: Path) -> None:
+    """`Supervisor` asks supervisord over its unix socket with the standard library's
+    XML-RPC client (supervisor's own module would import its HTTP server too, ~40 ms per
+    command). A stand-in supervisord answers on a real unix socket; one kept-alive
+    connection carries several calls."""
+    import socketserver
+    import subprocess
+    import sys
+    import threading
+    from xmlrpc.server import SimpleXMLRPCDispatcher, SimpleXMLRPCRequestHandler
+
+    connections = []
+
+    class Handler(SimpleXMLRPCRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as supervisord's server
+        disable_nagle_algorithm = False  # no TCP here
+
+        def address_string(self) -> str:
+            return "unix"
+
+    class UnixXMLRPCServer(socketserver.ThreadingUnixStreamServer, SimpleXMLRPCDispatcher):
+        logRequests = False  # noqa: N815 - SimpleXMLRPCServer's name
+        daemon_threads, block_on_close = True, False  # kept-alive connections stay open
+
+        def __init__(self, path: str) -> None:
+            SimpleXMLRPCDispatcher.__init__(self, allow_none=True)
+            socketserver.ThreadingUnixStreamServer.__init__(self, path, Handler)
+
+        def process_request(self, request, client_address):  # type: ignore[no-untyped-def]
+            connections.append(client_address)  # one per connection accepted
+            super().process_request(request, client_address)
+
+    class Namespace:
+        @staticmethod
+        def getState() -> dict:  # noqa: N802 - supervisord's name
+            return {"statename": "RUNNING"}
+
+        @staticmethod
+        def getAllProcessInfo() -> list:  # noqa: N802
+            return [{"name": "felix", "statename": "RUNNING", "pid": 7, "description": "up"},
+                    {"name": "bird", "statename": "STARTING", "pid": 8, "description": ""}]
+
+    paths = NodePaths(tmp_path / "run", tmp_path / "log")
+    paths.run_dir.mkdir()
+    server = UnixXMLRPCServer(str(paths.socket))
+    server.register_function(Namespace.getState, "supervisor.getState")
+    server.register_function(Namespace.getAllProcessInfo, "supervisor.getAllProcessInfo")
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        client = Supervisor(paths, local=False)
+        assert client.running()
+        assert client.programs() == [ProgramState("bird", "STARTING", 8, ""),
+                                     ProgramState("felix", "RUNNING", 7, "up")]
+        proxy = client._proxy()
+        for _ in range(3):
+            assert proxy.supervisor.getState() == {"statename": "RUNNING"}
+        assert len(connections) == 3  # running(), programs(), then one for the proxy's calls
+    finally:
+        server.shutdown()
+        server.server_close()
+    code = ("import sys, calicoctl.noderun, calicoctl.supervisor\n"
+            "from pathlib import Path\n"
+            "calicoctl.supervisor.Supervisor(calicoctl.supervisor.NodePaths(Path('/x'), "
+            "Path('/y')), local=False).running()\n"
+            "print('supervisor.xmlrpc' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "False"

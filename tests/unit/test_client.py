@@ -96,6 +96,20 @@ def test_profiles_atomic_update_retries_on_conflict(client, datastore):
     assert client.list_profiles() == []
 
 
+def test_profile_update_writes_only_the_parts_that_change(client, datastore):
+    """Every felix watches profiles: a rule change is one etcd event each, not three."""
+    client.create_profile(Profile("web", Rules(), ("web",), {"tier": "front"}))
+    before = {p: datastore.get(ks.profile_key("web", p)) for p in ks.PROFILE_PARTS}
+    rule = Rule(action="allow", protocol="tcp")
+    client.update_profile("web", lambda p: replace(p, rules=Rules((rule,), ())))
+    after = {p: datastore.get(ks.profile_key("web", p)) for p in ks.PROFILE_PARTS}
+    assert after["rules"].mod_revision > before["rules"].mod_revision
+    assert after["tags"] == before["tags"] and after["labels"] == before["labels"]
+    assert client.get_profile("web").rules.inbound == (rule,)
+    client.update_profile("web", lambda p: p)  # no change: nothing written
+    assert datastore.get(ks.profile_key("web", "rules")) == after["rules"]
+
+
 def test_tiers_policies_endpoints_nodes_peers_config(client, datastore):
     pol = Policy("t1", "p1", 2, "role == 'x'", (Rule(action="deny", protocol="tcp"),))
     client.put_policy(pol)

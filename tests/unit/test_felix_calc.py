@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 from typing import Any
 
 from felix.calc.graph import CalcGraph, CalcSettings, Changes, DesiredState
@@ -102,6 +103,11 @@ def apply_changes(state: dict[str, dict[Any, Any]], changes: Changes) -> None:
             state.setdefault("ipsets", {})[name] = s
             if s is None:
                 del state["ipsets"][name]
+    for deltas in changes.ipset_deltas.values():
+        for name, (added, removed) in deltas.items():
+            old = state["ipsets"][name]  # a delta only ever follows the whole set
+            assert not added & old.members and removed <= old.members, name
+            state["ipsets"][name] = replace(old, members=(old.members - removed) | added)
     for dest, route in changes.routes.items():
         state.setdefault("routes", {})[dest] = route
         if route is None:
@@ -257,3 +263,31 @@ def test_ipv6_disabled_renders_v4_only() -> None:
     s = g.desired_state()
     assert set(s.chains) == {(4, "filter"), (4, "nat")}
     assert "fd00::1/128" not in s.routes
+
+
+def test_a_remote_endpoint_changes_its_sets_by_delta_only() -> None:
+    """Another host's endpoint joining or leaving a tag that 300 endpoints share hands
+    over that one member (never the whole set), so felix's work and its `ipset restore`
+    per remote change do not grow with the cluster (bench.scale_calc measures it)."""
+    members = [wep(f"h{i % 7 + 3}", f"m{i}", "cali1", [f"198.19.{i // 250}.{i % 250}/32"],
+                   [], ("prof-b",)) for i in range(300)]
+    g = replay(base_updates() + members)
+    name = "felix-v4-tag-b"
+    assert len(g.desired_state().ipsets[name].members) == 303  # and w2, w3, w4
+    joining = wep("h9", "new", "cali1", ["198.19.9.9/32"], ["fd00::99/128"], ("prof-b",))
+    g.on_update(*joining)
+    changes = g.flush()
+    assert not changes.ipsets and set(changes.ipset_deltas) == {4, 6}
+    # the tag, and the selector `tier == "backend"` (prof-b's labels): one member each
+    selector = selector_ipset(parse_selector('tier == "backend"').unique_id, 4)
+    assert changes.ipset_deltas[4] == {name: (frozenset({"198.19.9.9"}), frozenset()),
+                                       selector: (frozenset({"198.19.9.9"}), frozenset())}
+    assert changes.ipset_deltas[6]["felix-v6-tag-b"] == (frozenset({"fd00::99"}), frozenset())
+    assert not changes.chains and not changes.routes
+    g.on_update(joining[0], None)  # and leaves again
+    assert g.flush().ipset_deltas[4][name] == (frozenset(), frozenset({"198.19.9.9"}))
+    g.on_update(*joining)  # joins and leaves within one flush: nothing to hand over
+    g.on_update(joining[0], None)
+    assert not g.flush()
+    g.on_update(*wep("h9", "other", "cali1", ["198.19.9.8/32"], [], ("no-such",)))
+    assert not g.flush()  # in no set in use: nothing at all

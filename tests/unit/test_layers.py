@@ -120,3 +120,17 @@ def test_pyroute2_is_imported_only_when_a_netlink_step_runs(module: str) -> None
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=ROOT).stdout
     assert out.strip() == "False"
+
+
+def test_felix_starts_without_pyroute2_grpc_or_protobuf() -> None:
+    """Everything felix's main() imports on its way to the first apply (no encapsulated
+    pool): none of the heavy libraries. `import pyroute2` alone cost every felix start
+    ~0.25 s of CPU, and grpc/protobuf ~30 MB (docs/scale.md)."""
+    code = ("import sys, felix.main, felix.calc.graph, felix.dataplane.apply, felix.driver, "
+            "felix.health, felix.status, felix.tunnel_keeper, libcalico.syncer, "
+            "libcalico.etcdgateway\n"
+            "print(sorted(m for m in ('pyroute2', 'grpc', 'etcd3', 'google.protobuf') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=ROOT).stdout
+    assert out.strip() == "[]"
