@@ -16,9 +16,13 @@ serves, on one thread with one selector:
 - route monitors: a NETLINK_ROUTE socket per host namespace subscribed to IPv4 route
   events; every new route of the given protocol (BIRD's, 12) is reported with the time
   the kernel announced it.
+- link monitors: a NETLINK_ROUTE socket per host namespace subscribed to link events;
+  the first time each interface whose name starts with a prefix has its carrier up
+  (IFF_LOWER_UP: both ends of a veth up) is reported with the kernel's announcement time.
 
 Protocol: JSON lines. Commands on stdin ({"op": "udp_sender"|"udp_sink"|"icmp"|"routes"|
-"probe"|"stop"|"sync", ...}); events on stdout ({"ev": "ready"|"ok"|"reached"|"route"}).
+"links"|"probe"|"stop"|"sync", ...}); events on stdout ({"ev": "ready"|"ok"|"reached"|
+"route"|"link"}).
 Each command is acknowledged with {"ev": "ok", "seq": N} so the caller knows a socket is
 open, or a probe running, before it makes the change it times.
 
@@ -44,7 +48,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 CLONE_NEWNET = 0x40000000
+RTMGRP_LINK = 0x1
 RTMGRP_IPV4_ROUTE = 0x40
+RTM_NEWLINK = 16
+IFLA_IFNAME = 3
+IFF_LOWER_UP = 0x10000
 RTM_NEWROUTE = 24
 RTA_DST = 1
 RTPROT_BIRD = 12
@@ -147,6 +155,18 @@ class _Server:
             host, proto = cmd["host"], int(cmd.get("proto", RTPROT_BIRD))
             self.sel.register(s, selectors.EVENT_READ,
                               lambda sock: self.on_netlink(sock, host, proto))
+        elif op == "links":
+            def link_monitor() -> socket.socket:
+                s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+                s.bind((0, RTMGRP_LINK))
+                return s
+            s = _in_netns(cmd["ns"], link_monitor)
+            s.setblocking(False)
+            host, prefix = cmd["host"], str(cmd["prefix"])
+            up: set[str] = set()
+            self.sel.register(s, selectors.EVENT_READ,
+                              lambda sock: self.on_links(sock, host, prefix, up))
         elif op == "probe":
             if not self.targets:
                 self.next_tick = time.monotonic() + self.interval
@@ -257,6 +277,39 @@ class _Server:
                                    "table": table, "t": now})
                 offset += (length + 3) & ~3
 
+    def on_links(self, sock: socket.socket, host: str, prefix: str, up: set[str]) -> None:
+        """Report the first carrier-up of each interface named `prefix`* (`up`: those
+        reported already)."""
+        while True:
+            try:
+                data = sock.recv(1 << 20)
+            except BlockingIOError:
+                return
+            except OSError as exc:  # ENOBUFS: events lost; say so rather than guess
+                self.emit({"ev": "routes_lost", "host": host, "error": str(exc)})
+                return
+            now = time.monotonic()
+            offset = 0
+            while offset + 16 <= len(data):
+                length, kind = struct.unpack_from("=IH", data, offset)
+                if length < 16:
+                    break
+                if kind == RTM_NEWLINK and length >= 32:
+                    flags = struct.unpack_from("=I", data, offset + 24)[0]
+                    name = ""
+                    pos = offset + 32
+                    while pos + 4 <= offset + length:
+                        alen, atype = struct.unpack_from("=HH", data, pos)
+                        if alen < 4:
+                            break
+                        if atype == IFLA_IFNAME:
+                            name = data[pos + 4:pos + alen].split(b"\0")[0].decode()
+                        pos += (alen + 3) & ~3
+                    if flags & IFF_LOWER_UP and name.startswith(prefix) and name not in up:
+                        up.add(name)
+                        self.emit({"ev": "link", "host": host, "name": name, "t": now})
+                offset += (length + 3) & ~3
+
     # --- the loop ---------------------------------------------------------------------
 
     def run(self) -> None:
@@ -284,7 +337,8 @@ class Prober:
     """The benchmark's handle on a running probe process.
 
     `command()` waits for the acknowledgement; `reached(id)` waits for a target's first
-    packet; `routes` collects every route event (host, dst, t) as it arrives.
+    packet; `routes` collects every route event (host, dst, t) as it arrives, `links`
+    every first carrier-up (host, name, t).
     """
 
     def __init__(self, interval: float = 0.002) -> None:
@@ -297,6 +351,7 @@ class Prober:
         self._acks: set[int] = set()
         self._reached: dict[str, dict[str, Any]] = {}
         self.routes: list[dict[str, Any]] = []
+        self.links: list[dict[str, Any]] = []
         self.lost: list[dict[str, Any]] = []
         self._seq = 0
         self._write = threading.Lock()  # commands may come from several threads
@@ -321,6 +376,8 @@ class Prober:
                     self._reached[event["id"]] = event
                 elif ev == "route":
                     self.routes.append(event)
+                elif ev == "link":
+                    self.links.append(event)
                 elif ev == "routes_lost":
                     self.lost.append(event)
                 self._cond.notify_all()
@@ -361,6 +418,12 @@ class Prober:
         """Wait until `condition(routes seen so far)` holds; False on timeout."""
         with self._cond:
             return self._cond.wait_for(lambda: condition(self.routes), timeout)
+
+    def wait_links(self, condition: Callable[[list[dict[str, Any]]], bool],
+                   timeout: float) -> bool:
+        """Wait until `condition(link events seen so far)` holds; False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: condition(self.links), timeout)
 
     def close(self) -> None:
         if self.proc.stdin is not None:

@@ -61,3 +61,27 @@ def test_route_events_carry_destination_and_kernel_time(
         after = time.monotonic()
         (event,) = prober.routes
         assert event["host"] == "b" and before < event["t"] < after
+
+
+def test_link_events_report_the_first_carrier_up_of_matching_interfaces(
+        pair: tuple[Namespace, Namespace]) -> None:
+    a, b = pair
+    with Prober() as prober:
+        prober.command("links", ns=b.name, host="b", prefix="tl")
+        b.ip("link", "add", "tl0", "type", "veth", "peer", "name", "xp0")
+        b.ip("link", "add", "other0", "type", "veth", "peer", "name", "other1")
+        b.ip("link", "set", "other0", "up")
+        b.ip("link", "set", "other1", "up")  # carrier up, but not named tl*
+        b.ip("link", "set", "tl0", "up")  # admin up, no carrier yet
+        assert not prober.wait_links(bool, 0.2)  # nothing to report yet
+        before = time.monotonic()
+        b.ip("link", "set", "xp0", "up")
+        b.ip("link", "set", "tl0", "mtu", "1400")  # another event while up: not reported
+        b.ip("link", "add", "tl1", "type", "veth", "peer", "name", "xp1")
+        b.ip("link", "set", "xp1", "up")
+        b.ip("link", "set", "tl1", "up")
+        assert prober.wait_links(lambda ls: len(ls) >= 2, 10)
+        after = time.monotonic()
+        assert sorted(e["name"] for e in prober.links) == ["tl0", "tl1"]
+        tl0 = next(e for e in prober.links if e["name"] == "tl0")
+        assert tl0["host"] == "b" and before < tl0["t"] < after
