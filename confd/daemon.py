@@ -155,6 +155,11 @@ class ConfdDaemon:
             if remaining <= 0 or not self._wake.wait(min(self.quiet, remaining)):
                 return
 
+    def settled(self) -> bool:
+        """Whether the last applied render holds every change received so far."""
+        with self._lock:
+            return self.applied_generation == self._generation
+
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
@@ -167,9 +172,10 @@ class ConfdDaemon:
         result = render_and_apply(values, self.hostname, self.applier, self.include_dir,
                                   self.templates_dir, self._reported)
         if result is not None:
-            self.renders += 1
-            self.last_result = result
-            self.applied_generation = generation
+            with self._lock:
+                self.renders += 1
+                self.last_result = result
+                self.applied_generation = generation
         return result
 
 

@@ -128,15 +128,16 @@ def test_a_burst_of_changes_is_rendered_once(datastore: Datastore, daemon: Confd
                                               tmp_path: Path) -> None:
     write_cluster(datastore)
     live = tmp_path / "bird.cfg"
-    wait_for(lambda: live.exists() and "198.18.0.2" in live.read_text(), 30,
-             message="the cluster rendered")
+    # The file is written before the render is counted: wait for both.
+    wait_for(lambda: live.exists() and "198.18.0.2" in live.read_text() and daemon.settled(),
+             30, message="the cluster rendered")
     first = daemon.renders
     # One burst: 50 peers written together (one transaction, one watch response).
     datastore.txn([], [Put(ks.bgp_peer_key(f"198.18.1.{i}"),
                            json.dumps({"ip": f"198.18.1.{i}", "as_num": "65000"}))
                        for i in range(1, 51)])
-    wait_for(lambda: "Global_198_18_1_50" in (tmp_path / "bird.cfg").read_text(), 60,
-             message="the burst rendered")
+    wait_for(lambda: "Global_198_18_1_50" in (tmp_path / "bird.cfg").read_text()
+             and daemon.settled(), 60, message="the burst rendered")
     text = (tmp_path / "bird.cfg").read_text()
     assert all(f"neighbor 198.18.1.{i} as 65000;" in text for i in range(1, 51))
     assert daemon.renders == first + 1
