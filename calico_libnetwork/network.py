@@ -127,7 +127,9 @@ class NetworkDriver:
         options = rq.obj(req, "Options")
         generic = rq.obj(options, api.GENERIC_OPTIONS, label="Options." + api.GENERIC_OPTIONS)
         if generic:
-            name = rq.shown(sorted(generic)[0])
+            name = str(sorted(generic)[0])
+            if not name.isprintable() or len(name) > 60:
+                name = rq.shown(name)
             raise PluginError(f"option {name} is not supported by the calico network "
                               "driver (it takes none)")
         enable_ipv6 = rq.flag(options, api.ENABLE_IPV6, label=api.ENABLE_IPV6)

@@ -43,6 +43,7 @@ from tests.support.cnidriver import Driver
 IMAGE = "busybox:sec"
 CALICO = ("-d", "calico", "--ipam-driver", "calico-ipam")
 REACH_S = 45.0
+HOSTILE_NET = "n$(touch {0})`touch {0}`|é中"
 
 
 def _marker() -> str:
@@ -101,7 +102,17 @@ def docker_end_to_end(cluster: Cluster, pool_prefix: str) -> None:
             if run.returncode != 0:
                 errors = [x for x in run.stderr.splitlines() if "Error response" in x]
                 assert len(errors) == 1 and "Traceback" not in run.stderr, run.stderr
-            assert not os.path.exists(marker), "a shell ran a network label"
+            # A network name with the same (Docker takes it): it would be the profile's
+            # name, which allows no such characters, so a container cannot join it; the
+            # refusal is one line naming the network name. The others keep working.
+            e1.docker("network", "create", *CALICO, HOSTILE_NET.format(marker))
+            run = e1.docker("run", "-d", "--name", "sh2", f"--net={HOSTILE_NET.format(marker)}",
+                            IMAGE, "sleep", "3600", check=False)
+            errors = [x for x in run.stderr.splitlines() if "Error response" in x]
+            assert run.returncode != 0 and len(errors) == 1, run.stderr
+            assert "network name" in errors[0] and "Traceback" not in run.stderr, errors
+            assert not os.path.exists(marker), "a shell ran a network label or name"
+            assert _pings(e1, "sa", b)
         finally:
             for h in (h1, h2):
                 engine = docker.engines.get(h.name)
@@ -110,7 +121,7 @@ def docker_end_to_end(cluster: Cluster, pool_prefix: str) -> None:
                 names = engine.docker("ps", "-aq", check=False).stdout.split()
                 if names:
                     engine.docker("rm", "-f", *names, check=False)
-                for net in ("secnet", "hostile"):
+                for net in ("secnet", "hostile", HOSTILE_NET.format(marker)):
                     engine.docker("network", "rm", net, check=False)
                 if h.name in drivers:
                     docker.stop_driver(h, drivers[h.name])
