@@ -124,11 +124,12 @@ def parse_env(environ: Mapping[str, str]) -> Env:
         raise _env_error("CNI_CONTAINERID", cid, "must start with a letter or digit, "
                          "followed by letters, digits, '_', '.' or '-' "
                          f"(at most {CONTAINER_ID_MAX})")
+    from libcalico.model.validate import INTERFACE_RE  # the workload layer's rule
+
     ifname = environ.get("CNI_IFNAME", "")
-    if (not 0 < len(ifname) <= 15 or ifname in (".", "..")
-            or any(c in "/:" or c.isspace() for c in ifname)):
-        raise _env_error("CNI_IFNAME", ifname, "must be an interface name (1-15 characters, "
-                         "no '/', ':' or whitespace)")
+    if not INTERFACE_RE.match(ifname) or ifname in (".", ".."):
+        raise _env_error("CNI_IFNAME", ifname, "must be an interface name (1-15 letters, "
+                         "digits, '_', '.' or '-')")
     netns = environ.get("CNI_NETNS", "")
     if command in ("ADD", "CHECK") and not netns:
         raise _env_error("CNI_NETNS", netns, f"{command} needs the container's namespace")

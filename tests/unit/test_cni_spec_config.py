@@ -45,6 +45,8 @@ def test_parse_env_reads_every_variable() -> None:
     ({"CNI_IFNAME": ""}, "CNI_IFNAME"),
     ({"CNI_IFNAME": "a-name-longer-than-15"}, "CNI_IFNAME"),
     ({"CNI_IFNAME": "eth:0"}, "CNI_IFNAME"),
+    ({"CNI_IFNAME": "\u200b"}, "CNI_IFNAME"),  # the kernel would take it; Calico does not
+    ({"CNI_IFNAME": "é"}, "CNI_IFNAME"),
     ({"CNI_NETNS": ""}, "CNI_NETNS"),
     ({"CNI_NETNS": "relative/path"}, "CNI_NETNS"),
 ])
