@@ -15,6 +15,8 @@ Owns:
   (the one place a Docker address is released; DeleteEndpoint leaves it here);
 - ReleasePool: nothing to release (pools are the operator's).
 
+Every call reads its fields through `calico_libnetwork.request` before it acts.
+
 Leaves to others: allocation (`libcalico.ipam`), the request grammar
 (`workload.addresses`), the endpoint (`calico_libnetwork.network`).
 """

@@ -23,7 +23,9 @@ Owns what each call does:
   IPAM driver's ReleaseAddress, which Docker calls next);
 - EndpointOperInfo, the Discover and external-connectivity calls, AllocateNetwork and
   FreeNetwork: nothing to do, answered as the protocol expects.
-Every removal is idempotent (Docker repeats calls after a driver restart).
+Every removal is idempotent (Docker repeats calls after a driver restart). Every call
+reads the fields it uses through `calico_libnetwork.request` before it acts, so a
+malformed request is refused, naming the field, before anything is written.
 
 Leaves to others: addresses (`calico_libnetwork.ipam`), the records
 (`calico_libnetwork.state`), the engine's API (`calico_libnetwork.engine`), netlink and
