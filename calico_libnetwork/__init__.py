@@ -4,6 +4,7 @@ A thin adapter over the workload layer and the shared library: Docker's plugin c
 (JSON over HTTP on unix sockets in /run/docker/plugins) become IPAM assignments, veths
 and workload endpoints. Modules:
 - `api`: the protocols' names, capabilities and error type (pure);
+- `request`: a request's fields, typed and validated before a call acts (pure);
 - `state`: the driver's records in etcd (networks, joined endpoints, the profiles it
   created); nothing lives only in the driver's memory, so it can restart at any time;
 - `engine`: what only the Docker engine knows (a network's name and labels);

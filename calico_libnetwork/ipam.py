@@ -15,6 +15,8 @@ Owns:
   (the one place a Docker address is released; DeleteEndpoint leaves it here);
 - ReleasePool: nothing to release (pools are the operator's).
 
+Every call reads its fields through `calico_libnetwork.request` before it acts.
+
 Leaves to others: allocation (`libcalico.ipam`), the request grammar
 (`workload.addresses`), the endpoint (`calico_libnetwork.network`).
 """
@@ -28,6 +30,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from calico_libnetwork import api
+from calico_libnetwork import request as rq
 from calico_libnetwork.api import PluginError
 from libcalico.errors import AddressInUse, PoolsExhausted, ValidationError
 from workload import addresses
@@ -63,11 +66,13 @@ class IpamDriver:
         }
 
     def request_pool(self, req: Request) -> dict[str, Any]:
-        version = 6 if req.get("V6") else 4
-        if req.get("SubPool"):
-            raise PluginError(f"--ip-range {req['SubPool']} is not supported by calico-ipam: "
-                              "use a whole Calico pool as --subnet")
-        subnet = req.get("Pool") or ""
+        version = 6 if rq.flag(req, "V6") else 4
+        rq.obj(req, "Options")
+        sub_pool = rq.text(req, "SubPool", max_len=64)
+        if sub_pool:
+            raise PluginError(f"--ip-range {rq.shown(sub_pool)} is not supported by "
+                              "calico-ipam: use a whole Calico pool as --subnet")
+        subnet = rq.text(req, "Pool", label="Pool (--subnet)", max_len=64)
         data = {api.GATEWAY_DATA_KEY: api.GATEWAY_PLACEHOLDER[version]}
         if not subnet:
             pools = [p for p in self.client.list_pools(version) if not p.disabled and p.ipam]
@@ -79,7 +84,9 @@ class IpamDriver:
         try:
             cidr = str(ipaddress.ip_network(subnet, strict=True))
         except ValueError:
-            raise PluginError(f"--subnet {subnet} is not a CIDR") from None
+            raise PluginError(f"--subnet {rq.shown(subnet)} is not a CIDR") from None
+        if ipaddress.ip_network(cidr).version != version:
+            raise PluginError(f"--subnet {cidr} is not an IPv{version} CIDR")
         pool = self.client.get_pool(cidr)
         if pool is None or pool.disabled or not pool.ipam:
             raise PluginError(f"--subnet {subnet} is not a Calico IP pool; give the CIDR of "
@@ -87,19 +94,28 @@ class IpamDriver:
         return {"PoolID": cidr, "Pool": cidr, "Data": data}
 
     def request_address(self, req: Request) -> dict[str, Any]:
-        pool_id = req.get("PoolID") or ""
-        options = req.get("Options") or {}
-        if options.get(api.REQUEST_ADDRESS_TYPE) == api.GATEWAY_REQUEST:
+        pool_id = rq.text(req, "PoolID", required=True, max_len=64)
+        options = rq.obj(req, "Options")
+        kind = rq.text(options, api.REQUEST_ADDRESS_TYPE, label=api.REQUEST_ADDRESS_TYPE)
+        if kind == api.GATEWAY_REQUEST:
             raise PluginError("--gateway is not supported by calico-ipam: Calico workloads "
                               "use the link-local gateways 169.254.1.1 and fe80::1")
-        wanted = str(req.get("Address") or "")
+        wanted = rq.text(req, "Address", label="Address (--ip)", max_len=64)
         any_pool = pool_id in api.ANY_POOL.values()
+        if not any_pool:
+            try:
+                net = ipaddress.ip_network(pool_id, strict=True)
+            except ValueError:
+                raise rq.invalid("PoolID", pool_id, "not a pool id of calico-ipam") from None
+            pool_id = str(net)
         version = 6 if pool_id == api.ANY_POOL[6] or ":" in pool_id else 4
         try:
             if wanted:
                 request = addresses.parse_request(wanted, field="--ip")
                 if request.address is None:
-                    raise PluginError(f"--ip {wanted} is not an address")
+                    raise PluginError(f"--ip {rq.shown(wanted)} is not an address")
+                if ipaddress.ip_address(request.address).version != version:
+                    raise PluginError(f"--ip {wanted} is not an IPv{version} address")
                 if not any_pool and ipaddress.ip_address(request.address) \
                         not in ipaddress.ip_network(pool_id):
                     raise PluginError(f"--ip {wanted} is not in the network's subnet "
@@ -122,11 +138,11 @@ class IpamDriver:
         return {"Address": host_net(ip), "Data": {}}
 
     def release_address(self, req: Request) -> dict[str, Any]:
-        address = req.get("Address") or ""
+        address = rq.text(req, "Address", required=True, max_len=64)
         try:
-            ip = str(ipaddress.ip_interface(str(address)).ip)
+            ip = str(ipaddress.ip_interface(address).ip)
         except ValueError:
-            raise PluginError(f"cannot release {address!r}: not an address") from None
+            raise rq.invalid("Address", address, "not an address") from None
         assignment = self.ipam.get_assignment_attributes(ip)
         if assignment is None:
             return {}  # released already

@@ -23,7 +23,9 @@ Owns what each call does:
   IPAM driver's ReleaseAddress, which Docker calls next);
 - EndpointOperInfo, the Discover and external-connectivity calls, AllocateNetwork and
   FreeNetwork: nothing to do, answered as the protocol expects.
-Every removal is idempotent (Docker repeats calls after a driver restart).
+Every removal is idempotent (Docker repeats calls after a driver restart). Every call
+reads the fields it uses through `calico_libnetwork.request` before it acts, so a
+malformed request is refused, naming the field, before anything is written.
 
 Leaves to others: addresses (`calico_libnetwork.ipam`), the records
 (`calico_libnetwork.state`), the engine's API (`calico_libnetwork.engine`), netlink and
@@ -39,6 +41,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from calico_libnetwork import api
+from calico_libnetwork import request as rq
 from calico_libnetwork.api import PluginError
 from calico_libnetwork.engine import NetworkLookup
 from calico_libnetwork.state import DriverState, EndpointRecord, NetworkRecord
@@ -57,21 +60,19 @@ NAME_WAIT_S = 30.0  # how long the background lookup waits for the engine to sto
 Request = Mapping[str, Any]
 
 
-def _field(req: Request, name: str) -> str:
-    value = req.get(name)
-    if not isinstance(value, str) or not value:
-        raise PluginError(f"the request has no {name}")
-    return value
-
-
-def _address(value: Any) -> str | None:
-    """'198.19.0.5/32' -> '198.19.0.5'; None for an empty field."""
+def _address(iface: Request, name: str, version: int) -> str | None:
+    """Interface.Address '198.19.0.5/32' -> '198.19.0.5'; None for an empty field."""
+    label = f"Interface.{name}"
+    value = rq.text(iface, name, label=label, max_len=64)
     if not value:
         return None
     try:
-        return str(ipaddress.ip_interface(str(value)).ip)
+        ip = ipaddress.ip_interface(value).ip
     except ValueError:
-        raise PluginError(f"Docker sent an invalid address {value!r}") from None
+        raise rq.invalid(label, value, "not an address") from None
+    if ip.version != version:
+        raise rq.invalid(label, value, f"not an IPv{version} address")
+    return str(ip)
 
 
 class NetworkDriver:
@@ -124,22 +125,33 @@ class NetworkDriver:
     # --- networks ------------------------------------------------------------------------------
 
     def create_network(self, req: Request) -> dict[str, Any]:
-        network_id = _field(req, "NetworkID")
-        options = req.get("Options") or {}
-        generic = options.get(api.GENERIC_OPTIONS) or {}
+        network_id = rq.docker_id(req, "NetworkID")
+        options = rq.obj(req, "Options")
+        generic = rq.obj(options, api.GENERIC_OPTIONS, label="Options." + api.GENERIC_OPTIONS)
         if generic:
-            name = sorted(generic)[0]
+            name = str(sorted(generic)[0])
+            if not name.isprintable() or len(name) > 60:
+                name = rq.shown(name)
             raise PluginError(f"option {name} is not supported by the calico network "
                               "driver (it takes none)")
+        enable_ipv6 = rq.flag(options, api.ENABLE_IPV6, label=api.ENABLE_IPV6)
         pools: dict[int, list[str]] = {4: [], 6: []}
-        for version, data in ((4, req.get("IPv4Data") or []), (6, req.get("IPv6Data") or [])):
-            for item in data:
+        data = {4: rq.items(req, "IPv4Data"), 6: rq.items(req, "IPv6Data")}
+        for version in (4, 6):
+            for item in data[version]:
                 if item.get("AddressSpace") not in api.ADDRESS_SPACES:
                     raise PluginError(api.BARE_NETWORK_ERROR)
-                pool = item.get("Pool")
+                pool = rq.text(item, "Pool", label=f"IPv{version}Data.Pool", max_len=64)
                 if pool and pool != api.ANY_POOL_CIDR[version]:
-                    pools[version].append(str(ipaddress.ip_network(pool)))
-        ipv6 = bool(options.get(api.ENABLE_IPV6)) or bool(req.get("IPv6Data"))
+                    try:
+                        net = ipaddress.ip_network(pool)
+                    except ValueError:
+                        net = None
+                    if net is None or net.version != version:
+                        raise rq.invalid(f"IPv{version}Data.Pool", pool,
+                                         f"not an IPv{version} CIDR")
+                    pools[version].append(str(net))
+        ipv6 = enable_ipv6 or bool(data[6])
         record = self.state.create_network(NetworkRecord(
             network_id, self.hostname, tuple(pools[4]), tuple(pools[6]), ipv6))
         if record.name is None:
@@ -189,7 +201,7 @@ class NetworkDriver:
         return record
 
     def delete_network(self, req: Request) -> dict[str, Any]:
-        network_id = _field(req, "NetworkID")
+        network_id = rq.docker_id(req, "NetworkID")
         record = self.state.delete_network(network_id)
         if record is not None and record.name:
             self.state.release_profile(record.name)
@@ -201,15 +213,15 @@ class NetworkDriver:
         return WorkloadEndpointId(self.hostname, api.ORCHESTRATOR, endpoint_id, endpoint_id)
 
     def create_endpoint(self, req: Request) -> dict[str, Any]:
-        network_id = _field(req, "NetworkID")
-        endpoint_id = _field(req, "EndpointID")
-        iface = req.get("Interface") or {}
-        ips = [ip for ip in (_address(iface.get("Address")),
-                             _address(iface.get("AddressIPv6"))) if ip]
+        network_id = rq.docker_id(req, "NetworkID")
+        endpoint_id = rq.docker_id(req, "EndpointID")
+        iface = rq.obj(req, "Interface")
+        ips = [ip for ip in (_address(iface, "Address", 4),
+                             _address(iface, "AddressIPv6", 6)) if ip]
+        mac = rq.mac(iface, "MacAddress", label="Interface.MacAddress")
         if not ips:
-            raise PluginError(f"endpoint {endpoint_id[:12]} has no address: "
+            raise PluginError(f"endpoint {endpoint_id[:12]} has no Interface.Address: "
                               f"{api.BARE_NETWORK_ERROR}")
-        mac = iface.get("MacAddress") or None
         record = self._named_network(network_id)
         existing = self.client.get_workload_endpoint(self._ident(endpoint_id))
         if existing is not None:  # a repeated call: the same answer
@@ -234,9 +246,9 @@ class NetworkDriver:
         return {} if mac else {"Interface": {"MacAddress": pair.peer_mac}}
 
     def join(self, req: Request) -> dict[str, Any]:
-        network_id = _field(req, "NetworkID")
-        endpoint_id = _field(req, "EndpointID")
-        sandbox = _field(req, "SandboxKey")
+        network_id = rq.docker_id(req, "NetworkID")
+        endpoint_id = rq.docker_id(req, "EndpointID")
+        sandbox = rq.sandbox_key(req)
         ep = self.client.get_workload_endpoint(self._ident(endpoint_id))
         if ep is None:
             raise PluginError(f"endpoint {endpoint_id[:12]} does not exist on "
@@ -268,12 +280,12 @@ class NetworkDriver:
         return answer
 
     def leave(self, req: Request) -> dict[str, Any]:
-        endpoint_id = _field(req, "EndpointID")
+        endpoint_id = rq.docker_id(req, "EndpointID")
         self.state.delete_endpoint(self.hostname, endpoint_id)
         return {}
 
     def delete_endpoint(self, req: Request) -> dict[str, Any]:
-        endpoint_id = _field(req, "EndpointID")
+        endpoint_id = rq.docker_id(req, "EndpointID")
         removed = remove_workload(self.client, self.ipam, self.hostname, api.ORCHESTRATOR,
                                   endpoint_id, host_netns=self.host_netns, missing_ok=True,
                                   release=False)
@@ -285,7 +297,7 @@ class NetworkDriver:
         return {}
 
     def endpoint_oper_info(self, req: Request) -> dict[str, Any]:
-        endpoint_id = _field(req, "EndpointID")
+        endpoint_id = rq.docker_id(req, "EndpointID")
         ep = self.client.get_workload_endpoint(self._ident(endpoint_id))
         if ep is None:
             return {"Value": {}}

@@ -3,9 +3,10 @@
 Owns what each command does for one attachment (container id + interface name, see
 `cni.config.Identity`), through the workload layer that `calicoctl container` and the
 Docker driver use:
-- ADD: the profile the config asks for is created if missing (allow in from its own
-  tag, all out: the seed-era default); addresses come from calico-ipam in process (the
-  requests of `cni.ipam.calico_requests`) or from the delegated IPAM plugin; then
+- ADD: addresses come from calico-ipam in process (the requests of
+  `cni.ipam.calico_requests`) or from the delegated IPAM plugin; the profile the config
+  asks for is created if missing (allow in from its own tag, all out: the seed-era
+  default; taken back if the ADD fails and no endpoint uses it); then
   `workload.provision.add_workload` assigns, builds the veth (`cali...` in this
   namespace, CNI_IFNAME in CNI_NETNS), configures it and writes the endpoint last,
   undoing everything on failure (a delegated IPAM's addresses are released through
@@ -48,6 +49,7 @@ from cni.spec import (
     Result,
     RouteConfig,
     result_ips,
+    shown,
 )
 
 if TYPE_CHECKING:
@@ -63,18 +65,31 @@ def _require_ipam(ctx: Context) -> None:
                        "an ipam section (type calico-ipam or another IPAM plugin)")
 
 
-def ensure_profile(ctx: Context, name: str) -> None:
+def ensure_profile(ctx: Context, name: str) -> bool:
     """Create the profile with the seed-era defaults unless it exists (an operator's
-    edits to an existing one are never overwritten)."""
+    edits to an existing one are never overwritten); True if this call created it."""
     from libcalico.errors import AlreadyExists
     from libcalico.model import Profile, Rule, Rules
 
     rules = Rules((Rule(action="allow", src_tag=name),), (Rule(action="allow"),))
     try:
         ctx.client.create_profile(Profile(name, rules, (name,)))
-        _log.info("created profile %s", name)
     except AlreadyExists:
-        pass
+        return False
+    _log.info("created profile %s", name)
+    return True
+
+
+def _undo_profile(ctx: Context, name: str) -> None:
+    """A failed ADD takes back the profile it created (when no endpoint uses it yet)."""
+    try:
+        used = any(name in ep.profile_ids
+                   for ep in ctx.client.list_workload_endpoints())
+        if not used:
+            ctx.client.delete_profile(name)
+            _log.info("deleted profile %s again (the ADD failed)", name)
+    except Exception as exc:  # noqa: BLE001 - the ADD's own error is what is reported
+        _log.error("could not delete profile %s after a failed ADD: %s", name, exc)
 
 
 def render(ctx: Context, ep: WorkloadEndpoint, host_mac: str | None) -> Result:
@@ -100,15 +115,16 @@ def add(ctx: Context) -> Result:
     env, ident = ctx.env, ctx.ident
     profile = profile_for(ctx.conf, ident)
     if not os.path.exists(env.netns):
-        raise CniError(INVALID_ENVIRONMENT, f"invalid CNI_NETNS {env.netns!r}: no such "
+        raise CniError(INVALID_ENVIRONMENT, f"invalid CNI_NETNS {shown(env.netns)}: no such "
                        "network namespace")
     calico = ctx.conf.ipam.calico
     requests = cni_ipam.calico_requests(ctx) if calico else []
-    ensure_profile(ctx, profile)
     assigned = [] if calico else cni_ipam.delegated_ips(ctx)
     where = Workload(ctx.nodename, ident.orchestrator, ident.workload, env.netns,
                      handle=ident.handle)
+    created = False
     try:
+        created = ensure_profile(ctx, profile)
         ep = add_workload(ctx.client, ctx.ipam, where, requests, ifname=env.ifname,
                           mtu=ctx.conf.mtu, profiles=[profile], labels=ident.labels,
                           endpoint_id=ident.endpoint_id, host_ifname=ident.host_ifname,
@@ -117,6 +133,8 @@ def add(ctx: Context) -> Result:
     except BaseException:
         if not calico:
             _undo_delegated(ctx)
+        if created:
+            _undo_profile(ctx, profile)
         raise
     _log.info("added %s %s: endpoint %s, %s, addresses %s", ident.orchestrator,
               ident.workload, ep.endpoint_id, ep.name, ", ".join((*ep.ipv4_nets, *ep.ipv6_nets)))

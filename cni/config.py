@@ -44,6 +44,7 @@ from cni.spec import (
     CniError,
     Env,
     check_version,
+    shown,
 )
 
 DEFAULT_LOG_FILE = "/var/log/calico/cni/cni.log"
@@ -67,9 +68,9 @@ def load(raw: bytes) -> dict[str, Any]:
     """The network configuration from stdin: a JSON object, else code 6."""
     try:
         data = json.loads(raw or b"null")
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise CniError(DECODE_FAILURE, "cannot decode the network configuration",
-                       str(exc)) from None
+                       str(exc)[:300]) from None
     if not isinstance(data, dict):
         raise CniError(DECODE_FAILURE, "the network configuration is not a JSON object",
                        str(data)[:200])
@@ -77,7 +78,7 @@ def load(raw: bytes) -> dict[str, Any]:
 
 
 def _invalid(field_name: str, value: Any, reason: str) -> CniError:
-    return CniError(INVALID_NETWORK_CONFIG, f"invalid {field_name} {value!r}: {reason}")
+    return CniError(INVALID_NETWORK_CONFIG, f"invalid {field_name} {shown(value)}: {reason}")
 
 
 def _bool(field_name: str, value: Any, default: bool) -> bool:
@@ -328,7 +329,7 @@ class Args:
 
 
 def _arg_error(name: str, value: str, reason: str) -> CniError:
-    return CniError(INVALID_ENVIRONMENT, f"invalid CNI_ARGS {name} {value!r}: {reason}")
+    return CniError(INVALID_ENVIRONMENT, f"invalid CNI_ARGS {name} {shown(value)}: {reason}")
 
 
 def parse_args(args: Mapping[str, str]) -> Args:
@@ -337,7 +338,7 @@ def parse_args(args: Mapping[str, str]) -> Args:
     ignore = args.get("IgnoreUnknown", "").lower() in ("1", "true")
     for key in args:
         if key not in _KNOWN_ARGS and not ignore:
-            raise _arg_error(key, args[key], "unknown argument (set IgnoreUnknown=1 to "
+            raise _arg_error(shown(key), args[key], "unknown argument (set IgnoreUnknown=1 to "
                              "ignore it)")
     ips = []
     for text in filter(None, args.get("IP", "").split(",")):

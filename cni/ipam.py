@@ -39,6 +39,7 @@ from cni.spec import (
     IPConfig,
     Result,
     result_ips,
+    shown,
 )
 
 if TYPE_CHECKING:
@@ -155,12 +156,13 @@ def ipam_status(ctx: Context) -> None:
 
 def find_plugin(kind: str, path: tuple[str, ...]) -> str:
     if "/" in kind:
-        raise CniError(INVALID_NETWORK_CONFIG, f"invalid ipam.type {kind!r}: not a plugin name")
+        raise CniError(INVALID_NETWORK_CONFIG,
+                       f"invalid ipam.type {shown(kind)}: not a plugin name")
     for directory in path:
         candidate = os.path.join(directory, kind)
         if os.access(candidate, os.X_OK):
             return candidate
-    raise CniError(INVALID_NETWORK_CONFIG, f"invalid ipam.type {kind!r}: no such plugin on "
+    raise CniError(INVALID_NETWORK_CONFIG, f"invalid ipam.type {shown(kind)}: no such plugin on "
                    f"CNI_PATH", ":".join(path))
 
 

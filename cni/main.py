@@ -111,6 +111,9 @@ def setup_logging(level: str, path: str, prefix: str) -> None:
         handler = logging.FileHandler(path)
     except OSError:
         handler = logging.StreamHandler(sys.stderr)
+    # The prefix holds CNI_COMMAND and CNI_CONTAINERID as given: a '%' in them must not
+    # reach the format string (logging would print a "Logging error" traceback).
+    prefix = prefix.replace("%", "%%")
     handler.setFormatter(logging.Formatter(
         f"%(asctime)s [%(process)d] {prefix} %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()

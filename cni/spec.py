@@ -51,6 +51,8 @@ ALREADY_EXISTS = 103  # ADD for an attachment that exists already
 CHECK_FAILED = 104  # CHECK: the workload differs from its endpoint (details say how)
 DELEGATE_FAILED = 105  # a delegated IPAM plugin failed without a CNI error of its own
 
+# The endpoint id `<container id>.<ifname>` must fit a Calico name (128 characters).
+CONTAINER_ID_MAX = 112
 _CONTAINER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
@@ -71,7 +73,7 @@ def version_key(version: str) -> tuple[int, ...]:
 def check_version(version: Any, command: str) -> str:
     """The config's `cniVersion` if this plugin speaks it and it allows `command`."""
     if not isinstance(version, str) or version not in SUPPORTED_VERSIONS:
-        raise CniError(INCOMPATIBLE_VERSION, f"incompatible CNI version {version!r}",
+        raise CniError(INCOMPATIBLE_VERSION, f"incompatible CNI version {shown(version)}",
                        f"this plugin supports {', '.join(SUPPORTED_VERSIONS)}")
     since = _SINCE.get(command)
     if since is not None and version_key(version) < version_key(since):
@@ -96,8 +98,17 @@ class Env:
     path: tuple[str, ...] = ()
 
 
+_SHOWN = 60  # characters of a bad value quoted in an error
+
+
+def shown(value: Any) -> str:
+    """A bad value as an error quotes it: repr (one line), at most ~60 characters."""
+    text = repr(value)
+    return text if len(text) <= _SHOWN else text[:_SHOWN] + "..."
+
+
 def _env_error(name: str, value: Any, reason: str) -> CniError:
-    return CniError(INVALID_ENVIRONMENT, f"invalid {name} {value!r}: {reason}")
+    return CniError(INVALID_ENVIRONMENT, f"invalid {name} {shown(value)}: {reason}")
 
 
 def parse_env(environ: Mapping[str, str]) -> Env:
@@ -109,14 +120,16 @@ def parse_env(environ: Mapping[str, str]) -> Env:
     if command in ("VERSION", "GC", "STATUS"):
         return Env(command, path=path, args=environ.get("CNI_ARGS", ""))
     cid = environ.get("CNI_CONTAINERID", "")
-    if not _CONTAINER_ID_RE.match(cid):
+    if not _CONTAINER_ID_RE.match(cid) or len(cid) > CONTAINER_ID_MAX:
         raise _env_error("CNI_CONTAINERID", cid, "must start with a letter or digit, "
-                         "followed by letters, digits, '_', '.' or '-'")
+                         "followed by letters, digits, '_', '.' or '-' "
+                         f"(at most {CONTAINER_ID_MAX})")
+    from libcalico.model.validate import INTERFACE_RE  # the workload layer's rule
+
     ifname = environ.get("CNI_IFNAME", "")
-    if (not 0 < len(ifname) <= 15 or ifname in (".", "..")
-            or any(c in "/:" or c.isspace() for c in ifname)):
-        raise _env_error("CNI_IFNAME", ifname, "must be an interface name (1-15 characters, "
-                         "no '/', ':' or whitespace)")
+    if not INTERFACE_RE.match(ifname) or ifname in (".", ".."):
+        raise _env_error("CNI_IFNAME", ifname, "must be an interface name (1-15 letters, "
+                         "digits, '_', '.' or '-')")
     netns = environ.get("CNI_NETNS", "")
     if command in ("ADD", "CHECK") and not netns:
         raise _env_error("CNI_NETNS", netns, f"{command} needs the container's namespace")
@@ -133,9 +146,9 @@ def parse_cni_args(text: str) -> dict[str, str]:
             continue
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise _env_error("CNI_ARGS", text, f"{pair!r} is not KEY=VALUE")
+            raise _env_error("CNI_ARGS", text, f"{shown(pair)} is not KEY=VALUE")
         if key in out:
-            raise _env_error("CNI_ARGS", text, f"{key} given twice")
+            raise _env_error("CNI_ARGS", text, f"{shown(key)} given twice")
         out[key] = value
     return out
 

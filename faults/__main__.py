@@ -1,6 +1,7 @@
 """`python -m faults` (`scripts/faults.sh`): the reliability figures, printed as JSON.
 
-    python -m faults [--quick] [matrix] [soak] [fuzz] [--only FAULT ...] [--soak-seconds N]
+    python -m faults [--quick] [matrix] [soak] [fuzz] [--only FAULT|WORD ...]
+                     [--soak-seconds N]
 
 - `matrix`: builds a 3-host cluster with a 3-member etcd and one workload per host, runs
   every fault of `faults.matrix` (the quick mode: felix kill -9, confd kill -9 and one
@@ -9,7 +10,8 @@
 - `soak`: the churn soak (`faults.soak`) on a fresh cluster: 10 minutes, or 30 s with
   `--quick`;
 - `fuzz`: the hypothesis fuzzers in tests/fuzz with 10,000 examples per property (200
-  with `--quick`), run by pytest; prints each property's outcome and time.
+  with `--quick`), run by pytest; prints each property's outcome and time (`--only
+  WORD ...` picks the fuzzers whose names contain a word: `fuzz --only libnetwork cni`).
 With no section named, all three run. The JSON also lands in faults/results/<section>.json.
 The exit status is 1 when a goal is missed: a lossless fault lost packets, any fault took
 more than 10 s to converge, a check failed, the soak leaked or grew more than 10%, a
@@ -80,13 +82,16 @@ def soak_section(seconds: float) -> tuple[dict[str, Any], list[str]]:
     return result, missed
 
 
-def fuzz_section(quick: bool) -> tuple[dict[str, Any], list[str]]:
+def fuzz_section(quick: bool, only: list[str] | None = None
+                 ) -> tuple[dict[str, Any], list[str]]:
     profile = "quick" if quick else "full"
+    select = ["-k", " or ".join(only)] if only else []
     with tempfile.TemporaryDirectory() as tmp:
         report = os.path.join(tmp, "junit.xml")
         started = time.monotonic()
         proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                               "-o", "timeout=3600", "tests/fuzz", f"--junitxml={report}"],
+                               "-o", "timeout=7200", "tests/fuzz", f"--junitxml={report}",
+                               *select],
                               cwd=ROOT,
                               env={**os.environ, "CALICO_FUZZ_PROFILE": profile},
                               capture_output=True, text=True, check=False)
@@ -111,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("sections", nargs="*", metavar="SECTION",
                    help="matrix, soak and/or fuzz (default: all three)")
     p.add_argument("--quick", action="store_true", help="the small versions (as the suite)")
-    p.add_argument("--only", nargs="+", metavar="FAULT", help="these faults only")
+    p.add_argument("--only", nargs="+", metavar="FAULT",
+                   help="these faults only; with fuzz: the fuzzers whose test names "
+                        "contain these words (pytest -k), e.g. libnetwork cni")
     p.add_argument("--soak-seconds", type=float, default=None,
                    help="soak length (default 600, 30 with --quick)")
     args = p.parse_args(argv)
@@ -135,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             seconds = args.soak_seconds or (30.0 if args.quick else 600.0)
             result, miss = soak_section(seconds)
         else:
-            result, miss = fuzz_section(args.quick)
+            result, miss = fuzz_section(args.quick, args.only)
         result["load_average_at_end"] = _load()
         out[section] = result
         missed += miss

@@ -164,7 +164,10 @@ def parse_endpoint_url(url: str, field: str = "ETCD_ENDPOINTS") -> Endpoint:
                 raise ValidationError(field, url, f"expected {scheme}:///<path>/<name>:<port>,"
                                       f" the socket etcd makes for {scheme}://<name>:<port>")
             return Endpoint(scheme, path, 0)
-    parts = urlsplit(url if "://" in url else f"http://{url}")
+    try:
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+    except ValueError:  # e.g. "[": an unclosed IPv6 bracket
+        raise ValidationError(field, url, "expected http(s)://host:port") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValidationError(field, url, "expected http(s)://host:port")
     try:

@@ -281,6 +281,7 @@ def test_bad_config_and_args_fail_cleanly(env: Env, case: tuple[Any, ...]) -> No
     assert out["cniVersion"] == (conf.get("cniVersion") if isinstance(conf, dict)
                                  else "1.1.0")
     env.nothing_left()
+    assert not env.client.profile_exists("net1")  # a failed ADD makes no profile either
     assert "eth0" not in c.ip("link").stdout
     assert call.stderr == ""  # logs go to the log file
 
@@ -310,6 +311,7 @@ def test_a_failure_after_assignment_undoes_everything(env: Env) -> None:
     c.ip("link", "add", "eth0", "type", "veth", "peer", "name", "eth0peer")  # taken
     failed(env.driver.call("ADD", env.conf(), container="clash", netns=c.name), 103, "eth0")
     env.nothing_left()
+    assert not env.client.profile_exists("net1")  # the profile it made is taken back
 
 
 def test_del_with_etcd_unreachable_asks_to_try_again(env: Env) -> None:

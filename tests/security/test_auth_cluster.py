@@ -7,7 +7,9 @@ and write only the project's tree. Checked: the node runs end to end; a wrong pa
 is one line naming the credentials; an etcd restart (which invalidates every auth
 token) is survived by every daemon, which logs in again and converges; `calicoctl diags`
 masks keys, passwords and tokens, and neither the bundle, nor the logs, nor any
-process's command line holds the password.
+process's command line holds the password. The Docker driver (given the password in its
+environment, as the node's daemons) and the CNI plugin (in the runtime's environment)
+run end to end through it (tests/security/plugins.py).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from faults.cluster import Cluster
 from faults.converge import matrix_ok, wait_converged
 from libcalico import keyspace as ks
 from netsim.etcd import EtcdServer
+from tests.security.plugins import cni_end_to_end, docker_end_to_end
 
 pytestmark = [pytest.mark.etcd, pytest.mark.root, pytest.mark.slow]
 
@@ -114,3 +117,14 @@ def test_diags_masks_secrets_and_the_password_leaks_nowhere(cluster: Cluster,
     # users cannot read (/proc/PID/environ is 0400, owned by the process's user).
     felix = cluster.pids(h1)["felix"]
     assert os.stat(f"/proc/{felix}/environ").st_mode & 0o077 == 0
+
+
+def test_the_docker_driver_works_end_to_end_with_etcd_authentication(cluster: Cluster
+                                                                      ) -> None:
+    docker_end_to_end(cluster, "198.19.")
+
+
+def test_the_cni_plugin_works_end_to_end_with_etcd_authentication(cluster: Cluster) -> None:
+    # The user and password come from the runtime's environment (never the config file).
+    cni_end_to_end(cluster, {}, {"ETCD_USERNAME": "calico", "ETCD_PASSWORD": PASSWORD},
+                   "198.19.")

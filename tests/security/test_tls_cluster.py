@@ -9,9 +9,9 @@ names with shell metacharacters, unicode and maximum lengths never reach a shell
 break an iptables or ipset name; IPv6 router advertisements from a workload are
 dropped; a workload cannot reach its host's etcd or BGP port unless policy allows it.
 
-Extending to the Docker and CNI plugins: their requests and sockets join here once they
-exist - the plugin socket in `test_node_sockets_are_not_writable_by_other_users`, a
-workload made through the plugin in place of `calicoctl container add`.
+The Docker driver and the CNI plugin run end to end through the same etcd
+(tests/security/plugins.py): a workload made through each gets its address and reaches
+another on the other host; the driver's plugin sockets are not writable by others.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from libcalico.errors import DatastoreError
 from netsim.etcd import EtcdServer
 from netsim.topology import Host
 from netsim.wait import wait_for
+from tests.security.plugins import cni_end_to_end, docker_end_to_end
 
 pytestmark = [pytest.mark.etcd, pytest.mark.root, pytest.mark.slow]
 
@@ -268,3 +269,15 @@ class felix_config:  # noqa: N801 - a context manager used like a function
 
     def __exit__(self, *exc: object) -> None:
         self._set("--remove")
+
+
+def test_the_docker_driver_works_end_to_end_over_tls(cluster: Cluster) -> None:
+    docker_end_to_end(cluster, "198.19.")
+
+
+def test_the_cni_plugin_works_end_to_end_over_tls(cluster: Cluster) -> None:
+    tls = etcd_of(cluster).tls
+    assert tls is not None
+    # As an operator configures it: the certificate files in the network configuration.
+    cni_end_to_end(cluster, {"etcd_ca_cert_file": tls.ca, "etcd_cert_file": tls.client_cert,
+                             "etcd_key_file": tls.client_key}, {}, "198.19.")

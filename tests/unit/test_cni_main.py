@@ -99,3 +99,17 @@ def test_version_reads_the_asked_version_without_json(raw: bytes, version: str) 
     assert main.run("calico", {"CNI_COMMAND": "VERSION"}, io.BytesIO(raw), out) == 0
     assert json.loads(out.getvalue()) == {"cniVersion": version,
                                           "supportedVersions": list(SUPPORTED_VERSIONS)}
+
+
+def test_a_percent_in_the_environment_does_not_break_the_log(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """Found by tests/fuzz/test_fuzz_cni.py: CNI_COMMAND '%' reached the log format
+    string and logging printed a traceback to stderr."""
+    log = tmp_path / "cni.log"
+    conf = {"cniVersion": "1.0.0", "name": "n", "type": "calico",
+            "log_file_path": str(log), "ipam": {"type": "calico-ipam"}}
+    rc, out, _ = call({**ENV, "CNI_COMMAND": "%s%(x)d%", "CNI_CONTAINERID": "%%"}, conf)
+    assert rc == 1 and out["code"] == 4 and "CNI_COMMAND" in out["msg"]
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Logging error" not in err, err
+    assert "CNI_COMMAND" in log.read_text()

@@ -45,6 +45,8 @@ def test_parse_env_reads_every_variable() -> None:
     ({"CNI_IFNAME": ""}, "CNI_IFNAME"),
     ({"CNI_IFNAME": "a-name-longer-than-15"}, "CNI_IFNAME"),
     ({"CNI_IFNAME": "eth:0"}, "CNI_IFNAME"),
+    ({"CNI_IFNAME": "\u200b"}, "CNI_IFNAME"),  # the kernel would take it; Calico does not
+    ({"CNI_IFNAME": "é"}, "CNI_IFNAME"),
     ({"CNI_NETNS": ""}, "CNI_NETNS"),
     ({"CNI_NETNS": "relative/path"}, "CNI_NETNS"),
 ])
@@ -204,6 +206,21 @@ def test_load_and_version_errors() -> None:
         spec.INCOMPATIBLE_VERSION
     assert code_of(config.parse_netconf, {**BASE, "cniVersion": "0.3.1"}, "CHECK")[0] == \
         spec.INCOMPATIBLE_VERSION
+
+
+def test_hostile_sizes_are_one_short_line() -> None:
+    """Found by tests/fuzz/test_fuzz_cni.py: JSON nested past the recursion limit was an
+    internal error, and a huge value was quoted whole into the error message."""
+    assert code_of(config.load, b"[" * 100_000)[0] == spec.DECODE_FAILURE
+    code, msg = code_of(spec.parse_env, {"CNI_COMMAND": "x" * 20_000})
+    assert code == spec.INVALID_ENVIRONMENT and len(msg) < 200 and "CNI_COMMAND" in msg
+    code, msg = code_of(config.parse_netconf, {**BASE, "name": "n" * 100_000}, "ADD")
+    assert code == spec.INVALID_NETWORK_CONFIG and len(msg) < 300 and "name" in msg
+    # The endpoint id <container id>.<ifname> must fit a Calico name (128).
+    env = {"CNI_COMMAND": "DEL", "CNI_CONTAINERID": "a" * 113, "CNI_IFNAME": "eth0"}
+    code, msg = code_of(spec.parse_env, env)
+    assert code == spec.INVALID_ENVIRONMENT and "CNI_CONTAINERID" in msg
+    assert spec.parse_env({**env, "CNI_CONTAINERID": "a" * 112}).container_id == "a" * 112
 
 
 def test_gc_attachments_under_either_key() -> None:

@@ -195,3 +195,12 @@ def test_errors_about_secret_fields_never_quote_the_value() -> None:
     for field in ("password", "bgp password", "SomeToken", "client_secret"):
         assert "hunter2" not in str(ValidationError(field, "hunter2", "bad"))
     assert "'eth0'" in str(ValidationError("interface", "eth0", "bad"))
+
+
+def test_an_unclosed_ipv6_bracket_is_a_validation_error() -> None:
+    """Found by tests/fuzz/test_fuzz_cni.py (`etcd_endpoints: "["`): urlsplit's
+    ValueError was an internal error of the CNI plugin."""
+    for url in ("[", "http://[fd00::1", "https://[::1:2379"):
+        with pytest.raises(ValidationError) as info:
+            parse_endpoint_url(url, field="etcd_endpoints")
+        assert info.value.field == "etcd_endpoints"

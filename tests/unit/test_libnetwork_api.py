@@ -100,3 +100,33 @@ def test_records_round_trip_and_calicoctl_names_the_same_orchestrator() -> None:
     with pytest.raises(ValidationError):
         NetworkRecord.from_json({**net.to_json(), "labels": {"bad key!": "x"}})
     assert DOCKER_NETWORK_ORCHESTRATOR == api.ORCHESTRATOR
+
+
+# --- request fields (found by tests/fuzz/test_fuzz_libnetwork.py) ------------------------------
+
+def refusal(fn: Any, *args: Any, **kw: Any) -> str:
+    with pytest.raises(PluginError) as info:
+        fn(*args, **kw)
+    return str(info.value)
+
+
+def test_request_fields_are_typed_and_refusals_name_them() -> None:
+    from calico_libnetwork import request as rq
+
+    assert rq.docker_id({"NetworkID": "ab" * 32}, "NetworkID") == "ab" * 32
+    assert refusal(rq.docker_id, {}, "NetworkID") == "the request has no NetworkID"
+    # Ids become etcd keys and interface names: nothing but hexadecimal.
+    for bad in ("../../x", "a/b", "é" * 64, "F" * 64, 5, ["a"]):
+        msg = refusal(rq.docker_id, {"EndpointID": bad}, "EndpointID")
+        assert msg.startswith("invalid EndpointID ") and "\n" not in msg, msg
+    assert rq.obj({"Options": None}, "Options") == {}
+    assert "invalid Options 'x" in refusal(rq.obj, {"Options": "x" * 1000}, "Options")
+    assert len(refusal(rq.obj, {"Options": "x" * 100_000}, "Options")) < 120
+    assert refusal(rq.items, {"IPv4Data": [1]}, "IPv4Data").startswith("invalid IPv4Data")
+    assert rq.flag({}, "V6") is False and rq.flag({"V6": True}, "V6") is True
+    assert "invalid V6 1" in refusal(rq.flag, {"V6": 1}, "V6")
+    assert "\\n" in refusal(rq.text, {"SubPool": "a\nb"}, "SubPool")  # one line, quoted
+    assert rq.mac({"MacAddress": "AA:bb:cc:dd:ee:ff"}, "MacAddress") == "aa:bb:cc:dd:ee:ff"
+    assert rq.mac({"MacAddress": ""}, "MacAddress") is None
+    assert "MAC address" in refusal(rq.mac, {"MacAddress": "aa:bb"}, "MacAddress")
+    assert "absolute path" in refusal(rq.sandbox_key, {"SandboxKey": "netns/x"})
