@@ -103,18 +103,16 @@ def run(argv: Sequence[str], prog: str = "calico-felix-trace") -> int:
             ("icmp_type", "--icmp-type"), ("icmp_code", "--icmp-code"))}
         from concurrent.futures import ThreadPoolExecutor
 
-        from libcalico import keyspace
+        from felix.trace.snapshot import Snapshot  # light: felix's parser loads when used
         from libcalico.datastore import Datastore, EtcdSettings
 
         with Datastore(EtcdSettings.from_env()) as store, ThreadPoolExecutor(1) as pool:
             # etcd answers (and gRPC receives, without the GIL) while felix's modules load
-            read = pool.submit(store.list_items, keyspace.V1 + "/")  # Snapshot.read's keys
+            read = pool.submit(Snapshot.read, store)
             from felix.trace.report import render_text, to_dict
-            from felix.trace.snapshot import Snapshot
             from felix.trace.trace import trace
 
-            items, revision = read.result()
-            snapshot = Snapshot(items, revision, store)
+            snapshot = read.result()
             result = trace(snapshot, args.source, args.destination, args.protocol,
                            ip_version=int(args.ip_version) if args.ip_version else None,
                            **numbers)
