@@ -116,8 +116,8 @@ class Snapshot:
         bgp: dict[str, str] = {}
         self._holding: dict[str, list[Record]] = {}  # address -> endpoints (memo)
         self._heps: dict[str, list[Record]] = {}  # hostname -> host endpoints (memo)
-        self._by_host: dict[str, list[tuple[str, str]]] | None = None  # hostname -> items
-        self._grouped: dict[str, list[tuple[str, bytes]]] = {}  # hostname -> _host entries
+        self._by_host: dict[str, list[tuple[str, str]]] = {}  # hostname -> items (memo)
+        self._keys: list[str] = []  # _host's keys, in order (items_of bisects them)
         self._joined: bytes | None = None  # _host's data joined by NUL (endpoints_holding)
         self._starts: list[int] = []  # where each entry's data starts in _joined
         for key, value in items:
@@ -136,6 +136,8 @@ class Snapshot:
                 bgp[key] = value
         if bgp:
             self._bgp = bgp
+        self._host.sort(key=lambda entry: entry[0])
+        self._keys = [key for key, _ in self._host]
 
     @classmethod
     def read(cls, store: Datastore) -> Snapshot:
@@ -148,6 +150,7 @@ class Snapshot:
             small += store.list_items(prefix, revision)[0]
         snapshot = cls(small, revision, store)
         snapshot._host = [(kv_key(kv).decode("utf-8", "replace"), kv) for kv in kvs]
+        snapshot._keys = [key for key, _ in snapshot._host]  # etcd lists keys in order
         snapshot._text = _wire
         snapshot._profiles_complete = False
         return snapshot
@@ -155,17 +158,13 @@ class Snapshot:
     # ---- hosts -------------------------------------------------------------------------
 
     def items_of(self, hostname: str) -> list[tuple[str, str]]:
-        """The keys and values under the host's directory."""
-        if self._by_host is None:
-            self._by_host = {}
-            start = len(keyspace.HOST_DIR)
-            grouped: dict[str, list[tuple[str, bytes]]] = {}
-            for key, data in self._host:
-                grouped.setdefault(key[start:key.find("/", start)], []).append((key, data))
-            self._grouped = grouped
+        """The keys and values under the host's directory (found by bisection: `_host`
+        is in key order, as etcd lists it)."""
         if hostname not in self._by_host:
-            self._by_host[hostname] = [(k, self._text(d))
-                                       for k, d in self._grouped.get(hostname, [])]
+            prefix = f"{keyspace.HOST_DIR}{hostname}/"
+            lo = bisect.bisect_left(self._keys, prefix)
+            hi = bisect.bisect_left(self._keys, prefix[:-1] + chr(ord("/") + 1), lo)
+            self._by_host[hostname] = [(k, self._text(d)) for k, d in self._host[lo:hi]]
         return self._by_host[hostname]
 
     def host_config(self, hostname: str) -> dict[str, str]:
@@ -173,8 +172,8 @@ class Snapshot:
         return {k[len(prefix):]: v for k, v in self.items_of(hostname) if k.startswith(prefix)}
 
     def hostnames(self) -> set[str]:
-        self.items_of("")
-        return set(self._grouped)
+        start = len(keyspace.HOST_DIR)
+        return {key[start:key.find("/", start)] for key, _ in self._host}
 
     def node_address(self, hostname: str, version: int) -> str | None:
         """The node's registered address (`bird_ip`, or its BGP ip_addr_v6)."""
