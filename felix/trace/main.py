@@ -9,7 +9,10 @@ traceback with --debug).
 
 calicoctl runs this program rather than importing felix (the way `calicoctl node run`
 runs `calico-confd --onetime`): the trace must use felix's own calculation, and the
-dependency stays one on a program and its command line.
+dependency stays one on a program and its command line. The `calicoctl` program execs
+it in its own place (`calicoctl.launch`), so a query's start-up is this program's: the
+datastore read (`Snapshot.read`, grpc alone, no etcd3) starts on a thread before
+felix's modules load, and etcd answers while they do.
 
 Leaves to others: the trace itself (`felix.trace.trace`), its renderings
 (`felix.trace.report`).
