@@ -9,7 +9,10 @@ traceback with --debug).
 
 calicoctl runs this program rather than importing felix (the way `calicoctl node run`
 runs `calico-confd --onetime`): the trace must use felix's own calculation, and the
-dependency stays one on a program and its command line.
+dependency stays one on a program and its command line. The `calicoctl` program execs
+it in its own place (`calicoctl.launch`), so a query's start-up is this program's: the
+datastore read (`Snapshot.read`, grpc alone, no etcd3) starts on a thread before
+felix's modules load, and etcd answers while they do.
 
 Leaves to others: the trace itself (`felix.trace.trace`), its renderings
 (`felix.trace.report`).
@@ -103,18 +106,16 @@ def run(argv: Sequence[str], prog: str = "calico-felix-trace") -> int:
             ("icmp_type", "--icmp-type"), ("icmp_code", "--icmp-code"))}
         from concurrent.futures import ThreadPoolExecutor
 
-        from libcalico import keyspace
+        from felix.trace.snapshot import Snapshot  # light: felix's parser loads when used
         from libcalico.datastore import Datastore, EtcdSettings
 
         with Datastore(EtcdSettings.from_env()) as store, ThreadPoolExecutor(1) as pool:
             # etcd answers (and gRPC receives, without the GIL) while felix's modules load
-            read = pool.submit(store.list_items, keyspace.V1 + "/")  # Snapshot.read's keys
+            read = pool.submit(Snapshot.read, store)
             from felix.trace.report import render_text, to_dict
-            from felix.trace.snapshot import Snapshot
             from felix.trace.trace import trace
 
-            items, revision = read.result()
-            snapshot = Snapshot(items, revision, store)
+            snapshot = read.result()
             result = trace(snapshot, args.source, args.destination, args.protocol,
                            ip_version=int(args.ip_version) if args.ip_version else None,
                            **numbers)

@@ -1,14 +1,21 @@
 """The datastore as the trace sees it: one consistent read, looked up cheaply.
 
-Owns: `Snapshot`, every key under `/calico/v1/` read at one revision (felix's own
-config, endpoints of every host, profiles, tiers, policies, pools, node addresses), and
-the lookups the trace needs, each costing a scan of key or value text before anything
+Owns: `Snapshot`, the part of `/calico/v1/` a trace can need, read at one revision, and
+the lookups the trace needs, each costing a scan of key or value bytes before anything
 is parsed: endpoints by name, endpoints holding an address (a value is parsed only when
-its text contains the address), a host's endpoints and config, nodes' addresses (a
-host's IPv6 address and the BGP address felix's all-hosts set holds live in the BGP
-keys, read at the same revision only when asked for). Values are parsed
-by felix's own parser (`felix.calc.parse.parse_update`), so what is invalid for felix
-is invalid here.
+its bytes hold the address as a whole token), a host's endpoints and config, nodes'
+addresses (a host's IPv6 address and the BGP address felix's all-hosts set holds live
+in the BGP keys, read at the same revision only when asked for), the profiles asked
+for. Values are parsed by felix's own parser (`felix.calc.parse.parse_update`), so what
+is invalid for felix is invalid here.
+
+`Snapshot.read` (the trace program) reads every key under `/calico/v1/host/` (endpoints
+of every host, host config, node addresses: which endpoint holds an address is only in
+the values) kept as etcd serialized them (`Datastore.list_encoded`: a value is decoded
+only when a lookup needs it), then at that revision felix's global config, the tiers and
+policies, the pools, and each profile when first asked for - not the thousands of
+profile keys no endpoint of the flow uses. A snapshot built from items (tests) holds
+what it is given.
 
 Addresses are found in the canonical text libcalico writes (lower-case, compressed
 IPv6); a value written by hand in another spelling is not found by address.
@@ -19,12 +26,13 @@ flow's endpoints (`felix.trace.places`).
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
-from collections.abc import Iterable
+import itertools
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from felix.calc.parse import parse_update
 from libcalico import keyspace
 
 if TYPE_CHECKING:
@@ -59,6 +67,9 @@ class Record:
 
 
 def _record(key: str, raw: str) -> Record | None:
+    from felix.calc.parse import parse_update  # felix's own parser (imported when used:
+    # the read starts before felix's modules load, see felix.trace.main)
+
     parsed = parse_update(key, raw)
     if parsed is None or not isinstance(parsed.key, keyspace.WorkloadEndpointKey
                                         | keyspace.HostEndpointKey):
@@ -66,31 +77,57 @@ def _record(key: str, raw: str) -> Record | None:
     return Record(key, parsed.key, raw, parsed.value)
 
 
+def _plain(data: bytes) -> str:
+    return data.decode("utf-8", "replace")
+
+
+def _wire(data: bytes) -> str:
+    from libcalico.etcdwire import kv_value
+
+    return kv_value(data).decode("utf-8", "replace")
+
+
+# Bytes that continue an address token: the address must not be part of a longer one.
+_TOKEN = frozenset(b"0123456789abcdefABCDEFghijklmnopqrstuvwxyzGHIJKLMNOPQRSTUVWXYZ:.")
+
+
 class Snapshot:
-    """See the module docstring. State fields: `revision`; `host_items` (every key and
-    value under /calico/v1/host/), `policy_items` (under /calico/v1/policy/),
-    `pool_items` (under /calico/v1/ipam/), `global_config` (name -> text); `_store` (for
-    the few lazy BGP reads; None for a snapshot built from items, which may then carry
-    the BGP host keys itself)."""
+    """See the module docstring. State fields: `revision`; `_host` (key, data) of every
+    key under /calico/v1/host/ - data the value's bytes, or the whole serialized
+    KeyValue for a snapshot read from etcd (`_text` turns data into the value);
+    `_policies` (key -> value under /calico/v1/policy/tier/), `_profiles` (profile name ->
+    its items; complete for a snapshot built from items, filled as asked for by one read
+    from etcd), `pool_items` (under /calico/v1/ipam/), `global_config` (name -> text);
+    `_store` (for the lazy reads; None for a snapshot built from items, which may then
+    carry the BGP host keys itself)."""
 
     def __init__(self, items: Iterable[tuple[str, str]], revision: int = 0,
                  store: Datastore | None = None) -> None:
         self.revision = revision
         self._store = store
-        self.host_items: list[tuple[str, str]] = []
-        self.policy_items: list[tuple[str, str]] = []
+        self._host: list[tuple[str, bytes]] = []
+        self._text: Callable[[bytes], str] = _plain
+        self._policies: dict[str, str] = {}
+        self._profiles: dict[str, list[tuple[str, str]]] = {}
+        self._profiles_complete = True  # every profile is in _profiles (or absent)
         self.pool_items: list[tuple[str, str]] = []
         self.global_config: dict[str, str] = {}
         self._bgp: dict[str, str] | None = None
         bgp: dict[str, str] = {}
         self._holding: dict[str, list[Record]] = {}  # address -> endpoints (memo)
         self._heps: dict[str, list[Record]] = {}  # hostname -> host endpoints (memo)
-        self._by_host: dict[str, list[tuple[str, str]]] | None = None  # hostname -> items
+        self._by_host: dict[str, list[tuple[str, str]]] = {}  # hostname -> items (memo)
+        self._keys: list[str] = []  # _host's keys, in order (items_of bisects them)
+        self._joined: bytes | None = None  # _host's data joined by NUL (endpoints_holding)
+        self._starts: list[int] = []  # where each entry's data starts in _joined
         for key, value in items:
             if key.startswith(keyspace.HOST_DIR):
-                self.host_items.append((key, value))
-            elif key.startswith(keyspace.POLICY_DIR):
-                self.policy_items.append((key, value))
+                self._host.append((key, value.encode()))
+            elif key.startswith(keyspace.PROFILE_DIR):
+                name = key[len(keyspace.PROFILE_DIR):key.rfind("/")]
+                self._profiles.setdefault(name, []).append((key, value))
+            elif key.startswith(keyspace.TIER_DIR):
+                self._policies[key] = value
             elif key.startswith(keyspace.CONFIG_DIR):
                 self.global_config[key[len(keyspace.CONFIG_DIR):]] = value
             elif key.startswith(keyspace.POOL_DIR):
@@ -99,33 +136,44 @@ class Snapshot:
                 bgp[key] = value
         if bgp:
             self._bgp = bgp
+        self._host.sort(key=lambda entry: entry[0])
+        self._keys = [key for key, _ in self._host]
 
     @classmethod
     def read(cls, store: Datastore) -> Snapshot:
-        """Every key under /calico/v1/ in one consistent read."""
-        items, revision = store.list_items(V1_DIR)
-        return cls(items, revision, store)
+        """What a trace can need (see the module docstring), read at one revision."""
+        from libcalico.etcdwire import kv_key
+
+        kvs, revision = store.list_encoded(keyspace.HOST_DIR)
+        small: list[tuple[str, str]] = []
+        for prefix in (keyspace.CONFIG_DIR, keyspace.TIER_DIR, keyspace.POOL_DIR):
+            small += store.list_items(prefix, revision)[0]
+        snapshot = cls(small, revision, store)
+        snapshot._host = [(kv_key(kv).decode("utf-8", "replace"), kv) for kv in kvs]
+        snapshot._keys = [key for key, _ in snapshot._host]  # etcd lists keys in order
+        snapshot._text = _wire
+        snapshot._profiles_complete = False
+        return snapshot
 
     # ---- hosts -------------------------------------------------------------------------
 
     def items_of(self, hostname: str) -> list[tuple[str, str]]:
-        """The keys and values under the host's directory."""
-        if self._by_host is None:
-            self._by_host = {}
-            start = len(keyspace.HOST_DIR)
-            for key, value in self.host_items:
-                self._by_host.setdefault(key[start:key.find("/", start)], []).append(
-                    (key, value))
-        return self._by_host.get(hostname, [])
+        """The keys and values under the host's directory (found by bisection: `_host`
+        is in key order, as etcd lists it)."""
+        if hostname not in self._by_host:
+            prefix = f"{keyspace.HOST_DIR}{hostname}/"
+            lo = bisect.bisect_left(self._keys, prefix)
+            hi = bisect.bisect_left(self._keys, prefix[:-1] + chr(ord("/") + 1), lo)
+            self._by_host[hostname] = [(k, self._text(d)) for k, d in self._host[lo:hi]]
+        return self._by_host[hostname]
 
     def host_config(self, hostname: str) -> dict[str, str]:
         prefix = keyspace.host_config_dir(hostname)
         return {k[len(prefix):]: v for k, v in self.items_of(hostname) if k.startswith(prefix)}
 
     def hostnames(self) -> set[str]:
-        self.items_of("")
-        assert self._by_host is not None
-        return set(self._by_host)
+        start = len(keyspace.HOST_DIR)
+        return {key[start:key.find("/", start)] for key, _ in self._host}
 
     def node_address(self, hostname: str, version: int) -> str | None:
         """The node's registered address (`bird_ip`, or its BGP ip_addr_v6)."""
@@ -138,8 +186,10 @@ class Snapshot:
     def host_of_node_address(self, address: str) -> str | None:
         """The host whose registered node address is `address`."""
         if ipaddress.ip_address(address).version == 4:
-            for key, value in self.host_items:
-                if value.strip() == address:
+            needle = address.encode()
+            for key, data in self._host:
+                if key.endswith("/bird_ip") and needle in data \
+                        and self._text(data).strip() == address:
                     parsed = keyspace.parse_key(key)
                     if isinstance(parsed, keyspace.HostBirdIPKey):
                         return parsed.hostname
@@ -176,15 +226,31 @@ class Snapshot:
 
     def endpoints_holding(self, address: str) -> list[Record]:
         """Every endpoint (workload or host, any host) with `address` among its
-        addresses, valid or not for felix (an invalid one holds nothing)."""
+        addresses, valid or not for felix (an invalid one holds nothing). A value is
+        parsed only when its bytes hold `address` as a whole token (not inside a longer
+        address: 198.19.0.1 is not in 198.19.0.10/32)."""
         if address in self._holding:
             return self._holding[address]
         version = ipaddress.ip_address(address).version
+        if self._joined is None:  # every entry's data in one buffer: one find per hit
+            self._starts = list(itertools.accumulate(
+                (len(data) + 1 for _, data in self._host), initial=0))
+            self._joined = b"\0".join(data for _, data in self._host)
+        buf, needle = self._joined, address.encode()
+        candidates: list[int] = []
+        pos = buf.find(needle)
+        while pos >= 0:
+            end = pos + len(needle)
+            if (pos == 0 or buf[pos - 1] not in _TOKEN) and \
+                    (end == len(buf) or buf[end] not in _TOKEN):
+                index = bisect.bisect_right(self._starts, pos) - 1
+                if not candidates or candidates[-1] != index:
+                    candidates.append(index)
+            pos = buf.find(needle, end)
         out = []
-        for key, value in self.host_items:
-            if address not in value:
-                continue
-            rec = _record(key, value)
+        for index in candidates:
+            key, data = self._host[index]
+            rec = _record(key, self._text(data))
             if rec is not None and address in rec.addresses(version):
                 out.append(rec)
         self._holding[address] = out
@@ -195,7 +261,7 @@ class Snapshot:
         `HOST/ORCHESTRATOR/WORKLOAD/ENDPOINT_ID`."""
         parts = name.split("/")
         out = []
-        for key, value in self.host_items:
+        for key, data in self._host:
             if f"/{parts[-1]}" not in key:
                 continue
             parsed = keyspace.parse_key(key)
@@ -205,7 +271,7 @@ class Snapshot:
             if ((len(parts) == 1 and parsed.workload == name)
                     or (len(parts) == 2 and (parsed.workload, parsed.endpoint_id) == tuple(parts))
                     or (len(parts) == 4 and ident == tuple(parts))):
-                rec = _record(key, value)
+                rec = _record(key, self._text(data))
                 if rec is not None:
                     out.append(rec)
         return out
@@ -234,9 +300,24 @@ class Snapshot:
 
     def profile_items(self, names: Iterable[str]) -> list[tuple[str, str]]:
         """The keys (rules, tags, labels) of the named profiles."""
-        wanted = {keyspace.profile_dir(n) for n in names}
-        return [(k, v) for k, v in self.policy_items
-                if k.startswith(keyspace.PROFILE_DIR) and k[:k.rfind("/") + 1] in wanted]
+        out = []
+        for name in sorted(set(names)):
+            if name not in self._profiles and not self._profiles_complete \
+                    and self._store is not None:
+                prefix = keyspace.profile_dir(name)
+                items, _ = self._store.list_items(prefix, self.revision)
+                self._profiles[name] = [(k, v) for k, v in items if "/" not in k[len(prefix):]]
+            out += self._profiles.get(name, [])
+        return sorted(out)  # in key order, as etcd lists them
 
     def tier_and_policy_items(self) -> list[tuple[str, str]]:
-        return [(k, v) for k, v in self.policy_items if k.startswith(keyspace.TIER_DIR)]
+        return list(self._policies.items())
+
+    def policy_value(self, key: str) -> str | None:
+        """The stored value of a policy or (already read) profile key."""
+        if key in self._policies:
+            return self._policies[key]
+        if key.startswith(keyspace.PROFILE_DIR):
+            name = key[len(keyspace.PROFILE_DIR):key.rfind("/")]
+            return next((v for k, v in self.profile_items([name]) if k == key), None)
+        return None

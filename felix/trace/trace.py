@@ -259,6 +259,8 @@ def _ephemeral_port(views: Sequence[HostView], version: int) -> int:
     for view in views:
         for chain in view.chains.get((version, "filter"), {}).values():
             for rule in chain.rules:
+                if "--sport" not in rule.match:  # --sport, --sports: parse only those
+                    continue
                 named += [r for c in parse_match(rule.match)
                           if isinstance(c, Ports) and c.source for r in c.ranges]
     for port in EPHEMERAL:

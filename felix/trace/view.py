@@ -68,7 +68,7 @@ class RuleSource:
 
     def rule_text(self, snapshot: Snapshot, index: int) -> str | None:
         """The model rule `index` in calicoctl's words, as felix parsed it."""
-        raw = next((v for k, v in snapshot.policy_items if k == self.key), None)
+        raw = snapshot.policy_value(self.key)
         parsed = parse_update(self.key, raw) if raw is not None else None
         if parsed is None or parsed.value is None:
             return None

@@ -4,10 +4,15 @@ calico-felix-trace program it runs)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 
+import click
 import pytest
 
+from calicoctl import launch
 from libcalico import keyspace as ks
+from netsim.topology import calicoctl_path
 from tests.support.ctl import Ctl
 
 pytestmark = pytest.mark.etcd
@@ -108,3 +113,75 @@ def test_policy_trace_with_etcd_away_exits_4(etcd_server):
     res = Ctl({"ETCD_ENDPOINTS": "http://127.0.0.1:9"})(
         "policy", "trace", "--from", "a", "--to", "b", "--port", "1", code=4)
     assert res.err.startswith("Error:")
+
+
+def _program(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """The installed `calicoctl` program (its launcher hands `policy trace` over)."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("ETCD_")}
+    return subprocess.run([calicoctl_path(), *args], env={**base, **env},
+                          capture_output=True, text=True, check=False)
+
+
+@pytest.mark.parametrize("args", [
+    ["--from", "web", "--to", "db", "--port", "5432"],
+    ["--from", "db", "--to", "198.18.10.1", "--port", "80", "-o", "json"],
+    ["--from", "nobody", "--to", "db", "--port", "1"],
+    ["--from", "web", "--to", "db", "--port", "0"],
+])
+def test_policy_trace_program_hands_over_like_the_command(ctl, datastore, etcd_server, args):
+    """`calicoctl [GLOBAL OPTIONS] policy trace` run as a program execs the trace program
+    before click loads; what it prints and its exit code are the click command's."""
+    _seed(datastore)
+    url = etcd_server.env()["ETCD_ENDPOINTS"]
+    want = ctl("policy", "trace", *args, code=None)
+    for env, opts in (({"ETCD_ENDPOINTS": url}, []),
+                      ({"ETCD_ENDPOINTS": "http://127.0.0.1:9"}, ["--etcd-endpoints", url]),
+                      ({}, [f"--etcd-endpoints={url}", "--log-level", "info"])):
+        got = _program(env, *opts, "policy", "trace", *args)
+        assert (got.returncode, got.stdout, got.stderr) == (want.code, want.out, want.err)
+    # ... without loading click (a query pays for one program's start-up only)
+    got = _program({"ETCD_ENDPOINTS": url, "PYTHONPROFILEIMPORTTIME": "1"}, "policy",
+                   "trace", *args)
+    imported = {line.split("|")[-1].strip() for line in got.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "felix.trace.main" in imported and "click" not in imported
+    # and the options it does not know go through click, which names them
+    got = _program({"ETCD_ENDPOINTS": url}, "--log-level", "loud", "policy", "trace", *args)
+    assert got.returncode == 2 and "loud" in got.stderr
+
+
+def test_launcher_knows_the_groups_options():
+    """calicoctl.launch's table of global options is the click group's."""
+    from calicoctl.main import LOG_LEVELS, cli
+
+    values = {o for p in cli.params if isinstance(p, click.Option) and not p.is_flag
+              for o in p.opts}
+    flags = {o for p in cli.params if isinstance(p, click.Option) and p.is_flag
+             for o in p.opts}
+    assert set(launch.VALUE_OPTIONS) == values
+    assert flags == {"--debug"}
+    assert launch.LOG_LEVELS == LOG_LEVELS
+
+
+@pytest.mark.parametrize("argv,cmd,env", [
+    (["policy", "trace", "--from", "a"], ["--from", "a"], {}),
+    (["--etcd-endpoints", "http://e:1", "--debug", "policy", "trace", "--to", "b"],
+     ["--to", "b", "--debug"], {"ETCD_ENDPOINTS": "http://e:1"}),
+    (["--etcd-username=u", "--log-level=error", "--etcd-ca-cert-file", "ca", "policy",
+      "trace", "--debug"], ["--debug"], {"ETCD_USERNAME": "u", "ETCD_CA_CERT_FILE": "ca"}),
+    (["--etcd-authority", "", "policy", "trace"], [], {}),
+    (["policy", "show"], None, None),
+    (["--help", "policy", "trace"], None, None),
+    (["--unknown", "policy", "trace"], None, None),
+    (["--etcd-endpoints", "policy", "trace"], None, None),
+    (["--log-level", "loud", "policy", "trace"], None, None),
+    (["profile", "add", "policy", "trace"], None, None),
+    (["--etcd-endpoints"], None, None),
+])
+def test_trace_handoff(argv, cmd, env):
+    got = launch.trace_handoff(argv, {"HOME": "/root"}, "/bin/prog")
+    if cmd is None:
+        assert got is None
+    else:
+        assert got == (["/bin/prog", "--prog", "calicoctl policy trace", *cmd],
+                       {"HOME": "/root", **env})
