@@ -431,6 +431,7 @@ class _Conn:
     rpc: Any  # etcd3's etcdrpc module (lazily), or etcdgateway.GATEWAY_RPC
     raw_range: Any = None  # KV/Range taking and returning serialized messages
     _watchstub: Any = None
+    gateway: bool = False  # etcd's JSON gateway: no gRPC channel, watches by the client
 
     @property
     def meta(self) -> Any:
@@ -439,7 +440,8 @@ class _Conn:
 
     @property
     def watchstub(self) -> Any:
-        if self._watchstub is None:
+        """etcd3's Watch stub on the gRPC channel (made on first use); None on the gateway."""
+        if self._watchstub is None and not self.gateway:
             from etcd3 import etcdrpc
 
             self._watchstub = etcdrpc.WatchStub(self.client.channel)
@@ -474,7 +476,7 @@ class Datastore:
 
             gateway = GatewayClient(endpoint.scheme, endpoint.host, endpoint.port, s.timeout,
                                     s.ca_cert, s.cert_file, s.key_file, s.username, s.password)
-            return _Conn(endpoint, gateway, GATEWAY_RPC)
+            return _Conn(endpoint, gateway, GATEWAY_RPC, gateway=True)
 
         return _Conn(endpoint, _GrpcClient(endpoint, s), _EtcdRpc())
 
