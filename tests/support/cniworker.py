@@ -17,12 +17,14 @@ What a fresh process has that a long-lived one must be given back before every c
 - the root logger has no handlers and level WARNING (a fresh interpreter's logging:
   `run` installs its own handler once it has read the configuration, and anything
   logged before that goes to logging's last resort, stderr);
-- `sys.stdout` / `sys.stderr` are fresh buffers (captured per call);
-- `libcalico.client._base._warned` (keys whose invalid value was logged once) is empty.
-Everything else that lives at module level in cni/, libcalico/, workload/ and rtnl/ is
-either constant or a memo of a pure function of its arguments (the `lru_cache`s on key
-builders, CIDR parsing and selector parsing, the compiled key regexes, the libc handle
-of `rtnl.netns`), so it cannot make one call's answer depend on an earlier one. The
+- `sys.stdout` / `sys.stderr` are fresh buffers (captured per call).
+`libcalico.client`'s memo of keys whose invalid stored value it has logged once only
+decides whether that warning is logged again; the fuzzer's etcd never holds an invalid
+value (only its pools and what the plugin writes), so the memo stays empty. Everything
+else that lives at module level in cni/, libcalico/, workload/ and rtnl/ is either
+constant or a memo of a pure function of its arguments (the `lru_cache`s on key builders,
+CIDR parsing and selector parsing, the compiled key regexes, the libc handle of
+`rtnl.netns`), so it cannot make one call's answer depend on an earlier one. The
 datastore client lives in the call's `Context` and is closed when `run` returns.
 
 The protocol goes over a duplicate of the original stdout; fd 1 itself is pointed at
@@ -53,8 +55,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def _reset(env: dict[str, str]) -> None:
-    from libcalico.client import _base
-
     os.environ.clear()
     os.environ.update(env)
     root = logging.getLogger()
@@ -62,7 +62,6 @@ def _reset(env: dict[str, str]) -> None:
         root.removeHandler(handler)
         handler.close()
     root.setLevel(logging.WARNING)
-    _base._warned.clear()
 
 
 def call(plugin: str, env: dict[str, str], data: bytes) -> dict[str, Any]:
