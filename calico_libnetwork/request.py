@@ -22,8 +22,8 @@ from calico_libnetwork.api import PluginError
 Request = Mapping[str, Any]
 
 # Docker's ids are 64 lowercase hexadecimal digits; short forms are accepted for tests.
-_DOCKER_ID_RE = re.compile(r"^[0-9a-f]{12,64}$")
-_MAC_RE = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
+_DOCKER_ID_RE = re.compile(r"^[0-9a-f]{12,64}\Z")
+_MAC_RE = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}\Z")
 _SHOWN = 60  # characters of a bad value quoted in a refusal
 
 

@@ -32,7 +32,7 @@ def default_socket() -> str:
 
 
 PEER_TYPES = {"Mesh": "node-to-node mesh", "Global": "global", "Node": "node specific"}
-_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}\Z")
 
 
 @dataclass(frozen=True)

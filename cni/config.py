@@ -58,9 +58,9 @@ LABEL_ORCHESTRATOR = "projectcalico.org/orchestrator"
 LABEL_NAMESPACE = "projectcalico.org/namespace"
 NAMESPACE_PROFILE_PREFIX = "k8s_ns."
 # CNI spec: a network name starts with a letter or digit, then letters, digits, _ . -
-_NETWORK_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_NETWORK_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*\Z")
 # Kubernetes object names (DNS-1123 subdomains).
-_K8S_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+_K8S_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?\Z")
 _MTU_MIN, _MTU_MAX = 68, 65535
 
 
@@ -220,7 +220,9 @@ def parse_netconf(data: Mapping[str, Any], command: str) -> NetConf:
                            f"must be one of {', '.join(POLICY_TYPES)} (the Kubernetes API "
                            "policy drivers need an API server, which this plugin does not "
                            "talk to)")
-    dns = data.get("dns") or {}
+    # Only a missing (or null) dns means none: "", 0, false or [] are of the wrong type.
+    dns = data.get("dns")
+    dns = {} if dns is None else dns
     if not isinstance(dns, Mapping):
         raise _invalid("dns", dns, "must be an object")
     prev = data.get("prevResult")

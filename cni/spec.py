@@ -53,7 +53,7 @@ DELEGATE_FAILED = 105  # a delegated IPAM plugin failed without a CNI error of i
 
 # The endpoint id `<container id>.<ifname>` must fit a Calico name (128 characters).
 CONTAINER_ID_MAX = 112
-_CONTAINER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_CONTAINER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*\Z")
 
 
 class CniError(Exception):

@@ -10,8 +10,9 @@
 - `soak`: the churn soak (`faults.soak`) on a fresh cluster: 10 minutes, or 30 s with
   `--quick`;
 - `fuzz`: the hypothesis fuzzers in tests/fuzz with 10,000 examples per property (200
-  with `--quick`), run by pytest; prints each property's outcome and time (`--only
-  WORD ...` picks the fuzzers whose names contain a word: `fuzz --only libnetwork cni`).
+  with `--quick`; the CNI executable's property 60 in both), run by pytest; prints each
+  property's outcome, time and the cases it ran (hypothesis's statistics); `--only
+  WORD ...` picks the fuzzers whose names contain a word: `fuzz --only libnetwork cni`.
 With no section named, all three run. The JSON also lands in faults/results/<section>.json.
 The exit status is 1 when a goal is missed: a lossless fault lost packets, any fault took
 more than 10 s to converge, a check failed, the soak leaked or grew more than 10%, a
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -82,6 +84,30 @@ def soak_section(seconds: float) -> tuple[dict[str, Any], list[str]]:
     return result, missed
 
 
+def cases_run(stats: str) -> dict[str, int]:
+    """Examples each property ran in its generate phase, from hypothesis's statistics
+    (`--hypothesis-show-statistics`), by test name: most properties run the profile's
+    count, but one may run fewer (the CNI executable's, see tests/fuzz/test_fuzz_cni.py)."""
+    out: dict[str, int] = {}
+    name = None
+    for line in stats.splitlines():
+        head = re.match(r"^\S+::(\S+):$", line)
+        if head:
+            name = head.group(1)
+            continue
+        counted = re.search(r"(\d+) passing, (\d+) failing, and (\d+) invalid", line)
+        if name is not None and counted and name not in out:
+            out[name] = int(counted.group(1)) + int(counted.group(2))
+    return out
+
+
+def _failures(stdout: str) -> str:
+    """The end of pytest's failure report and its summary, without the statistics."""
+    before, _, after = stdout.partition(" Hypothesis Statistics ")
+    summary = after[after.find("short test summary"):] if "short test summary" in after else ""
+    return before[-2000:] + summary[-500:]
+
+
 def fuzz_section(quick: bool, only: list[str] | None = None
                  ) -> tuple[dict[str, Any], list[str]]:
     profile = "quick" if quick else "full"
@@ -91,23 +117,25 @@ def fuzz_section(quick: bool, only: list[str] | None = None
         started = time.monotonic()
         proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                                "-o", "timeout=7200", "tests/fuzz", f"--junitxml={report}",
-                               *select],
+                               "--hypothesis-show-statistics", *select],
                               cwd=ROOT,
                               env={**os.environ, "CALICO_FUZZ_PROFILE": profile},
                               capture_output=True, text=True, check=False)
         tests: list[dict[str, Any]] = []
+        counts = cases_run(proc.stdout)
         if os.path.exists(report):
             for case in ET.parse(report).getroot().iter("testcase"):
                 failed = case.find("failure") is not None or case.find("error") is not None
                 tests.append({"property": f"{case.get('classname')}::{case.get('name')}",
-                              "passed": not failed, "seconds": float(case.get("time", 0))})
+                              "passed": not failed, "seconds": float(case.get("time", 0)),
+                              "cases": counts.get(str(case.get("name")))})
     examples = 200 if quick else 10_000
     result = {"profile": profile, "examples_per_property": examples, "properties": tests,
               "passed": sum(t["passed"] for t in tests),
               "failed": sum(not t["passed"] for t in tests),
               "seconds": round(time.monotonic() - started, 1)}
     missed = [] if proc.returncode == 0 else [f"fuzz: pytest exit {proc.returncode}: "
-                                              + proc.stdout[-2000:]]
+                                              + _failures(proc.stdout)]
     return result, missed
 
 

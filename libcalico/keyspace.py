@@ -47,7 +47,7 @@ HANDLE_DIR = f"{IPAM}/handle/"
 AFFINITY_DIR = f"{IPAM}/host/"
 FELIX_STATUS_DIR = f"{FELIX}/host/"
 
-_SEGMENT = re.compile(r"^[^/\s]+$")
+_SEGMENT = re.compile(r"^[^/\s]+\Z")
 
 
 def _seg(field: str, value: str) -> str:

@@ -42,7 +42,7 @@ __all__ = ["BGPGlobalConfig", "BGPPeer", "FelixConfig", "IPAMConfig", "IPPool", 
 AS_MAX = 4294967295
 DEFAULT_AS_NUM = 64512
 BGP_LOGLEVELS = ("none", "debug", "info")
-_FELIX_NAME_RE = re.compile(r"^[A-Za-z0-9]+$")
+_FELIX_NAME_RE = re.compile(r"^[A-Za-z0-9]+\Z")
 
 
 def parse_as_num(field_name: str, value: Any) -> int:

@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 MAX_NESTING = 64
-LABEL_NAME_RE = re.compile(r"^[A-Za-z0-9_./-]+$")
+LABEL_NAME_RE = re.compile(r"^[A-Za-z0-9_./-]+\Z")
 _LABEL_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_./-")
 _WHITESPACE = frozenset(" \t\r\n")
 

@@ -24,16 +24,16 @@ from typing import Any
 from libcalico.errors import ValidationError
 from libcalico.model.selector import LABEL_NAME_RE
 
-NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+\Z")
 # What iptables (`-i NAME`, where a trailing '+' is a wildcard and quotes are syntax) and
 # the kernel (15 bytes) both take safely; Calico's own interface-name rule.
-INTERFACE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+INTERFACE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}\Z")
 NAME_MAX = 128
-_SEGMENT_RE = re.compile(r"^[^/\s]+$")
+_SEGMENT_RE = re.compile(r"^[^/\s]+\Z")
 _MAC_RE = re.compile(
     r"^(?:[0-9a-f]{2}([:-])[0-9a-f]{2}(?:\1[0-9a-f]{2}){4}"  # aa:bb:.. or aa-bb-..
     r"|[0-9a-f]{4}\.[0-9a-f]{4}\.[0-9a-f]{4}"  # aabb.ccdd.eeff
-    r"|[0-9a-f]{12})$"  # aabbccddeeff
+    r"|[0-9a-f]{12})\Z"  # aabbccddeeff
 )
 
 

@@ -1,12 +1,21 @@
 """Fuzzing the `calico` CNI plugin's inputs: the CNI_* environment and the network
 configuration on stdin.
 
-The plugin runs as a runtime runs it: the executable `calicoctl cni install` puts in a
-bin dir, inside a simulated host's namespace (tests/support/cnidriver.py), against a
-real etcd, with a real container namespace. Each example is one call (ADD, DEL, CHECK,
-GC, STATUS or VERSION) whose valid environment and configuration have one variable or
-field mutated (missing, of another JSON type, huge, unicode or shell syntax), or whose
-stdin is arbitrary JSON or bytes.
+The plugin runs as a runtime runs it, inside a simulated host's namespace, against a
+real etcd, with a real container namespace, in two ways:
+- the executable `calicoctl cni install` puts in a bin dir, one process per case
+  (tests/support/cnidriver.py): the only way to see what the installed program prints
+  (interpreter start-up, console script, real stdout and stderr). At ~0.3-0.9 s a case
+  it runs EXEC_EXAMPLES (60) cases in every profile, and each case is made again
+  through the worker below, which must answer it the same way;
+- `cni.main.run` (the function the console script calls) in one long-lived worker
+  process in the same host namespace (tests/support/cniworker.py: a fresh process's
+  environment, logging and caches before every call, cases and answers as JSON over a
+  pipe; ~3-100 ms a case): the breadth, 200 cases in the quick profile and 10,000 in
+  the full one.
+Each case is one call (ADD, DEL, CHECK, GC, STATUS or VERSION) whose valid environment
+and configuration have one variable or field mutated (missing, of another JSON type,
+huge, unicode or shell syntax), or whose stdin is arbitrary JSON or bytes.
 
 Properties, for any call: the exit status is 0 or 1 and stdout is one JSON object; a
 failure is a CNI error (`code` an integer, `msg` one line of bounded length), never a
@@ -14,21 +23,23 @@ Python traceback (stdout or stderr) and never the plugin's catch-all "internal e
 mutated variable or field of the wrong type is named in `msg`; a failed call writes
 nothing to etcd (every key and value under /calico unchanged) and changes no interface
 in the host or the container namespace. An ADD that succeeds is undone by its DEL, which
-leaves no endpoint and no interface.
+leaves no endpoint and no interface. Through the worker also: no exception escapes
+`run`, and no call leaves a file descriptor or a thread behind.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
-from hypothesis import assume, event, given
+from hypothesis import assume, currently_in_test_context, event, given, settings
 from hypothesis import strategies as st
 
 from libcalico import keyspace
@@ -38,11 +49,14 @@ from libcalico.model import IPPool
 from netsim.etcd import EtcdServer
 from netsim.netns import Namespace
 from netsim.topology import calicoctl_path
+from rtnl.sock import NetlinkSocket
 from tests.fuzz.strategies import JSON, LONG_TEXT, NASTY_TEXT, TEXT
 from tests.support.cnidriver import Call, Driver
+from tests.support.cniworker import Answer, Worker
 
 pytestmark = [pytest.mark.etcd, pytest.mark.root]
 
+R = TypeVar("R", Call, Answer)
 POOL4, POOL6 = "198.18.112.0/24", "fd00:198:112::/120"
 NODE = "cni-fuzz"
 
@@ -119,6 +133,13 @@ def _paths(doc: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     return out
 
 
+def _valid_other_form(leaf: Any, value: Any) -> bool:
+    """A value of another JSON type that is valid all the same: Calico's string form of
+    the IPAM booleans ("true"/"false", any case; cni.config._bool)."""
+    return leaf in ("assign_ipv4", "assign_ipv6") and isinstance(value, str) \
+        and value.lower() in ("true", "false")
+
+
 def _env_safe(value: str) -> bool:
     """A value a process environment can carry (no NUL, encodable)."""
     try:
@@ -172,7 +193,8 @@ def cases(draw: st.DrawFn, plugin: Plugin) -> Case:
             # The log goes where the configuration says: fuzz only paths it refuses.
             assume(leaf != "log_file_path" or not str(new).startswith("/"))
             if leaf in CONF_READS and new is not None and type(new) is not type(old) \
-                    and not (isinstance(new, (dict, list)) and not new):
+                    and not (isinstance(new, (dict, list)) and not new) \
+                    and not _valid_other_form(leaf, new):
                 named = ".".join(str(p) for p in where) if len(where) > 1 else leaf
     elif kind == "json":
         stdin = json.dumps(draw(JSON)).encode("utf-8", "surrogatepass")
@@ -191,11 +213,16 @@ def etcd_state(store: Datastore) -> dict[str, str]:
 
 
 def links(ns: Namespace) -> set[str]:
-    out = ns.ip("-o", "link", "show").stdout
-    return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines()}
+    with NetlinkSocket(ns.name) as sock:
+        return {link.name for link in sock.dump_links(detail=False)}
 
 
-def call(plugin: Plugin, case: Case) -> Call:
+def full_env(case: Case) -> dict[str, str]:
+    """The environment the plugin gets: what `Driver.call` gives the executable."""
+    return {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), **case.env}
+
+
+def exec_call(plugin: Plugin, case: Case) -> Call:
     env = dict(case.env)
     return plugin.driver.call(env.pop("CNI_COMMAND", ""), case.stdin, plugin="calico",
                               container=env.get("CNI_CONTAINERID", ""),
@@ -205,30 +232,33 @@ def call(plugin: Plugin, case: Case) -> Call:
                               drop=[v for v in ENV_VARS if v not in case.env])
 
 
-@given(st.data())
-def test_every_call_answers_in_the_protocol_and_a_failure_changes_nothing(
-        plugin: Plugin, data: st.DataObject) -> None:
-    case = data.draw(cases(plugin))
+def _event(text: str) -> None:
+    if currently_in_test_context():  # check_call also serves a plain test
+        event(text)
+
+
+def check_call(plugin: Plugin, case: Case, call: Callable[[Case], R]) -> R:
+    """The properties of one call, whichever way it is made; its answer."""
     before = etcd_state(plugin.store)
     host_before, container_before = links(plugin.host), links(plugin.container)
-    res = call(plugin, case)
+    res = call(case)
     assert "Traceback" not in res.stdout + res.stderr, res.stdout + res.stderr
     assert res.rc in (0, 1), (res.rc, res.stdout, res.stderr)
+    assert not res.stdout.strip() or isinstance(res.out, dict), res.stdout[:300]
     if res.rc == 0:
-        event(f"{case.command}: exit 0")
-        assert res.out is None or isinstance(res.out, dict), res.stdout[:300]
+        _event(f"{case.command}: exit 0")
         if case.env.get("CNI_COMMAND") == "ADD":
             undo = Case("DEL", {**case.env, "CNI_COMMAND": "DEL"}, case.stdin, None)
-            gone = call(plugin, undo)
+            gone = call(undo)
             assert gone.rc == 0, gone.stdout
             assert links(plugin.host) == host_before, "DEL left an interface in the host"
             assert links(plugin.container) == container_before
             assert not [k for k in etcd_state(plugin.store) if "/workload/" in k]
-        return
+        return res
     out = res.out
     assert isinstance(out, dict), res.stdout[:300]
     code, msg = out.get("code"), out.get("msg")
-    event(f"{case.command}: code {code}")
+    _event(f"{case.command}: code {code}")
     assert isinstance(code, int) and not isinstance(code, bool), out
     assert isinstance(msg, str) and msg and "\n" not in msg, out
     assert len(msg) <= 600, f"{len(msg)} characters: {msg[:300]}"
@@ -245,3 +275,100 @@ def test_every_call_answers_in_the_protocol_and_a_failure_changes_nothing(
     assert etcd_state(plugin.store) == before, f"a failed {case.command} wrote to etcd: {out}"
     assert links(plugin.host) == host_before, f"a failed {case.command} left an interface"
     assert links(plugin.container) == container_before
+    return res
+
+
+@pytest.fixture(scope="module")
+def worker(plugin: Plugin) -> Iterator[Worker]:
+    with tempfile.TemporaryFile(prefix="cnifz-worker-") as log:
+        w = Worker(plugin.host.name, log)
+        try:
+            yield w
+        finally:
+            w.close()
+
+
+def worker_call(worker: Worker, case: Case) -> Answer:
+    """`case` through the worker: no exception may escape `run`, and the process keeps
+    the descriptors and threads it had after its first call."""
+    answer = worker.call(full_env(case), case.stdin)
+    assert answer.escaped is None, answer.escaped
+    if worker.baseline is None:
+        worker.baseline = (answer.fds, answer.threads)
+    assert (answer.fds, answer.threads) == worker.baseline, \
+        f"descriptors and threads after the call {answer.fds, answer.threads}, after the " \
+        f"first call {worker.baseline}"
+    return answer
+
+
+def error_of(res: Call | Answer) -> Any:
+    return (res.out.get("code"), res.out.get("msg")) if res.rc == 1 else None
+
+
+# The executable itself, one process per case (~0.3-0.9 s each): what alone shows that
+# the installed program (its console script, interpreter start-up, real stdout and
+# stderr) never prints a traceback. The breadth comes from the worker property below, so
+# this runs EXEC_EXAMPLES cases in every profile (fewer if CALICO_FUZZ_EXAMPLES asks).
+# Each case is then made again through the worker, which must answer it the same way
+# (exit status, and a failure's code and msg): the worker's answers stand for the
+# executable's.
+EXEC_EXAMPLES = 60
+
+
+@settings(max_examples=min(EXEC_EXAMPLES, settings().max_examples))
+@given(st.data())
+def test_every_call_answers_in_the_protocol_and_a_failure_changes_nothing(
+        plugin: Plugin, worker: Worker, data: st.DataObject) -> None:
+    case = data.draw(cases(plugin))
+    res = check_call(plugin, case, lambda c: exec_call(plugin, c))
+    twin = check_call(plugin, case, lambda c: worker_call(worker, c))
+    assert (twin.rc, error_of(twin)) == (res.rc, error_of(res)), (res.stdout, twin.stdout)
+
+
+@given(st.data())
+def test_the_plugin_code_path_in_one_process_answers_every_call_in_the_protocol(
+        plugin: Plugin, worker: Worker, data: st.DataObject) -> None:
+    """The same calls through `cni.main.run` (what the executable's console script
+    calls) in one long-lived process inside the host namespace (tests/support/
+    cniworker.py, which gives every call a fresh process's environment, logging and
+    caches): the same properties, plus no exception escapes `run` and no call leaves a
+    file descriptor or thread behind. 200 cases in the quick profile, 10,000 in the
+    full one."""
+    check_call(plugin, data.draw(cases(plugin)), lambda c: worker_call(worker, c))
+
+
+def _log_lines(stderr: str) -> list[str]:
+    """Log records without their time and process id."""
+    return [line.split("] ", 1)[-1] for line in stderr.splitlines()]
+
+
+def test_the_worker_answers_a_sequence_of_calls_as_the_executable_does(
+        plugin: Plugin, worker: Worker) -> None:
+    """Calls whose answers a long-lived process could get wrong, in an order that would
+    show it: a log file that cannot be opened (the records go to stderr), then calls
+    that log to the file again (stderr must stay empty), a successful ADD and its DEL,
+    a configuration that is not JSON. Each through the executable and the worker: the
+    same exit status, error and stderr records."""
+    good = plugin.conf()
+    unwritable = {**good, "log_file_path": "/proc/nonexistent/cni.log"}
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c0ffee0123456789",
+           "CNI_NETNS": f"/run/netns/{plugin.container.name}", "CNI_IFNAME": "eth0",
+           "CNI_ARGS": "IgnoreUnknown=1", "CNI_PATH": str(plugin.log.parent)}
+    sequence = [
+        Case("ADD", {**env, "CNI_IFNAME": "bad name"}, json.dumps(unwritable).encode(),
+             "CNI_IFNAME"),
+        Case("STATUS", {**env, "CNI_COMMAND": "STATUS"}, json.dumps(good).encode(), None),
+        Case("ADD", env, json.dumps(good).encode(), None),
+        Case("CHECK", {**env, "CNI_COMMAND": "CHECK"}, json.dumps(unwritable).encode(), None),
+        Case("ADD", env, b"{not json", None),
+        Case("VERSION", {**env, "CNI_COMMAND": "VERSION"}, json.dumps(good).encode(), None),
+    ]
+    for case in sequence:
+        res = check_call(plugin, case, lambda c: exec_call(plugin, c))
+        twin = check_call(plugin, case, lambda c: worker_call(worker, c))
+        assert (twin.rc, error_of(twin)) == (res.rc, error_of(res)), (res.stdout, twin.stdout)
+        assert _log_lines(twin.stderr) == _log_lines(res.stderr), (res.stderr, twin.stderr)
+        if case.stdin == json.dumps(unwritable).encode():
+            assert f"{case.command} failed" in twin.stderr, twin.stderr
+        else:
+            assert twin.stderr == "", twin.stderr

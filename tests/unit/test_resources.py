@@ -505,3 +505,24 @@ def test_model_package_exports_every_lazy_name():
         assert getattr(model, name) is getattr(home, name)
     with pytest.raises(AttributeError):
         model.NoSuchThing  # noqa: B018
+
+
+@pytest.mark.parametrize("check, value", [
+    ("name", "web\n"), ("id", "host1\n"), ("interface", "eth0\n"), ("labels", {"role\n": "x"}),
+    ("mac", "ee:ee:ee:ee:ee:01\n"), ("key", "web\n"),
+])
+def test_a_trailing_newline_is_refused_by_every_name_rule(check: str, value: Any) -> None:
+    """A pattern ending in `$` matches before a final newline: the CNI fuzzer's
+    CNI_CONTAINERID "0\\n" got through the plugin's pattern that way. Every name rule of
+    the model and the keyspace anchors at the very end."""
+    from libcalico import keyspace
+    from libcalico.model import validate as v
+
+    run = {"name": lambda: v.validate_name("name", value),
+           "id": lambda: v.validate_id("hostname", value),
+           "interface": lambda: v.validate_interface("name", value),
+           "labels": lambda: v.validate_labels("labels", value),
+           "mac": lambda: v.canonical_mac("mac", value),
+           "key": lambda: keyspace.profile_key(value, "rules")}[check]
+    with pytest.raises(ValidationError):
+        run()
