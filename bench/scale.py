@@ -257,7 +257,9 @@ def set_up(c: Cluster, per_host: int) -> None:
             host, i, profile = job
             if not hasattr(local, "ipam"):
                 local.ipam = IPAMClient(store)
-            ns = Namespace(f"bscale-w{i}")
+            # One prefix per host and slot: 4 random hex digits collide among the
+            # hundreds of namespaces one prefix per slot would give.
+            ns = Namespace(f"bscale-h{c.hosts.index(host)}w{i}")
             c.made.append(ns)
             ep = add_workload(client, local.ipam, Workload(host.name, "bench", ns.name, ns.name),
                               [POOL], ifname="eth0", profiles=[profile], host_netns=host.ns.name)
