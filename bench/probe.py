@@ -43,7 +43,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -245,13 +245,16 @@ class _Server:
                 target, number = self.icmp_seq.pop(seq)
                 self.reached(target, number, now)
 
-    def on_netlink(self, sock: socket.socket, host: str, proto: int) -> None:
+    def _messages(self, sock: socket.socket, host: str
+                  ) -> Iterator[tuple[float, bytes, int, int, int]]:
+        """Each netlink message waiting on `sock`: (time read, buffer, offset, length,
+        type); a lost-events error (ENOBUFS) is reported rather than guessed around."""
         while True:
             try:
                 data = sock.recv(1 << 20)
             except BlockingIOError:
                 return
-            except OSError as exc:  # ENOBUFS: events lost; say so rather than guess
+            except OSError as exc:
                 self.emit({"ev": "routes_lost", "host": host, "error": str(exc)})
                 return
             now = time.monotonic()
@@ -260,55 +263,48 @@ class _Server:
                 length, kind = struct.unpack_from("=IH", data, offset)
                 if length < 16:
                     break
-                if kind == RTM_NEWROUTE and length >= 28:
-                    family, dst_len, _, _, table, rproto = struct.unpack_from(
-                        "=BBBBBB", data, offset + 16)
-                    if family == socket.AF_INET and rproto == proto:
-                        dst = "0.0.0.0"
-                        pos = offset + 28
-                        while pos + 4 <= offset + length:
-                            alen, atype = struct.unpack_from("=HH", data, pos)
-                            if alen < 4:
-                                break
-                            if atype == RTA_DST:
-                                dst = socket.inet_ntoa(data[pos + 4:pos + 8])
-                            pos += (alen + 3) & ~3
-                        self.emit({"ev": "route", "host": host, "dst": f"{dst}/{dst_len}",
-                                   "table": table, "t": now})
+                yield now, data, offset, length, kind
                 offset += (length + 3) & ~3
+
+    @staticmethod
+    def _attrs(data: bytes, pos: int, end: int) -> Iterator[tuple[int, bytes]]:
+        """The (type, payload) attributes from `pos` to `end`."""
+        while pos + 4 <= end:
+            alen, atype = struct.unpack_from("=HH", data, pos)
+            if alen < 4:
+                return
+            yield atype, data[pos + 4:pos + alen]
+            pos += (alen + 3) & ~3
+
+    def on_netlink(self, sock: socket.socket, host: str, proto: int) -> None:
+        for now, data, offset, length, kind in self._messages(sock, host):
+            if kind != RTM_NEWROUTE or length < 28:
+                continue
+            family, dst_len, _, _, table, rproto = struct.unpack_from("=BBBBBB", data,
+                                                                      offset + 16)
+            if family != socket.AF_INET or rproto != proto:
+                continue
+            dst = "0.0.0.0"
+            for atype, payload in self._attrs(data, offset + 28, offset + length):
+                if atype == RTA_DST:
+                    dst = socket.inet_ntoa(payload[:4])
+            self.emit({"ev": "route", "host": host, "dst": f"{dst}/{dst_len}",
+                       "table": table, "t": now})
 
     def on_links(self, sock: socket.socket, host: str, prefix: str, up: set[str]) -> None:
         """Report the first carrier-up of each interface named `prefix`* (`up`: those
         reported already)."""
-        while True:
-            try:
-                data = sock.recv(1 << 20)
-            except BlockingIOError:
-                return
-            except OSError as exc:  # ENOBUFS: events lost; say so rather than guess
-                self.emit({"ev": "routes_lost", "host": host, "error": str(exc)})
-                return
-            now = time.monotonic()
-            offset = 0
-            while offset + 16 <= len(data):
-                length, kind = struct.unpack_from("=IH", data, offset)
-                if length < 16:
-                    break
-                if kind == RTM_NEWLINK and length >= 32:
-                    flags = struct.unpack_from("=I", data, offset + 24)[0]
-                    name = ""
-                    pos = offset + 32
-                    while pos + 4 <= offset + length:
-                        alen, atype = struct.unpack_from("=HH", data, pos)
-                        if alen < 4:
-                            break
-                        if atype == IFLA_IFNAME:
-                            name = data[pos + 4:pos + alen].split(b"\0")[0].decode()
-                        pos += (alen + 3) & ~3
-                    if flags & IFF_LOWER_UP and name.startswith(prefix) and name not in up:
-                        up.add(name)
-                        self.emit({"ev": "link", "host": host, "name": name, "t": now})
-                offset += (length + 3) & ~3
+        for now, data, offset, length, kind in self._messages(sock, host):
+            if kind != RTM_NEWLINK or length < 32:
+                continue
+            flags = struct.unpack_from("=I", data, offset + 24)[0]
+            name = ""
+            for atype, payload in self._attrs(data, offset + 32, offset + length):
+                if atype == IFLA_IFNAME:
+                    name = payload.split(b"\0")[0].decode()
+            if flags & IFF_LOWER_UP and name.startswith(prefix) and name not in up:
+                up.add(name)
+                self.emit({"ev": "link", "host": host, "name": name, "t": now})
 
     # --- the loop ---------------------------------------------------------------------
 
