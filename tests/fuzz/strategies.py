@@ -184,14 +184,19 @@ BASE_DOCUMENTS: list[dict[str, Any]] = [
 ]
 
 
-def _paths(doc: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    out = [prefix]
+def field_paths(doc: Any, lists: bool = True,
+                prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every field of a JSON document as a path of keys (and list indexes, unless
+    `lists` is false), parents before children; the document itself is not one."""
+    out: list[tuple[Any, ...]] = []
+    items: Any = ()
     if isinstance(doc, dict):
-        for k, v in doc.items():
-            out += _paths(v, (*prefix, k))
-    elif isinstance(doc, list):
-        for i, v in enumerate(doc):
-            out += _paths(v, (*prefix, i))
+        items = doc.items()
+    elif isinstance(doc, list) and lists:
+        items = enumerate(doc)
+    for k, v in items:
+        out.append((*prefix, k))
+        out += field_paths(v, lists, (*prefix, k))
     return out
 
 
@@ -231,12 +236,12 @@ def mutated_documents(draw: st.DrawFn) -> Any:
                                 "delete", "add"]))
     if how == "keep":
         return doc
-    paths = _paths(doc)[1:]
+    paths = field_paths(doc)
     path = draw(st.sampled_from(paths))
     if how == "delete":
         return _replace(doc, path, None, delete=True)
     if how == "add":
-        parents = [p for p in _paths(doc) if isinstance(_get(doc, p), dict)]
+        parents = [p for p in [(), *field_paths(doc)] if isinstance(_get(doc, p), dict)]
         parent = draw(st.sampled_from(parents))
         return _replace(doc, (*parent, draw(TEXT)), draw(JSON), delete=False)
     return _replace(doc, path, draw(JSON | TEXT | _near_value()), delete=False)

@@ -50,7 +50,7 @@ from netsim.etcd import EtcdServer
 from netsim.netns import Namespace
 from netsim.topology import calicoctl_path
 from rtnl.sock import NetlinkSocket
-from tests.fuzz.strategies import JSON, LONG_TEXT, NASTY_TEXT, TEXT
+from tests.fuzz.strategies import JSON, LONG_TEXT, NASTY_TEXT, TEXT, field_paths
 from tests.support.cnidriver import Call, Driver
 from tests.support.cniworker import Answer, Worker
 
@@ -124,14 +124,6 @@ CONF_READS = {"cniVersion", "name", "type", "etcd_endpoints", "log_level", "log_
 ALIASES = {"cniVersion": ("CNI version", "cniVersion")}
 
 
-def _paths(doc: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    out = []
-    if isinstance(doc, dict):
-        for k, v in doc.items():
-            out.append((*prefix, k))
-            out += _paths(v, (*prefix, k))
-    return out
-
 
 def _valid_other_form(leaf: Any, value: Any) -> bool:
     """A value of another JSON type that is valid all the same: Calico's string form of
@@ -180,7 +172,7 @@ def cases(draw: st.DrawFn, plugin: Plugin) -> Case:
         if name != "CNI_PATH" and not (name == "CNI_ARGS" and env.get(name) is None):
             named = name
     elif kind in ("conf", "drop"):
-        where = draw(st.sampled_from(_paths(conf)))
+        where = draw(st.sampled_from(field_paths(conf, lists=False)))
         parent = conf
         for step in where[:-1]:
             parent = parent[step]

@@ -46,7 +46,7 @@ from libcalico.datastore import Datastore
 from libcalico.ipam import IPAMClient
 from netsim.etcd import EtcdServer
 from netsim.netns import Namespace
-from tests.fuzz.strategies import JSON, LONG_TEXT, NASTY_TEXT, TEXT
+from tests.fuzz.strategies import JSON, LONG_TEXT, NASTY_TEXT, TEXT, field_paths
 
 pytestmark = [pytest.mark.etcd, pytest.mark.root]
 
@@ -233,18 +233,6 @@ BAD_VALUES = (JSON | TEXT | LONG_TEXT | NASTY_TEXT
                                  "198.19.0.7/32\n", {"a": []}, [[]], 2**64, -1, 1e308]))
 
 
-def _paths(doc: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    out = []
-    if isinstance(doc, dict):
-        for k, v in doc.items():
-            out.append((*prefix, k))
-            out += _paths(v, (*prefix, k))
-    elif isinstance(doc, list):
-        for i, v in enumerate(doc):
-            out.append((*prefix, i))
-            out += _paths(v, (*prefix, i))
-    return out
-
 
 @st.composite
 def requests(draw: st.DrawFn) -> tuple[str, bytes, str | None]:
@@ -261,7 +249,7 @@ def requests(draw: st.DrawFn) -> tuple[str, bytes, str | None]:
         raw = draw(st.binary(max_size=64) | st.just(b"{" * 100_000)
                    | st.just(b'{"NetworkID": "' + b"a" * 2_000_000 + b'"}'))
         return path, raw, None
-    paths = _paths(body)
+    paths = field_paths(body)
     if kind == "valid" or not paths:
         return path, json.dumps(body).encode(), None
     if kind == "extra":
