@@ -36,11 +36,12 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from netsim.images import busybox_tar
-from netsim.netns import process_alive
+from netsim.netns import Namespace, process_alive
 
 PLUGIN_DIR = Path("/run/docker/plugins")
 START_TIMEOUT_S = 60.0
@@ -214,6 +215,20 @@ class DockerEngine:
         for mount in sorted(mounts, key=len, reverse=True):
             subprocess.run(["umount", "-l", mount], capture_output=True, check=False)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def engine_in_namespace(prefix: str) -> Iterator[DockerEngine]:
+    """A namespace of its own (`prefix`-...) with a dockerd in it; both removed after."""
+    ns = Namespace(prefix)
+    eng = None
+    try:
+        eng = DockerEngine.start(ns.name)
+        yield eng
+    finally:
+        if eng is not None:
+            eng.stop()
+        ns.delete()
 
 
 def import_busybox(engine: DockerEngine, name: str) -> str:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import pytest
 
 from libcalico import keyspace as ks
-from netsim.dockerd import DockerEngine, import_busybox
+from netsim.dockerd import DockerEngine, engine_in_namespace, import_busybox
 from netsim.etcd import EtcdServer
 from netsim.netns import Namespace, unique_name
 from netsim.topology import calicoctl_path
@@ -32,15 +32,8 @@ POOL = "198.18.66.0/24"
 
 @pytest.fixture(scope="module")
 def engine() -> Iterator[DockerEngine]:
-    ns = Namespace("ctl-dk")
-    eng = None
-    try:
-        eng = DockerEngine.start(ns.name)
+    with engine_in_namespace("ctl-dk") as eng:
         yield eng
-    finally:
-        if eng is not None:
-            eng.stop()
-        ns.delete()
 
 
 @pytest.fixture(scope="module")

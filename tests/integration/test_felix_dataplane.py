@@ -32,8 +32,9 @@ from felix.dataplane.types import (
 from libcalico.errors import ValidationError
 from netsim.netns import Namespace, namespace, veth
 from netsim.wait import wait_for
-from rtnl.codec import NetlinkError, Request, route_request
-from rtnl.sock import NetlinkSocket, Reply
+from rtnl.codec import NetlinkError, route_request
+from rtnl.sock import NetlinkSocket
+from tests.support.netlink import CountingNetlink
 
 pytestmark = [pytest.mark.root]
 
@@ -53,17 +54,6 @@ class RecordingRunner(CommandRunner):
         calls, self.calls = self.calls, []
         return calls
 
-
-class RecordingNetlink(NetlinkSocket):
-    """A real netlink socket that counts the write requests it sent."""
-
-    def __init__(self, netns: str) -> None:
-        super().__init__(netns)
-        self.requests = 0
-
-    def request_batch(self, requests: Sequence[Request]) -> list[tuple[int, list[Reply]]]:
-        self.requests += len(requests)
-        return super().request_batch(requests)
 
 
 @pytest.fixture
@@ -466,7 +456,7 @@ def test_routes_apply_resync_and_stale(host: Namespace) -> None:
     make_workload_ifaces(host, ["caliaaaa", "calibbbb"])
     host.ip("route", "add", "198.18.50.0/24", "dev", "caliaaaa")  # not felix's
     host.ip("route", "add", "198.18.51.1", "dev", "caliaaaa", "proto", "80")  # stale felix
-    nl = RecordingNetlink(host.name)
+    nl = CountingNetlink(host.name)
     routes = Routes(host.name, nl=nl)
     try:
         routes.set_routes([RouteState("198.18.1.1/32", "caliaaaa"),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import pytest
 
@@ -18,23 +18,13 @@ from felix.dataplane.routes import Routes
 from felix.dataplane.tunnels import Tunnels
 from felix.dataplane.types import FDBState, NeighbourState, RouteState, TunnelDevice
 from netsim.netns import Namespace, namespace, veth
-from rtnl.codec import Request
-from rtnl.sock import NetlinkSocket, Reply
+from tests.support.netlink import CountingNetlink
 
 pytestmark = [pytest.mark.root]
 
 VXLAN = TunnelDevice("vxlan.calico", "vxlan", "198.19.1.0", 1450, "66:00:00:00:00:01", 4096,
                      4789, "198.18.1.1")
 
-
-class CountingNetlink(NetlinkSocket):
-    def __init__(self, netns: str) -> None:
-        super().__init__(netns)
-        self.requests = 0
-
-    def request_batch(self, requests: Sequence[Request]) -> list[tuple[int, list[Reply]]]:
-        self.requests += len(requests)
-        return super().request_batch(requests)
 
 
 @pytest.fixture

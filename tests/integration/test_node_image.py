@@ -27,8 +27,7 @@ from calicoctl.nodeimage import (
     packaged_files,
     source_root,
 )
-from netsim.dockerd import DockerEngine
-from netsim.netns import Namespace
+from netsim.dockerd import DockerEngine, engine_in_namespace
 from netsim.topology import calicoctl_path
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -45,15 +44,8 @@ def engine(node_image_archive: Path) -> Iterator[DockerEngine]:
     # archive; made here only if someone emptied the cache since).
     base_tar(lambda line: None)
     dependency_wheels(source_root(), lambda line: None)
-    ns = Namespace("imgt")
-    eng = None
-    try:
-        eng = DockerEngine.start(ns.name)
+    with engine_in_namespace("imgt") as eng:
         yield eng
-    finally:
-        if eng is not None:
-            eng.stop()
-        ns.delete()
 
 
 @pytest.fixture(scope="module")
